@@ -1,0 +1,259 @@
+"""A real single-node Apache Kafka broker (KRaft) on loopback, without Docker.
+
+The broker's jars come from Maven Central: ``deploy/kafka/pom.xml`` pins the release and
+Maven copies it, with a log4j2 binding, into a cache directory outside the clone
+(``$MODEL_TRAINER_CACHE``, default ``~/.cache/model-trainer``), keyed by the pom's digest, so
+later runs start without the network. Storage is formatted on first start; the broker runs
+as its own process session with a pid file, logs to ``<dir>/broker.log`` and is stopped
+with SIGTERM (SIGKILL after a grace), leaving no orphan behind.
+
+Standard library only: the test fixtures import it, and ``make`` runs it as a script::
+
+    python deploy/local_kafka.py start --dir .kafka --port 9092
+    python deploy/local_kafka.py stop --dir .kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+READY_TIMEOUT_S = 90.0
+STOP_GRACE_S = 20.0
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be resolved, started or stopped; the message says why."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MODEL_TRAINER_CACHE", Path.home() / ".cache" / "model-trainer"))
+
+
+def ensure_jars() -> Path:
+    """Return a directory holding the pinned broker's jars, resolving them once with Maven."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    libs = cache_root() / f"kafka-{digest}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is not on PATH: install Maven 3.8+ to resolve Kafka's jars")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    cmd = [
+        "mvn", "-B", "-q", "-f", str(POM), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerError(f"mvn could not resolve Kafka's jars:\n{result.stdout}{result.stderr}")
+    (staging / ".complete").touch()
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    return libs
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    """One combined broker+controller whose state lives in ``workdir``."""
+
+    workdir: Path
+    port: int = 9092
+    controller_port: int = 0
+    host: str = "127.0.0.1"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "broker.log"
+
+    def _properties(self, controller_port: int) -> str:
+        data = self.workdir / "data"
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers={self.host}:{controller_port}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},"
+                f"CONTROLLER://{self.host}:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.cleaner.backoff.ms=1000",
+                "",
+            ]
+        )
+
+    def running_pid(self) -> int | None:
+        """The broker's pid when its pid file names a live process, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start(self) -> None:
+        """Start the broker in the background and return once it accepts connections."""
+        if self.running_pid() is not None:
+            raise BrokerError(f"a broker already runs from {self.workdir} (pid file {self.pid_file})")
+        if port_open(self.host, self.port):
+            raise BrokerError(f"port {self.port} is taken: stop what listens there or pick --port")
+        libs = ensure_jars()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        properties = self.workdir / "server.properties"
+        controller_port = self.controller_port or free_port()
+        properties.write_text(self._properties(controller_port))
+        classpath = f"{libs}/*"
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("java is not on PATH: Kafka needs Java 17 or newer")
+        jvm = [
+            java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self.workdir}", "-cp", classpath,
+        ]
+        if not (self.workdir / "data" / "meta.properties").exists():
+            fmt = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
+                 "-t", uuid.uuid4().hex[:22], "-c", str(properties)],
+                capture_output=True, text=True, check=False,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        with self.log_file.open("ab") as log:
+            proc = subprocess.Popen(
+                [*jvm, "kafka.Kafka", str(properties)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not port_open(self.host, self.port):
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(f"the broker exited with {proc.returncode}; see {self.log_file}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the broker did not listen within {READY_TIMEOUT_S}s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after a grace); a no-op when none runs."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; reaps it when it is our own exited child."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    parser.add_argument("--dir", type=Path, default=Path(".kafka"), help="broker state and log")
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--fresh", action="store_true", help="wipe --dir before starting")
+    args = parser.parse_args(argv)
+    broker = LocalKafka(workdir=args.dir.resolve(), port=args.port)
+    try:
+        if args.action == "fetch":
+            print(f"kafka jars: {ensure_jars()}")
+        elif args.action == "start":
+            if args.fresh:
+                broker.stop()
+                shutil.rmtree(broker.workdir, ignore_errors=True)
+            started = time.monotonic()
+            broker.start()
+            print(
+                f"kafka broker up at {broker.bootstrap_servers} in "
+                f"{time.monotonic() - started:.1f}s (log: {broker.log_file})"
+            )
+        elif args.action == "stop":
+            broker.stop()
+            print("kafka broker stopped")
+        else:
+            pid = broker.running_pid()
+            print(f"kafka broker running, pid {pid}" if pid else "kafka broker not running")
+            return 0 if pid else 1
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
