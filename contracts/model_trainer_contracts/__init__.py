@@ -1,0 +1,73 @@
+"""model-trainer's wire format: versioned commands, events and error codes (pydantic only)."""
+
+from .codec import (
+    MAX_COMMAND_BYTES,
+    Headers,
+    ce_headers,
+    decode_command,
+    decode_event,
+    encode,
+    salvage_job_id,
+    salvage_user_id,
+)
+from .commands import (
+    BpeTokenizer,
+    CancelJobV1,
+    CharLstmModel,
+    CharTokenizer,
+    Command,
+    DataSpec,
+    Gpt2Model,
+    JobTokenizer,
+    ProgressSpec,
+    SubmitJobV1,
+    TrainingSpec,
+)
+from .errors import ERROR_INFO, ErrorInfo, ModelTrainerError, ModelTrainerErrorCode, Stage
+from .events import (
+    CompletedEventV1,
+    ConfigEventV1,
+    Event,
+    EventBase,
+    FailedEventV1,
+    ProgressEventV1,
+    TerminalEvent,
+)
+from .topics import COMMANDS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC
+
+__all__ = [
+    "COMMANDS_TOPIC",
+    "DEAD_LETTER_TOPIC",
+    "ERROR_INFO",
+    "EVENTS_TOPIC",
+    "MAX_COMMAND_BYTES",
+    "BpeTokenizer",
+    "CancelJobV1",
+    "CharLstmModel",
+    "CharTokenizer",
+    "Command",
+    "CompletedEventV1",
+    "ConfigEventV1",
+    "DataSpec",
+    "ErrorInfo",
+    "Event",
+    "EventBase",
+    "FailedEventV1",
+    "Gpt2Model",
+    "Headers",
+    "JobTokenizer",
+    "ModelTrainerError",
+    "ModelTrainerErrorCode",
+    "ProgressEventV1",
+    "ProgressSpec",
+    "Stage",
+    "SubmitJobV1",
+    "TerminalEvent",
+    "TrainingSpec",
+    "ce_headers",
+    "decode_command",
+    "decode_event",
+    "encode",
+    "salvage_job_id",
+    "salvage_user_id",
+]

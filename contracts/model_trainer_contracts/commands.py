@@ -1,0 +1,195 @@
+"""Commands: what publishers put on the commands topic. Strict: unknown fields are refused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+MAX_INLINE_TEXT_CHARS = 1_000_000
+MAX_LABELS = 32
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+BackendName = Literal["char_lstm", "gpt2"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class CharLstmModel(_Strict):
+    """A character-level LSTM language model (torch ``nn.LSTM``)."""
+
+    backend: Literal["char_lstm"] = "char_lstm"
+    embedding_dim: int = Field(64, ge=1, le=4096)
+    hidden_size: int = Field(128, ge=1, le=8192)
+    num_layers: int = Field(2, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    seq_len: int = Field(64, ge=2, le=4096, description="Tokens per training sequence.")
+
+
+class Gpt2Model(_Strict):
+    """A GPT-2 decoder (transformers ``GPT2LMHeadModel``) trained from scratch."""
+
+    backend: Literal["gpt2"] = "gpt2"
+    n_layer: int = Field(4, ge=1, le=48)
+    n_head: int = Field(4, ge=1, le=64)
+    n_embd: int = Field(128, ge=8, le=8192)
+    block_size: int = Field(64, ge=2, le=8192)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Self:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+ModelSettings = Annotated[CharLstmModel | Gpt2Model, Field(discriminator="backend")]
+
+
+class CharTokenizer(_Strict):
+    kind: Literal["char"] = "char"
+
+
+class BpeTokenizer(_Strict):
+    """Byte-level BPE trained on the job's own corpus."""
+
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = Field(1024, ge=260, le=65_536)
+    min_frequency: int = Field(2, ge=1, le=1_000)
+
+
+class JobTokenizer(_Strict):
+    """Reuse the tokenizer that an earlier, completed job trained."""
+
+    kind: Literal["job"] = "job"
+    job_id: JobId
+
+
+TokenizerSpec = Annotated[CharTokenizer | BpeTokenizer | JobTokenizer, Field(discriminator="kind")]
+
+
+class DataSpec(_Strict):
+    """Where the text comes from and how it is split; exactly one of path or inline text."""
+
+    corpus_path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="A file or directory, relative to the service's data root.",
+    )
+    inline_text: str | None = Field(None, min_length=1, max_length=MAX_INLINE_TEXT_CHARS)
+    format: Literal["text", "jsonl"] = "text"
+    jsonl_field: str = Field("text", min_length=1, max_length=128)
+    val_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    test_fraction: float = Field(0.0, ge=0.0, le=0.5)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.corpus_path is None) == (self.inline_text is None):
+            raise ValueError("give exactly one of corpus_path and inline_text")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% to train on")
+        return self
+
+
+class TrainingSpec(_Strict):
+    """How long and how to optimise. Give ``max_steps`` or ``epochs`` (default 200 steps)."""
+
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    epochs: float | None = Field(None, gt=0.0, le=10_000.0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    grad_accum_steps: int = Field(1, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    min_lr: float = Field(0.0, ge=0.0, le=10.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    betas: tuple[
+        Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]
+    ] = (
+        0.9,
+        0.999,
+    )
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD only.")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
+    grad_clip: float | None = Field(1.0, gt=0.0, le=1_000.0)
+    seed: int = Field(1337, ge=0, le=2**32 - 1)
+    device: Device = "auto"
+    precision: Precision = "auto"
+    eval_every: int = Field(100, ge=1, le=10_000_000, description="Evaluate every N steps.")
+    eval_batches: int = Field(20, ge=1, le=10_000, description="Batches per evaluation.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=10_000, description="Stop after N evaluations without improvement."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, le=10_000_000, description="Checkpoint every N steps (None: service default)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("give max_steps or epochs, not both")
+        if self.min_lr > self.learning_rate:
+            raise ValueError("min_lr must not exceed learning_rate")
+        return self
+
+
+class ProgressSpec(_Strict):
+    """Publish progress every N steps, and also at least every S seconds when set."""
+
+    every_steps: int = Field(10, ge=1, le=1_000_000)
+    every_seconds: float | None = Field(None, gt=0.0, le=3_600.0)
+
+
+class SubmitJobV1(_Strict):
+    """Train one model. ``job_id`` is the idempotency key: resubmitting the same spec is a no-op."""
+
+    type: Literal["trainer.job.submit.v1"] = "trainer.job.submit.v1"
+    job_id: JobId
+    user_id: int = Field(ge=0, le=2**63 - 1)
+    backend: BackendName
+    model: ModelSettings
+    tokenizer: TokenizerSpec = Field(default_factory=CharTokenizer)
+    data: DataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    init_from: JobId | None = Field(None, description="Fine-tune from this job's artifact.")
+    progress: ProgressSpec = Field(default_factory=ProgressSpec)
+    timeout_s: float | None = Field(None, gt=0.0, le=7 * 24 * 3600.0)
+    labels: Labels = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_follows_backend(cls, data: object) -> object:
+        """Let publishers omit ``model`` or its ``backend``: both follow the top-level backend."""
+        if isinstance(data, dict) and isinstance(data.get("backend"), str):
+            model = data.get("model", {})
+            if isinstance(model, dict) and "backend" not in model:
+                return {**data, "model": {**model, "backend": data["backend"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _model_matches_backend(self) -> Self:
+        if self.model.backend != self.backend:
+            raise ValueError(
+                f"model settings are for {self.model.backend!r} but backend is {self.backend!r}"
+            )
+        return self
+
+
+class CancelJobV1(_Strict):
+    """Stop a queued or running job; it ends with TRAINING_CANCELLED."""
+
+    type: Literal["trainer.job.cancel.v1"] = "trainer.job.cancel.v1"
+    job_id: JobId
+    reason: str = Field("", max_length=512)
+
+
+Command = Annotated[SubmitJobV1 | CancelJobV1, Field(discriminator="type")]

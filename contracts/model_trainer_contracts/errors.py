@@ -1,0 +1,142 @@
+"""Error codes: a closed set, each with an HTTP status and whether a retry can help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import JsonValue
+
+Stage = Literal["validate", "prepare", "train", "evaluate", "save"]
+
+
+class ModelTrainerErrorCode(StrEnum):
+    """Why a command was refused or a job failed. Dashboards switch on these strings."""
+
+    TRAINING_CANCELLED = "TRAINING_CANCELLED"
+    TRAINING_TIMEOUT = "TRAINING_TIMEOUT"
+    TRAINING_OOM = "TRAINING_OOM"
+    TRAINING_NAN_LOSS = "TRAINING_NAN_LOSS"
+    TRAINING_DIVERGED = "TRAINING_DIVERGED"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"
+    INVALID_MODEL_SIZE = "INVALID_MODEL_SIZE"
+    UNSUPPORTED_BACKEND = "UNSUPPORTED_BACKEND"
+    TOKENIZER_NOT_FOUND = "TOKENIZER_NOT_FOUND"
+    TOKENIZER_LOAD_FAILED = "TOKENIZER_LOAD_FAILED"
+    TOKENIZER_TRAIN_FAILED = "TOKENIZER_TRAIN_FAILED"
+    CORPUS_NOT_FOUND = "CORPUS_NOT_FOUND"
+    CORPUS_EMPTY = "CORPUS_EMPTY"
+    CORPUS_TOO_LARGE = "CORPUS_TOO_LARGE"
+    CORPUS_HOLDOUT_UNSATISFIABLE = "CORPUS_HOLDOUT_UNSATISFIABLE"
+    CORPUS_NOT_DECODABLE = "CORPUS_NOT_DECODABLE"
+    CORPUS_MALFORMED_RECORD = "CORPUS_MALFORMED_RECORD"
+    PATH_NOT_ALLOWED = "PATH_NOT_ALLOWED"
+    CHECKPOINT_NOT_FOUND = "CHECKPOINT_NOT_FOUND"
+    CHECKPOINT_CORRUPT = "CHECKPOINT_CORRUPT"
+    CHECKPOINT_CONFIG_MISMATCH = "CHECKPOINT_CONFIG_MISMATCH"
+    RUN_NOT_RESUMABLE = "RUN_NOT_RESUMABLE"
+    RUN_WORKER_DIED = "RUN_WORKER_DIED"
+    CUDA_NOT_AVAILABLE = "CUDA_NOT_AVAILABLE"
+    CUDA_OOM = "CUDA_OOM"
+    ARTIFACT_WRITE_FAILED = "ARTIFACT_WRITE_FAILED"
+    COMMAND_UNDECODABLE = "COMMAND_UNDECODABLE"
+    COMMAND_INVALID = "COMMAND_INVALID"
+    COMMAND_TOO_LARGE = "COMMAND_TOO_LARGE"
+    JOB_ID_CONFLICT = "JOB_ID_CONFLICT"
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    http_status: int
+    retryable: bool
+    description: str
+
+
+_C = ModelTrainerErrorCode
+ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
+    _C.TRAINING_CANCELLED: ErrorInfo(499, False, "A cancel command stopped the job."),
+    _C.TRAINING_TIMEOUT: ErrorInfo(504, True, "The job ran past its timeout_s."),
+    _C.TRAINING_OOM: ErrorInfo(507, False, "Host memory ran out; shrink the model or batch."),
+    _C.TRAINING_NAN_LOSS: ErrorInfo(422, False, "The loss became NaN or infinite."),
+    _C.TRAINING_DIVERGED: ErrorInfo(
+        422, False, "The loss exploded far above its best value; lower the learning rate."
+    ),
+    _C.MODEL_NOT_FOUND: ErrorInfo(404, False, "init_from names a job with no artifact."),
+    _C.MODEL_LOAD_FAILED: ErrorInfo(500, True, "The init_from artifact could not be loaded."),
+    _C.MODEL_INCOMPATIBLE: ErrorInfo(
+        409, False, "The init_from artifact does not match the requested backend or shape."
+    ),
+    _C.INVALID_MODEL_SIZE: ErrorInfo(
+        422, False, "The model shape is outside the backend's bounds."
+    ),
+    _C.UNSUPPORTED_BACKEND: ErrorInfo(
+        400, False, "The backend does not exist or cannot do what the job asks."
+    ),
+    _C.TOKENIZER_NOT_FOUND: ErrorInfo(404, False, "The referenced job has no tokenizer."),
+    _C.TOKENIZER_LOAD_FAILED: ErrorInfo(500, True, "The referenced tokenizer could not be read."),
+    _C.TOKENIZER_TRAIN_FAILED: ErrorInfo(422, False, "A BPE tokenizer could not be trained."),
+    _C.CORPUS_NOT_FOUND: ErrorInfo(404, False, "No corpus file or directory at that path."),
+    _C.CORPUS_EMPTY: ErrorInfo(422, False, "The corpus holds no text."),
+    _C.CORPUS_TOO_LARGE: ErrorInfo(413, False, "The corpus is over the service's size limit."),
+    _C.CORPUS_HOLDOUT_UNSATISFIABLE: ErrorInfo(
+        422, False, "The corpus is too small for the validation and test splits and a batch."
+    ),
+    _C.CORPUS_NOT_DECODABLE: ErrorInfo(422, False, "The corpus is not valid UTF-8."),
+    _C.CORPUS_MALFORMED_RECORD: ErrorInfo(
+        422, False, "A JSONL line is not a JSON object with the text field."
+    ),
+    _C.PATH_NOT_ALLOWED: ErrorInfo(403, False, "The path leaves the service's data root."),
+    _C.CHECKPOINT_NOT_FOUND: ErrorInfo(404, False, "The checkpoint to resume from is missing."),
+    _C.CHECKPOINT_CORRUPT: ErrorInfo(500, False, "The checkpoint cannot be read."),
+    _C.CHECKPOINT_CONFIG_MISMATCH: ErrorInfo(
+        409, False, "The checkpoint was written for a different job spec."
+    ),
+    _C.RUN_NOT_RESUMABLE: ErrorInfo(409, False, "The backend cannot resume this run."),
+    _C.RUN_WORKER_DIED: ErrorInfo(500, True, "The worker process running the job died."),
+    _C.CUDA_NOT_AVAILABLE: ErrorInfo(503, True, "The job asks for CUDA and this worker has none."),
+    _C.CUDA_OOM: ErrorInfo(507, False, "GPU memory ran out; shrink the model or batch."),
+    _C.ARTIFACT_WRITE_FAILED: ErrorInfo(500, True, "The artifact could not be written."),
+    _C.COMMAND_UNDECODABLE: ErrorInfo(400, False, "The command is not UTF-8 JSON."),
+    _C.COMMAND_INVALID: ErrorInfo(422, False, "The command fails the contract's validation."),
+    _C.COMMAND_TOO_LARGE: ErrorInfo(413, False, "The command is over the size limit."),
+    _C.JOB_ID_CONFLICT: ErrorInfo(
+        409, False, "That job_id was already submitted with a different spec."
+    ),
+    _C.JOB_NOT_FOUND: ErrorInfo(404, False, "No queued or running job has that job_id."),
+    _C.INTERNAL_ERROR: ErrorInfo(500, True, "An unexpected error; the details say where."),
+}
+
+
+class ModelTrainerError(Exception):
+    """A typed failure: the code tells a machine what happened, the message tells a person.
+
+    ``details`` is JSON data (offending fields, limits, paths) carried into the
+    ``trainer.job.failed.v1`` event unchanged.
+    """
+
+    def __init__(
+        self,
+        code: ModelTrainerErrorCode,
+        message: str,
+        *,
+        details: dict[str, JsonValue] | None = None,
+        stage: Stage = "validate",
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details: dict[str, JsonValue] = details or {}
+        self.stage: Stage = stage
+
+    @property
+    def http_status(self) -> int:
+        return ERROR_INFO[self.code].http_status
+
+    @property
+    def retryable(self) -> bool:
+        return ERROR_INFO[self.code].retryable

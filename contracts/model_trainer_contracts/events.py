@@ -1,0 +1,128 @@
+"""Events: what the service publishes on the metrics topic. Tolerant: unknown fields are ignored.
+
+Field names follow the seed project's ``trainer.metrics.*.v1`` events where it had them, so
+readers written for those keep decoding ours.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_serializer
+
+from .commands import BackendName, JobId, LabelKey, LabelValue
+from .errors import ModelTrainerErrorCode, Stage
+
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class EventBase(BaseModel):
+    """Envelope fields every event carries.
+
+    ``seq`` increases by one per event of a job, across retries and restarts, so a reader can
+    order events and drop duplicates; ``attempt`` counts runs of the job (1 for the first).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    type: str
+    event_id: str = Field(default_factory=_event_id, min_length=1, max_length=64)
+    job_id: JobId
+    user_id: int = Field(ge=0)
+    ts: AwareDatetime = Field(default_factory=_now, description="RFC 3339, UTC.")
+    seq: int = Field(ge=0)
+    attempt: int = Field(1, ge=1)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+
+    @field_serializer("ts")
+    def _rfc3339_utc(self, ts: datetime) -> str:
+        return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class ConfigEventV1(EventBase):
+    """What will actually run, resolved: published once per attempt, before the first step."""
+
+    type: Literal["trainer.metrics.config.v1"] = "trainer.metrics.config.v1"
+    backend: BackendName
+    model_family: str
+    model_size: str = Field(description="Human-readable size, e.g. '0.80M'.")
+    num_parameters: int = Field(ge=0)
+    tokenizer: str
+    vocab_size: int = Field(ge=1)
+    train_tokens: int = Field(ge=0)
+    val_tokens: int = Field(ge=0)
+    test_tokens: int = Field(ge=0)
+    total_steps: int = Field(ge=0)
+    total_epochs: int = Field(ge=0)
+    start_step: int = Field(0, ge=0, description="Step resumed from; 0 for a fresh run.")
+    device: str
+    precision: str
+    optimal_threads: int = Field(ge=1)
+    cpu_cores: int = Field(ge=1)
+    memory_gb: NonNegative
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    queue: str = Field(description="Where the job came from: commands topic and partition.")
+
+
+class ProgressEventV1(EventBase):
+    """Training progress; ``val_loss``/``val_ppl`` are set when an evaluation just ran."""
+
+    type: Literal["trainer.metrics.progress.v1"] = "trainer.metrics.progress.v1"
+    epoch: int = Field(ge=0)
+    total_epochs: int = Field(ge=0)
+    step: int = Field(ge=0)
+    total_steps: int = Field(ge=0)
+    train_loss: float
+    train_ppl: float
+    grad_norm: NonNegative
+    learning_rate: NonNegative
+    samples_per_sec: NonNegative
+    tokens_per_sec: NonNegative
+    elapsed_s: NonNegative
+    eta_s: NonNegative
+    val_loss: float | None = None
+    val_ppl: float | None = None
+
+
+class CompletedEventV1(EventBase):
+    """The job finished and its artifact is written. Terminal."""
+
+    type: Literal["trainer.metrics.completed.v1"] = "trainer.metrics.completed.v1"
+    test_loss: float | None = None
+    test_ppl: float | None = None
+    best_val_loss: float | None = None
+    steps: int = Field(ge=0)
+    duration_s: NonNegative
+    early_stopped: bool = False
+    artifact_path: str
+    manifest_digest: str = Field(description="sha256 of the artifact's manifest.json.")
+
+
+class FailedEventV1(EventBase):
+    """The job (or the command that asked for it) failed. Terminal."""
+
+    type: Literal["trainer.job.failed.v1"] = "trainer.job.failed.v1"
+    code: ModelTrainerErrorCode
+    message: str
+    retryable: bool
+    http_status: int = Field(ge=100, le=599)
+    stage: Stage
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+Event = Annotated[
+    ConfigEventV1 | ProgressEventV1 | CompletedEventV1 | FailedEventV1,
+    Field(discriminator="type"),
+]
+TerminalEvent = CompletedEventV1 | FailedEventV1

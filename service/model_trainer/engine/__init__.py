@@ -1,0 +1,1 @@
+"""The training engine: BaseTrainer, the backend registry, data, tokenizers, checkpoints."""
