@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypedDict
 
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
+
+from ..envelope import Envelope
 
 
 class StopReason(StrEnum):
@@ -30,16 +31,6 @@ class Preempted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"preempted at step {step}")
         self.step = step
-
-
-class Envelope(TypedDict):
-    """The fields every event of this run carries; unpack into an event's constructor."""
-
-    job_id: str
-    user_id: int
-    seq: int
-    attempt: int
-    labels: dict[str, str]
 
 
 def _never_stop() -> StopReason | None:
