@@ -6,12 +6,13 @@ anything else, whatever the bytes.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails, from_json
 
 from .commands import JOB_ID_PATTERN, CancelJobV1, Command, SubmitJobV1
 from .errors import ModelTrainerError, ModelTrainerErrorCode
@@ -33,23 +34,66 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json().encode()
 
 
-def _violations(exc: ValidationError) -> list[JsonValue]:
-    """One ``{field, error}`` per failure, the union's type tag left out of the field path."""
-    found: list[JsonValue] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = [str(part) for part in err["loc"]]
-        if loc and loc[0].startswith("trainer."):
-            loc = loc[1:]
-        found.append({"field": ".".join(loc) or "(root)", "error": err["msg"]})
-    return found
+_DISCRIMINATORS = ("type", "backend", "kind")
+# Tags of the discriminated unions; pydantic puts the chosen tag into an error's location.
+_TAGS = frozenset(
+    {"trainer.job.submit.v1", "trainer.job.cancel.v1", "char_lstm", "gpt2", "char", "bpe", "job"}
+    | {"trainer.metrics.config.v1", "trainer.metrics.progress.v1"}
+    | {"trainer.metrics.completed.v1", "trainer.job.failed.v1"}
+)
 
 
-def _parse_json(data: bytes, code: ModelTrainerErrorCode) -> JsonValue:
+def _field_path(loc: Sequence[int | str], data: JsonValue) -> list[str]:
+    """The location as the publisher wrote it: union tags dropped, at any depth."""
+    path: list[str] = []
+    node: JsonValue = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            is_tag = part in _TAGS and (
+                part not in node  # e.g. a model's backend, filled in from the job's
+                or any(node.get(name) == part for name in _DISCRIMINATORS)
+            )
+            if is_tag:
+                continue
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+        path.append(str(part))
+    return path
+
+
+def _violation(err: ErrorDetails, data: JsonValue) -> JsonValue:
+    path = _field_path(err["loc"], data)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # the offending field is the discriminator itself, e.g. ``model.backend``
+        path.append(str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
+    return {"field": ".".join(path) or "(root)", "error": err["msg"]}
+
+
+def _violations(exc: ValidationError, data: JsonValue) -> list[JsonValue]:
+    """One ``{field, error}`` per failure, the field a dotted path into the message."""
+    errors = exc.errors(include_url=False, include_input=False)
+    return [_violation(err, data) for err in errors]
+
+
+def _loads(data: bytes) -> JsonValue:
+    """Strict RFC 8259 JSON: no NaN/Infinity tokens, no lone surrogates, nesting limited.
+
+    Raises ValueError (UnicodeDecodeError for bytes that are not UTF-8).
+    """
+    text = data.decode("utf-8")
+    parsed: JsonValue = from_json(text, allow_inf_nan=False)
+    return parsed
+
+
+def _parse_json(data: bytes, code: ModelTrainerErrorCode) -> dict[str, JsonValue]:
     try:
-        parsed: JsonValue = json.loads(data.decode("utf-8"))
+        parsed = _loads(data)
     except UnicodeDecodeError as exc:
         raise ModelTrainerError(code, f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ModelTrainerError(code, f"not JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise ModelTrainerError(code, f"expected a JSON object, got {type(parsed).__name__}")
@@ -71,7 +115,7 @@ def decode_command(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Comman
     try:
         return _commands.validate_python(parsed)
     except ValidationError as exc:
-        violations = _violations(exc)
+        violations = _violations(exc, parsed)
         first = violations[0] if violations else {}
         summary = f"{first['field']}: {first['error']}" if isinstance(first, dict) else "invalid"
         more = f" (+{len(violations) - 1} more)" if len(violations) > 1 else ""
@@ -92,27 +136,27 @@ def decode_event(data: bytes) -> Event:
         raise ModelTrainerError(
             ModelTrainerErrorCode.COMMAND_INVALID,
             "invalid event",
-            details={"violations": _violations(exc)},
+            details={"violations": _violations(exc, parsed)},
         ) from None
+
+
+def _salvage(data: bytes, field: str) -> JsonValue:
+    try:
+        parsed = _loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return parsed.get(field) if isinstance(parsed, dict) else None
 
 
 def salvage_job_id(data: bytes) -> str | None:
     """The ``job_id`` of a command that failed to decode, when one can still be read."""
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-    job_id = parsed.get("job_id") if isinstance(parsed, dict) else None
+    job_id = _salvage(data, "job_id")
     return job_id if isinstance(job_id, str) and _job_id.fullmatch(job_id) else None
 
 
 def salvage_user_id(data: bytes) -> int:
     """The ``user_id`` of an undecodable command when it is a non-negative int, else 0."""
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return 0
-    user_id = parsed.get("user_id") if isinstance(parsed, dict) else None
+    user_id = _salvage(data, "user_id")
     ok = isinstance(user_id, int) and not isinstance(user_id, bool) and 0 <= user_id < 2**63
     return user_id if ok and isinstance(user_id, int) else 0
 

@@ -6,7 +6,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# Starts with a letter or digit: ids name folders, so ".", ".." and hidden names are refused.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 MAX_INLINE_TEXT_CHARS = 1_000_000
 MAX_LABELS = 32

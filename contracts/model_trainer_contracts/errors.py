@@ -133,6 +133,10 @@ class ModelTrainerError(Exception):
         self.details: dict[str, JsonValue] = details or {}
         self.stage: Stage = stage
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickle by fields, so the error crosses process boundaries (worker pools) intact.
+        return (_rebuild, (self.code, self.message, self.details, self.stage))
+
     @property
     def http_status(self) -> int:
         return ERROR_INFO[self.code].http_status
@@ -140,3 +144,9 @@ class ModelTrainerError(Exception):
     @property
     def retryable(self) -> bool:
         return ERROR_INFO[self.code].retryable
+
+
+def _rebuild(
+    code: ModelTrainerErrorCode, message: str, details: dict[str, JsonValue], stage: Stage
+) -> ModelTrainerError:
+    return ModelTrainerError(code, message, details=details, stage=stage)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
-from ..envelope import Envelope
+from model_trainer.envelope import Envelope
 
 
 class StopReason(StrEnum):
