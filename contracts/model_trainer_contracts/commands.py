@@ -86,11 +86,17 @@ class DataSpec(_Strict):
         max_length=1024,
         description="A file or directory, relative to the service's data root.",
     )
-    inline_text: str | None = Field(None, min_length=1, max_length=MAX_INLINE_TEXT_CHARS)
+    inline_text: str | None = Field(
+        None, min_length=1, max_length=MAX_INLINE_TEXT_CHARS, description="The corpus itself."
+    )
     format: Literal["text", "jsonl"] = "text"
-    jsonl_field: str = Field("text", min_length=1, max_length=128)
-    val_fraction: float = Field(0.1, gt=0.0, le=0.5)
-    test_fraction: float = Field(0.0, ge=0.0, le=0.5)
+    jsonl_field: str = Field(
+        "text", min_length=1, max_length=128, description="The text field of each JSONL record."
+    )
+    val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="Held out for evaluation.")
+    test_fraction: float = Field(
+        0.0, ge=0.0, le=0.5, description="Held out for the final test; 0 for none."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -154,17 +160,23 @@ class SubmitJobV1(_Strict):
     """Train one model. ``job_id`` is the idempotency key: resubmitting the same spec is a no-op."""
 
     type: Literal["trainer.job.submit.v1"] = "trainer.job.submit.v1"
-    job_id: JobId
-    user_id: int = Field(ge=0, le=2**63 - 1)
-    backend: BackendName
-    model: ModelSettings
-    tokenizer: TokenizerSpec = Field(default_factory=CharTokenizer)
+    job_id: JobId = Field(description="Caller-chosen id; also the Kafka message key.")
+    user_id: int = Field(ge=0, le=2**63 - 1, description="Who asked; copied into every event.")
+    backend: BackendName = Field(description="Which model family trains.")
+    model: ModelSettings = Field(
+        description="Shape of the model; may be omitted for the backend's defaults."
+    )
+    tokenizer: TokenizerSpec = Field(default_factory=CharTokenizer, description="Default: char.")
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     init_from: JobId | None = Field(None, description="Fine-tune from this job's artifact.")
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
-    timeout_s: float | None = Field(None, gt=0.0, le=7 * 24 * 3600.0)
-    labels: Labels = Field(default_factory=dict)
+    timeout_s: float | None = Field(
+        None, gt=0.0, le=7 * 24 * 3600.0, description="Fail with TRAINING_TIMEOUT after this."
+    )
+    labels: Labels = Field(
+        default_factory=dict, description="Free-form tags, copied into every event of the job."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -189,8 +201,8 @@ class CancelJobV1(_Strict):
     """Stop a queued or running job; it ends with TRAINING_CANCELLED."""
 
     type: Literal["trainer.job.cancel.v1"] = "trainer.job.cancel.v1"
-    job_id: JobId
-    reason: str = Field("", max_length=512)
+    job_id: JobId = Field(description="The job to stop; also the Kafka message key.")
+    reason: str = Field("", max_length=512, description="Copied into the failed event.")
 
 
 Command = Annotated[SubmitJobV1 | CancelJobV1, Field(discriminator="type")]

@@ -35,14 +35,21 @@ class EventBase(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
-    type: str
-    event_id: str = Field(default_factory=_event_id, min_length=1, max_length=64)
-    job_id: JobId
-    user_id: int = Field(ge=0)
+    type: str = Field(description="The event type; also the CloudEvents ce_type header.")
+    event_id: str = Field(
+        default_factory=_event_id,
+        min_length=1,
+        max_length=64,
+        description="Unique per event (a UUID); also the ce_id header.",
+    )
+    job_id: JobId = Field(description="The job; also the Kafka message key.")
+    user_id: int = Field(ge=0, description="From the job's submit command.")
     ts: AwareDatetime = Field(default_factory=_now, description="RFC 3339, UTC.")
-    seq: int = Field(ge=0)
-    attempt: int = Field(1, ge=1)
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    seq: int = Field(ge=0, description="Per job, +1 per event, across attempts.")
+    attempt: int = Field(1, ge=1, description="Run of the job, 1 for the first.")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="The job's labels."
+    )
 
     @field_serializer("ts")
     def _rfc3339_utc(self, ts: datetime) -> str:
@@ -113,12 +120,14 @@ class FailedEventV1(EventBase):
     """The job (or the command that asked for it) failed. Terminal."""
 
     type: Literal["trainer.job.failed.v1"] = "trainer.job.failed.v1"
-    code: ModelTrainerErrorCode
-    message: str
-    retryable: bool
-    http_status: int = Field(ge=100, le=599)
-    stage: Stage
-    details: dict[str, JsonValue] = Field(default_factory=dict)
+    code: ModelTrainerErrorCode = Field(description="Machine-readable reason.")
+    message: str = Field(description="Human-readable reason.")
+    retryable: bool = Field(description="Whether resubmitting may succeed.")
+    http_status: int = Field(ge=100, le=599, description="The code's HTTP equivalent.")
+    stage: Stage = Field(description="Where the job was when it failed.")
+    details: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Offending fields, limits, paths."
+    )
 
 
 Event = Annotated[
