@@ -1,0 +1,48 @@
+# model-trainer: `make demo` trains a real job through a real Kafka; `make test` runs the suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+CACHE ?= $(HOME)/.cache/model-trainer
+export UV_CACHE_DIR ?= $(HOME)/.cache/uv
+export MODEL_TRAINER_CACHE := $(CACHE)
+UV := $(or $(shell command -v uv 2>/dev/null),$(CACHE)/tools/bin/uv)
+VENV := .venv
+
+.PHONY: install demo test lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
+
+$(CACHE)/tools/bin/uv:
+	$(PYTHON) -m venv $(CACHE)/tools
+	$(CACHE)/tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+# Both distributions (service + contracts) into .venv, exactly as uv.lock pins them.
+# Wheels (torch included) come from uv's cache after the first run.
+$(VENV)/.installed: pyproject.toml uv.lock contracts/pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.installed
+
+kafka-fetch:
+	$(PYTHON) deploy/local_kafka.py fetch
+
+demo: install kafka-fetch
+	deploy/demo.sh
+
+test: install kafka-fetch
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+schema: install
+	$(VENV)/bin/model-trainer schema --out docs
+
+clean:
+	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

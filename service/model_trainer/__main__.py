@@ -1,0 +1,3 @@
+from model_trainer.cli import main
+
+main()

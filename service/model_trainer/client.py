@@ -1,0 +1,136 @@
+"""A small client for the service's topics: send commands, watch a job's events.
+
+Used by the CLI (``submit --follow``, ``cancel``), the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from model_trainer_contracts import (
+    CancelJobV1,
+    CompletedEventV1,
+    Event,
+    FailedEventV1,
+    ModelTrainerError,
+    SubmitJobV1,
+    ce_headers,
+    decode_event,
+    encode,
+)
+
+from .kafka import partitions, to_record, topic_partitions
+
+
+class CommandSender:
+    """An idempotent producer for the commands topic; messages keyed by ``job_id``."""
+
+    def __init__(self, bootstrap_servers: str, commands_topic: str) -> None:
+        self._topic = commands_topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, enable_idempotence=True, acks="all"
+        )
+
+    async def __aenter__(self) -> CommandSender:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._producer.stop()
+
+    async def send(self, command: SubmitJobV1 | CancelJobV1) -> None:
+        await self.send_raw(
+            encode(command), key=command.job_id.encode(), headers=ce_headers(command)
+        )
+
+    async def send_raw(
+        self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Send bytes as they are (for tests of malformed input)."""
+        await self._producer.send_and_wait(self._topic, value, key=key, headers=headers or [])
+
+
+class EventWatcher:
+    """Reads committed events from the events topic, starting at its end when entered."""
+
+    def __init__(self, bootstrap_servers: str, events_topic: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topic = events_topic
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="latest",
+        )
+        self.seen: list[Event] = []
+
+    async def __aenter__(self) -> EventWatcher:
+        await self._consumer.start()
+        ids = await topic_partitions(self._bootstrap, self._topic)
+        while not ids:  # the service creates its topics at start; wait for them
+            await asyncio.sleep(0.5)
+            ids = await topic_partitions(self._bootstrap, self._topic)
+        tps = partitions(self._topic, ids)
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, so nothing published after entry is missed
+            await self._consumer.position(tp)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._consumer.stop()
+
+    async def _pull(self) -> list[Event]:
+        """Read what arrived within half a second; every event read is kept in ``seen``."""
+        fresh: list[Event] = []
+        batches = await self._consumer.getmany(timeout_ms=500)
+        for messages in batches.values():
+            for message in messages:
+                try:
+                    fresh.append(decode_event(to_record(message).value))
+                except ModelTrainerError:
+                    continue
+        self.seen.extend(fresh)
+        return fresh
+
+    async def events(self, job_ids: set[str] | None = None) -> AsyncIterator[Event]:
+        """Every event read from now on (of ``job_ids``, when given), forever."""
+        while True:
+            for event in await self._pull():
+                if job_ids is None or event.job_id in job_ids:
+                    yield event
+
+    async def until_terminal(self, job_id: str, timeout_s: float) -> list[Event]:
+        """The job's events, since entry, up to its terminal event or its command's rejection.
+
+        Events of other jobs read meanwhile stay in :attr:`seen` for later calls.
+        """
+        async with asyncio.timeout(timeout_s):
+            while True:
+                mine: list[Event] = []
+                for event in self.seen:
+                    if event.job_id == job_id:
+                        mine.append(event)
+                        if isinstance(event, CompletedEventV1 | FailedEventV1):
+                            return mine
+                await self._pull()
+
+
+def is_terminal(event: Event) -> bool:
+    """True for the event that ends a job (a command rejection is not one)."""
+    if isinstance(event, CompletedEventV1):
+        return True
+    return isinstance(event, FailedEventV1) and event.details.get("command_rejected") is not True

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the service process (served on ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+JOBS = Gauge("model_trainer_jobs", "Jobs on this instance by state.", ["state"], registry=REGISTRY)
+JOBS_FINISHED = Counter(
+    "model_trainer_jobs_finished",
+    "Jobs that reached a terminal event.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "model_trainer_job_duration_seconds",
+    "Wall time from start to terminal event.",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+    registry=REGISTRY,
+)
+EVENTS_PUBLISHED = Counter(
+    "model_trainer_events_published", "Records committed to Kafka.", registry=REGISTRY
+)
+PUBLISH_RETRIES = Counter(
+    "model_trainer_publish_retries", "Publish transactions retried.", registry=REGISTRY
+)
+WORKER_RESTARTS = Counter(
+    "model_trainer_worker_restarts", "Worker processes replaced after dying.", registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "model_trainer_dead_letters",
+    "Commands sent to the dead-letter topic.",
+    ["code"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "model_trainer_consumer_lag",
+    "Records behind the end of each commands partition.",
+    ["partition"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,160 @@
+"""The producer: events, state records and offset commits, published in Kafka transactions.
+
+Everything the service writes goes through :class:`Publisher`. Writes are batched into one
+transaction at a time, with the consumed offsets they settle, so a terminal event, its job
+state and its command's offset commit land together or not at all. While the broker is away
+batches wait in memory and are retried; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from .kafka import Outgoing
+from .metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+MAX_BATCH = 500
+
+
+class PublisherFencedError(RuntimeError):
+    """Another process took this instance's transactional id: this one must stop."""
+
+
+@dataclass
+class _Item:
+    records: list[Outgoing]
+    offsets: dict[TopicPartition, int]
+    done: asyncio.Future[None] = field(default_factory=asyncio.Future)
+
+
+class Publisher:
+    """A transactional, idempotent (acks=all) producer with an in-memory retry buffer."""
+
+    def __init__(self, settings: Settings, transactional_id: str) -> None:
+        self._settings = settings
+        self._transactional_id = transactional_id
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            transactional_id=self._transactional_id,
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=15_000,
+        )
+
+    async def start(self) -> None:
+        self._producer = self._new_producer()
+        await self._producer.start()
+        self.healthy = True
+        self._task = asyncio.create_task(self._run(), name="publisher")
+
+    def publish(
+        self, records: list[Outgoing], offsets: dict[TopicPartition, int] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue records (and offsets to commit with them); the future resolves once committed."""
+        item = _Item(records, dict(offsets or {}))
+        self._queue.put_nowait(item)
+        return item.done
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self.publish([])
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty() and len(items) < MAX_BATCH:
+                items.append(self._queue.get_nowait())
+            await self._commit(items)
+            for item in items:
+                if not item.done.done():
+                    item.done.set_result(None)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        records = [record for item in items for record in item.records]
+        offsets: dict[TopicPartition, int] = {}
+        for item in items:
+            for tp, offset in item.offsets.items():
+                offsets[tp] = max(offset, offsets.get(tp, 0))
+        if not records and not offsets:
+            return
+        backoff = 0.2
+        while True:
+            producer = self._producer
+            assert producer is not None
+            try:
+                async with producer.transaction():
+                    for record in records:
+                        await producer.send(
+                            record.topic, record.value, key=record.key, headers=record.headers
+                        )
+                    if offsets:
+                        await producer.send_offsets_to_transaction(offsets, self._settings.group_id)
+                self.healthy = True
+                EVENTS_PUBLISHED.inc(len(records))
+                return
+            except ProducerFenced as exc:
+                self.healthy = False
+                raise PublisherFencedError(str(exc)) from exc
+            except Exception as exc:  # any failure: the batch stays and is sent again
+                self.healthy = False
+                PUBLISH_RETRIES.inc()
+                log.warning(
+                    "publish failed; retrying",
+                    error=repr(exc),
+                    records=len(records),
+                    backoff=backoff,
+                )
+                await self._restart_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _restart_producer(self) -> None:
+        # A transactional producer that saw an error may be stuck in an abortable state;
+        # a fresh one with the same transactional id aborts the open transaction and goes on.
+        old = self._producer
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=5)
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except (KafkaError, OSError) as exc:
+            log.warning("producer restart failed", error=repr(exc))
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+        self._producer = fresh
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Publish what is queued (up to ``timeout_s``), then close the producer."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self.flush(), timeout=timeout_s)
+            except TimeoutError:
+                log.error("publisher stopped with records unpublished", pending=self.pending)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PublisherFencedError):
+                await self._task
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()

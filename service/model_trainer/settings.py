@@ -1,0 +1,87 @@
+"""Every setting of the service, read once from the environment (``MODEL_TRAINER_*``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from model_trainer_contracts import (
+    COMMANDS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    EVENTS_TOPIC,
+    MAX_COMMAND_BYTES,
+)
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MODEL_TRAINER_"
+
+
+def _default_workers() -> int:
+    # One job per worker and at least two torch threads per job: fewer, faster jobs beat
+    # many jobs fighting over the same cores.
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Each field is the env var ``MODEL_TRAINER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "MODEL_TRAINER_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers"
+        ),
+        description="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS is read too).",
+    )
+    commands_topic: str = COMMANDS_TOPIC
+    events_topic: str = EVENTS_TOPIC
+    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    state_topic: str = Field("trainer.jobs.state", description="Compacted job-state topic.")
+    group_id: str = "model-trainer"
+    instance_id: str | None = Field(
+        None, description="Static group membership id: a quick restart keeps its partitions."
+    )
+    create_topics: bool = Field(True, description="Create missing topics at start-up.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
+    replication_factor: int = Field(1, ge=1)
+
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256)
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads per worker (default: cores / workers)."
+    )
+    queue_size: int = Field(
+        2, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
+    )
+    max_attempts: int = Field(
+        2, ge=1, description="Runs of a job whose worker died, before RUN_WORKER_DIED."
+    )
+    cancel_grace_s: float = Field(
+        10.0, gt=0, description="A cancelled job that has not stopped by then is killed."
+    )
+    shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM to exit, at most.")
+    checkpoint_every: int = Field(200, ge=1, description="Default steps between checkpoints.")
+
+    data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")
+    artifacts_root: Path = Field(Path("artifacts"), description="One folder per job.")
+    max_command_bytes: int = Field(MAX_COMMAND_BYTES, ge=1024)
+    max_corpus_bytes: int = Field(1 << 30, ge=1)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0: off.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    # Kafka client tuning; see README "Consumer settings" for the reasoning.
+    session_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    rebalance_timeout_ms: int = 60_000
+    transaction_timeout_ms: int = 60_000
+
+    @property
+    def torch_threads(self) -> int:
+        cores = os.cpu_count() or 1
+        return self.threads_per_worker or max(1, cores // self.workers)

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real Kafka broker for the session.
+
+The broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` when set; a testcontainers Kafka
+container when a Docker engine answers; otherwise the project's local KRaft broker
+(``deploy/local_kafka.py``), started here and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from local_kafka import LocalKafka, free_port  # noqa: E402
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real broker, shared by the whole session."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as container:
+            yield str(container.get_bootstrap_server())
+        return
+    broker = LocalKafka(workdir=tmp_path_factory.mktemp("kafka"), port=free_port())
+    broker.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A broker of our own that a test may stop and start (for broker-restart tests)."""
+    broker = LocalKafka(workdir=tmp_path_factory.mktemp("kafka-own"), port=free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

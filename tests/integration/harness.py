@@ -1,0 +1,200 @@
+"""Run the real service as a subprocess against the test broker, and talk to it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 60
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    """Topic names, folders and settings shared by the service instances of one test."""
+
+    bootstrap: str
+    root: Path
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def __post_init__(self) -> None:
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.artifacts_root.mkdir(parents=True, exist_ok=True)
+        (self.data_root / "corpus.txt").write_text(CORPUS)
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"jobs-{self.uid}"
+
+    @property
+    def events_topic(self) -> str:
+        return f"metrics-{self.uid}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"dlq-{self.uid}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
+            "MODEL_TRAINER_COMMANDS_TOPIC": self.commands_topic,
+            "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
+            "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "MODEL_TRAINER_STATE_TOPIC": f"state-{self.uid}",
+            "MODEL_TRAINER_GROUP_ID": f"group-{self.uid}",
+            "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
+            "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
+            "MODEL_TRAINER_WORKERS": "1",
+            "MODEL_TRAINER_THREADS_PER_WORKER": "1",
+            "MODEL_TRAINER_LOG_FORMAT": "json",
+            "MODEL_TRAINER_SESSION_TIMEOUT_MS": "10000",
+            "MODEL_TRAINER_SHUTDOWN_GRACE_S": "20",
+        }
+        env.update({f"MODEL_TRAINER_{k.upper()}": v for k, v in overrides.items()})
+        return env
+
+    def job(self, job_id: str, *, steps: int = 30, **extra: object) -> dict[str, object]:
+        """A small, real char-level job on the test corpus."""
+        spec: dict[str, object] = {
+            "type": "trainer.job.submit.v1",
+            "job_id": job_id,
+            "user_id": 7,
+            "backend": "char_lstm",
+            "model": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "seq_len": 32},
+            "data": {"corpus_path": "corpus.txt", "val_fraction": 0.1, "test_fraction": 0.05},
+            "training": {"max_steps": steps, "batch_size": 8, "eval_every": 10, "eval_batches": 2},
+            "progress": {"every_steps": 2},
+            "labels": {"suite": "integration"},
+        }
+        spec.update(extra)
+        return spec
+
+
+class ServiceProcess:
+    """``model-trainer serve`` in a subprocess; its log goes to a file in the stack's root."""
+
+    def __init__(self, stack: Stack, name: str = "svc", **overrides: str) -> None:
+        self.stack = stack
+        self.name = name
+        self.http_port = free_port()
+        self.log_path = stack.root / f"{name}.log"
+        self.env = {
+            **os.environ,
+            **stack.env(http_port=str(self.http_port), **overrides),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120.0) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "model_trainer", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.stack.root,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready in {timeout_s}s: {self.tail()}")
+            time.sleep(0.3)
+        return self
+
+    def readyz(self) -> tuple[int, dict[str, object]]:
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, {}
+
+    def ready(self) -> bool:
+        return self.readyz()[0] == 200
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body: bytes = response.read()
+            return body.decode()
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            if raw.startswith("{"):
+                try:
+                    lines.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    continue
+        return lines
+
+    def tail(self, n: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text().splitlines()[-n:])
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the service process (its workers notice and stop on their own)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 40.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """Leave nothing running: SIGTERM, then SIGKILL of the whole process group."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)

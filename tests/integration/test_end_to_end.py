@@ -1,0 +1,143 @@
+"""The whole path against the real broker: command in, real training, events out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from model_trainer.client import CommandSender, EventWatcher
+from model_trainer.kafka import partitions, to_record, topic_partitions
+from model_trainer_contracts import (
+    CompletedEventV1,
+    ConfigEventV1,
+    Event,
+    FailedEventV1,
+    ModelTrainerErrorCode,
+    ProgressEventV1,
+    SubmitJobV1,
+)
+
+from .harness import ServiceProcess, Stack
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, tmp_path: Path) -> Stack:
+    return Stack(kafka_bootstrap, tmp_path)
+
+
+@pytest.fixture
+def service(stack: Stack) -> Iterator[ServiceProcess]:
+    svc = ServiceProcess(stack).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+async def watcher(stack: Stack, service: ServiceProcess) -> AsyncIterator[EventWatcher]:
+    async with EventWatcher(stack.bootstrap, stack.events_topic) as w:
+        yield w
+
+
+async def _submit(stack: Stack, spec: dict[str, object]) -> None:
+    async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
+        await sender.send(SubmitJobV1.model_validate(spec))
+
+
+def _assert_in_order(events: list[Event], job_id: str) -> CompletedEventV1:
+    assert all(e.job_id == job_id for e in events)
+    assert isinstance(events[0], ConfigEventV1), [e.type for e in events]
+    assert isinstance(events[-1], CompletedEventV1), [e.type for e in events]
+    middle = events[1:-1]
+    assert middle, "no progress event between config and completed"
+    assert all(isinstance(e, ProgressEventV1) for e in middle)
+    assert [e.seq for e in events] == list(range(len(events)))
+    return events[-1]
+
+
+async def test_submit_publishes_config_progress_completed(
+    stack: Stack, service: ServiceProcess, watcher: EventWatcher
+) -> None:
+    await _submit(stack, stack.job("e2e-ok", steps=20))
+    events = await watcher.until_terminal("e2e-ok", timeout_s=180)
+    completed = _assert_in_order(events, "e2e-ok")
+    progress = [e for e in events if isinstance(e, ProgressEventV1)]
+    assert progress[-1].step == 20
+    assert all(p.train_loss > 0 and p.tokens_per_sec > 0 for p in progress)
+    assert all(e.labels == {"suite": "integration"} for e in events)
+    artifact = Path(completed.artifact_path)
+    assert (artifact / "manifest.json").is_file()
+    lines = (artifact / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "trainer.metrics.completed.v1"
+
+
+def test_service_process_does_not_map_torch(service: ServiceProcess) -> None:
+    assert service.proc is not None
+    own = Path(f"/proc/{service.proc.pid}/maps").read_text()
+    assert "libtorch" not in own, "the service process loaded torch"
+    workers = service.worker_pids()
+    assert workers, "no worker processes"
+    assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in workers)
+
+
+async def _dead_letters(stack: Stack, count: int) -> list[dict[str, str]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        tps = partitions(
+            stack.dead_letter_topic,
+            await topic_partitions(stack.bootstrap, stack.dead_letter_topic),
+        )
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        found: list[dict[str, str]] = []
+        for _ in range(60):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    record = to_record(message)
+                    headers = {k: v.decode() for k, v in record.headers}
+                    headers["value"] = record.value.decode("utf-8", "replace")
+                    found.append(headers)
+            if len(found) >= count:
+                break
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_malformed_commands_get_typed_errors_and_service_goes_on(
+    stack: Stack, service: ServiceProcess, watcher: EventWatcher
+) -> None:
+    bad_lr = stack.job("bad-lr")
+    bad_lr["training"] = {"max_steps": 5, "learning_rate": -1}
+    async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
+        await sender.send_raw(b"\xff\xfe not json", key=b"garbage")
+        await sender.send_raw(json.dumps(bad_lr).encode(), key=b"bad-lr")
+    await _submit(stack, stack.job("after-bad", steps=10))
+
+    rejected = await watcher.until_terminal("bad-lr", timeout_s=60)
+    failed = rejected[-1]
+    assert isinstance(failed, FailedEventV1)
+    assert failed.code is ModelTrainerErrorCode.COMMAND_INVALID
+    assert failed.http_status == 422
+    assert "training.learning_rate" in json.dumps(failed.details)
+
+    events = await watcher.until_terminal("after-bad", timeout_s=180)
+    _assert_in_order(events, "after-bad")
+
+    letters = await _dead_letters(stack, 2)
+    codes = sorted(letter["error_code"] for letter in letters)
+    assert codes == ["COMMAND_INVALID", "COMMAND_UNDECODABLE"]
+    assert all(letter["original_topic"] == stack.commands_topic for letter in letters)
+    assert service.ready()
