@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections import deque
@@ -101,7 +102,9 @@ class TrainerService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        instance = settings.instance_id or f"{socket.gethostname()}"
+        # Without a stable instance id, a restart cannot fence its predecessor; the pid keeps
+        # two instances on one host from fencing each other.
+        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = WorkerPool(
             settings.workers, settings.torch_threads, settings.log_level, settings.log_format
         )

@@ -36,19 +36,25 @@ class Settings(BaseSettings):
         ),
         description="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS is read too).",
     )
-    commands_topic: str = COMMANDS_TOPIC
-    events_topic: str = EVENTS_TOPIC
-    dead_letter_topic: str = DEAD_LETTER_TOPIC
+    commands_topic: str = Field(COMMANDS_TOPIC, description="Commands in: submit, cancel.")
+    events_topic: str = Field(EVENTS_TOPIC, description="Events out, keyed by job_id.")
+    dead_letter_topic: str = Field(
+        DEAD_LETTER_TOPIC, description="Refused commands: original bytes, error in headers."
+    )
     state_topic: str = Field("trainer.jobs.state", description="Compacted job-state topic.")
-    group_id: str = "model-trainer"
+    group_id: str = Field("model-trainer", description="Consumer group of all instances.")
     instance_id: str | None = Field(
-        None, description="Static group membership id: a quick restart keeps its partitions."
+        None,
+        description="Stable id of this instance: static group membership, and the producer's "
+        "transactional id, so a restart fences its predecessor at once. Unique per instance.",
     )
     create_topics: bool = Field(True, description="Create missing topics at start-up.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="Replicas of topics it creates.")
 
-    workers: int = Field(default_factory=_default_workers, ge=1, le=256)
+    workers: int = Field(
+        default_factory=_default_workers, ge=1, le=256, description="Worker processes (cores/2)."
+    )
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch threads per worker (default: cores / workers)."
     )
@@ -66,20 +72,26 @@ class Settings(BaseSettings):
 
     data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")
     artifacts_root: Path = Field(Path("artifacts"), description="One folder per job.")
-    max_command_bytes: int = Field(MAX_COMMAND_BYTES, ge=1024)
-    max_corpus_bytes: int = Field(1 << 30, ge=1)
+    max_command_bytes: int = Field(
+        MAX_COMMAND_BYTES, ge=1024, description="Larger commands: COMMAND_TOO_LARGE."
+    )
+    max_corpus_bytes: int = Field(1 << 30, ge=1, description="Larger: CORPUS_TOO_LARGE.")
 
-    http_host: str = "127.0.0.1"
+    http_host: str = Field("127.0.0.1", description="Bind address of the HTTP endpoints.")
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0: off.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one object a line; console: for people."
+    )
 
     # Kafka client tuning; see README "Consumer settings" for the reasoning.
-    session_timeout_ms: int = 30_000
-    heartbeat_interval_ms: int = 3_000
-    max_poll_interval_ms: int = 300_000
-    rebalance_timeout_ms: int = 60_000
-    transaction_timeout_ms: int = 60_000
+    session_timeout_ms: int = Field(30_000, description="Group member declared dead after.")
+    heartbeat_interval_ms: int = Field(3_000, description="Background heartbeats.")
+    max_poll_interval_ms: int = Field(300_000, description="Longest gap between polls.")
+    rebalance_timeout_ms: int = Field(60_000, description="Time to hand back partitions.")
+    transaction_timeout_ms: int = Field(
+        10_000, description="An unfinished transaction of a dead producer is aborted after."
+    )
 
     @property
     def torch_threads(self) -> int:
