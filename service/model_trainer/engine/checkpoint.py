@@ -1,0 +1,143 @@
+"""Checkpoints: everything needed to continue a run exactly, in one atomically written file.
+
+``<job_dir>/checkpoints/checkpoint.pt`` holds the model, optimizer and (fp16) scaler states,
+the RNG states (torch, CUDA, numpy, python), the loop counters, and digests of the job spec and
+token data it belongs to. It is read with ``torch.load(weights_only=True)``: tensors and plain
+containers only, never arbitrary pickles. The learning-rate schedule and the batch sampler are
+pure functions of the step, so the step is all the "scheduler state" and "data position" a
+resume needs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
+from torch import nn
+
+from model_trainer.engine.files import atomic_write
+
+_C = ModelTrainerErrorCode
+FILE = "checkpoint.pt"
+FORMAT = 1
+
+
+@dataclass
+class LoopState:
+    """The training loop's counters; saved with every checkpoint."""
+
+    step: int = 0
+    best_val: float | None = None
+    evals_since_best: int = 0
+    smooth_loss: float | None = None
+    best_smooth: float | None = None
+
+
+def save(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    loop: LoopState,
+    spec_digest: str,
+    data_key: str,
+) -> Path:
+    """Write the checkpoint (temp file, fsync, rename); returns its path."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "format": FORMAT,
+        "spec_digest": spec_digest,
+        "data_key": data_key,
+        "loop": asdict(loop),
+        "data_position": loop.step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "numpy_pos": int(np_state["state"]["pos"]),
+            "numpy_gauss": (int(np_state["has_gauss"]), float(np_state["gauss"])),
+        },
+    }
+    path = folder / FILE
+    atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def restore(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    spec_digest: str,
+    data_key: str,
+) -> LoopState | None:
+    """Load the checkpoint into ``model``, ``optimizer``, ``scaler`` and the global RNGs and
+    return its loop state; None when there is none. CHECKPOINT_CONFIG_MISMATCH when it was
+    written for another spec or other data, CHECKPOINT_CORRUPT when it cannot be used."""
+    path = folder / FILE
+    if not path.is_file():
+        return None
+    try:
+        raw: object = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise _corrupt(path, f"unreadable: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise _corrupt(path, "not a checkpoint of this format")
+    if raw.get("spec_digest") != spec_digest or raw.get("data_key") != data_key:
+        raise ModelTrainerError(
+            _C.CHECKPOINT_CONFIG_MISMATCH,
+            "the checkpoint was written for a different job spec or corpus",
+            details={"checkpoint": str(path)},
+        )
+    try:
+        model.load_state_dict(raw["model"])
+        optimizer.load_state_dict(raw["optimizer"])
+        if scaler is not None and raw["scaler"] is not None:
+            scaler.load_state_dict(raw["scaler"])
+        _restore_rng(raw["rng"])
+        loop = LoopState(**raw["loop"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise _corrupt(path, f"inconsistent: {exc}") from None
+    return loop
+
+
+def _restore_rng(rng: dict[str, object]) -> None:
+    torch_state = rng["torch"]
+    if not isinstance(torch_state, torch.Tensor):
+        raise TypeError("torch RNG state is not a tensor")
+    torch.set_rng_state(torch_state)
+    cuda = rng["cuda"]
+    if isinstance(cuda, list) and cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    python = rng["python"]
+    if not isinstance(python, tuple):
+        raise TypeError("python RNG state is not a tuple")
+    random.setstate(python)
+    key, pos, gauss = rng["numpy_key"], rng["numpy_pos"], rng["numpy_gauss"]
+    if not (isinstance(key, torch.Tensor) and isinstance(pos, int) and isinstance(gauss, tuple)):
+        raise TypeError("numpy RNG state is malformed")
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": key.numpy().astype(np.uint32), "pos": pos},
+            "has_gauss": gauss[0],
+            "gauss": gauss[1],
+        }
+    )
+
+
+def _corrupt(path: Path, why: str) -> ModelTrainerError:
+    return ModelTrainerError(
+        _C.CHECKPOINT_CORRUPT, f"checkpoint {path.name}: {why}", details={"checkpoint": str(path)}
+    )

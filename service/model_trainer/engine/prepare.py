@@ -1,0 +1,214 @@
+"""Turning a job into the pieces a training loop needs: data, tokenizer, model, optimizer,
+restored from the job's checkpoint when there is one.
+
+Everything here runs before the first step, so every failure carries ``stage="prepare"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+from model_trainer_contracts import (
+    BpeTokenizer,
+    JobTokenizer,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    SubmitJobV1,
+)
+from torch import nn
+
+from model_trainer.engine import checkpoint
+from model_trainer.engine.artifact import CHECKPOINTS, MANIFEST, read_manifest
+from model_trainer.engine.context import RunContext
+from model_trainer.engine.corpus import decode_corpus, read_corpus
+from model_trainer.engine.dataset import CACHE_DIR, Splits, cache_key, load_cached, split, store
+from model_trainer.engine.optim import build_optimizer
+from model_trainer.engine.placement import Placement, resolve_placement
+from model_trainer.engine.registry import Backend
+from model_trainer.engine.tokenizer import TextTokenizer, load_from_job, train_bpe, train_char
+
+_C = ModelTrainerErrorCode
+DEFAULT_STEPS = 200
+log = structlog.get_logger()
+
+
+@dataclass
+class Prepared:
+    """A job ready to train; ``loop`` is the resumed loop state (step 0 for a fresh run)."""
+
+    placement: Placement
+    tokenizer: TextTokenizer
+    splits: Splits
+    context: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loop: checkpoint.LoopState
+    total_steps: int
+    total_epochs: int
+    tokens_per_step: int
+    num_parameters: int
+    spec_digest: str
+
+
+def spec_digest(job: SubmitJobV1) -> str:
+    """Digest of what determines the training run (not labels, progress cadence or timeout)."""
+    fields = {"backend", "model", "tokenizer", "data", "training", "init_from"}
+    body = json.dumps(job.model_dump(mode="json", include=fields), sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def earlier_job_dir(ctx: RunContext, job_id: str) -> Path:
+    return ctx.artifacts_root / job_id
+
+
+def prepare(ctx: RunContext, backend: Backend) -> Prepared:
+    job, tr = ctx.job, ctx.job.training
+    placement = resolve_placement(tr, backend.capabilities)
+    context = backend.context_length(job.model)
+    tokenizer, splits = prepare_data(ctx, backend, context)
+    _seed_everything(tr.seed)
+    model = backend.build(job.model, tokenizer.vocab_size)
+    if job.init_from is not None:
+        backend.load_weights(model, _init_dir(ctx, job.init_from))
+        log.info("engine.init_from", job_id=job.job_id, init_from=job.init_from)
+    model.to(placement.device)
+    optimizer = build_optimizer(model, tr)
+    scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
+    digest = spec_digest(job)
+    loop = checkpoint.restore(
+        ctx.job_dir / CHECKPOINTS,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        spec_digest=digest,
+        data_key=splits.cache_key,
+    )
+    if loop is not None:
+        log.info("engine.resumed", job_id=job.job_id, step=loop.step)
+    tokens_per_step = tr.batch_size * tr.grad_accum_steps * context
+    total_steps = _total_steps(ctx.job, len(splits.train), tokens_per_step)
+    return Prepared(
+        placement=placement,
+        tokenizer=tokenizer,
+        splits=splits,
+        context=context,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        loop=loop or checkpoint.LoopState(),
+        total_steps=total_steps,
+        total_epochs=max(1, math.ceil(total_steps * tokens_per_step / len(splits.train))),
+        tokens_per_step=tokens_per_step,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        spec_digest=digest,
+    )
+
+
+def _total_steps(job: SubmitJobV1, train_tokens: int, tokens_per_step: int) -> int:
+    tr = job.training
+    if tr.max_steps is not None:
+        return tr.max_steps
+    if tr.epochs is not None:
+        return max(1, math.ceil(tr.epochs * train_tokens / tokens_per_step))
+    return DEFAULT_STEPS
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed every global RNG (model init, dropout); a resume then overwrites them."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextTokenizer, Splits]:
+    """The tokenizer and split token data, from the token cache when it has them."""
+    raw = read_corpus(ctx.job.data, ctx.data_root, ctx.max_corpus_bytes)
+    given = given_tokenizer(ctx)
+    spec = ctx.job.tokenizer
+    if given is not None:
+        request = "given:" + hashlib.sha256(given.to_json().encode()).hexdigest()
+    else:
+        request = spec.model_dump_json()
+    key = cache_key(raw.digest, request)
+    cache_root = ctx.artifacts_root / CACHE_DIR
+    cached = load_cached(cache_root, key)
+    if cached is not None:
+        tokens, tokenizer = cached
+        log.info("engine.token_cache_hit", job_id=ctx.job.job_id, key=key, tokens=len(tokens))
+    else:
+        text = decode_corpus(raw)
+        del raw  # the bytes are no longer needed; the text can be large
+        if given is not None:  # always so for a job tokenizer
+            tokenizer = given
+        elif isinstance(spec, BpeTokenizer):
+            tokenizer = train_bpe(text, spec.vocab_size, spec.min_frequency)
+        else:
+            tokenizer = train_char(text)
+        tokens = store(cache_root, key, tokenizer.encode(text), tokenizer)
+        log.info("engine.tokenized", job_id=ctx.job.job_id, key=key, tokens=len(tokens))
+    if tokenizer.kind not in backend.capabilities.tokenizers:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"backend {backend.name!r} cannot use a {tokenizer.kind} tokenizer",
+            details={"backend": backend.name, "tokenizer": tokenizer.kind},
+        )
+    return tokenizer, split(tokens, ctx.job.data, context, key)
+
+
+def _init_dir(ctx: RunContext, init_from: str) -> Path:
+    """The init_from job's artifact folder: MODEL_NOT_FOUND or MODEL_INCOMPATIBLE."""
+    job = ctx.job
+    folder = earlier_job_dir(ctx, init_from)
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError):
+        raise ModelTrainerError(
+            _C.MODEL_NOT_FOUND,
+            f"job {init_from!r} has no artifact ({MANIFEST})",
+            details={"init_from": init_from},
+        ) from None
+    earlier = manifest.get("job")
+    earlier_backend = earlier.get("backend") if isinstance(earlier, dict) else None
+    if earlier_backend != job.backend:
+        raise ModelTrainerError(
+            _C.MODEL_INCOMPATIBLE,
+            f"job {init_from!r} trained {earlier_backend!r}, not {job.backend!r}",
+            details={"init_from": init_from, "backend": str(earlier_backend)},
+        )
+    return folder
+
+
+def given_tokenizer(ctx: RunContext) -> TextTokenizer | None:
+    """The tokenizer the job does not train: an earlier job's (``kind: job``), or, when
+    fine-tuning, the init_from model's, which must agree with what the job asks for."""
+    job = ctx.job
+    named = (
+        load_from_job(earlier_job_dir(ctx, job.tokenizer.job_id))
+        if isinstance(job.tokenizer, JobTokenizer)
+        else None
+    )
+    if job.init_from is None:
+        return named
+    inherited = load_from_job(_init_dir(ctx, job.init_from))
+    if named is not None and named.to_json() != inherited.to_json():
+        raise ModelTrainerError(
+            _C.MODEL_INCOMPATIBLE,
+            f"the tokenizer of job {job.init_from!r} differs from the one the job names",
+            details={"init_from": job.init_from},
+        )
+    if named is None and job.tokenizer.kind != inherited.kind:
+        raise ModelTrainerError(
+            _C.MODEL_INCOMPATIBLE,
+            f"job {job.init_from!r} used a {inherited.kind} tokenizer, not {job.tokenizer.kind}",
+            details={"init_from": job.init_from},
+        )
+    return inherited
