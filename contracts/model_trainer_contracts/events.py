@@ -10,7 +10,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_serializer
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_serializer,
+    model_validator,
+)
 
 from .commands import BackendName, JobId, LabelKey, LabelValue
 from .errors import ModelTrainerErrorCode, Stage
@@ -128,6 +136,24 @@ class FailedEventV1(EventBase):
     details: dict[str, JsonValue] = Field(
         default_factory=dict, description="Offending fields, limits, paths."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerate_new_codes(cls, data: object) -> object:
+        """A code newer than this reader reads as INTERNAL_ERROR, the original kept in
+        ``details["unknown_code"]``, so adding a code does not break older readers."""
+        if not isinstance(data, dict):
+            return data
+        code = data.get("code")
+        if isinstance(code, str) and code not in ModelTrainerErrorCode.__members__:
+            details = data.get("details")
+            kept = details if isinstance(details, dict) else {}
+            return {
+                **data,
+                "code": ModelTrainerErrorCode.INTERNAL_ERROR.value,
+                "details": {**kept, "unknown_code": code},
+            }
+        return data
 
 
 Event = Annotated[

@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 from model_trainer_contracts import (
     CancelJobV1,
+    FailedEventV1,
     ModelTrainerError,
     ModelTrainerErrorCode,
     SubmitJobV1,
@@ -200,3 +201,16 @@ def test_event_headers_reuse_event_id_and_ts() -> None:
 def test_command_headers_get_fresh_ids() -> None:
     first, second = dict(ce_headers(SUBMIT)), dict(ce_headers(SUBMIT))
     assert first["ce_id"] != second["ce_id"]
+
+
+def test_failed_events_with_a_newer_code_still_decode() -> None:
+    body = json.loads(encode(FAILED))
+    body["code"] = "QUANTUM_DECOHERENCE"
+    event = decode_event(json.dumps(body).encode())
+    assert isinstance(event, FailedEventV1)
+    assert event.code is _C.INTERNAL_ERROR
+    assert event.details == {**FAILED.details, "unknown_code": "QUANTUM_DECOHERENCE"}
+    assert (event.message, event.http_status) == (FAILED.message, FAILED.http_status)
+    body["code"] = 7
+    with pytest.raises(ModelTrainerError):
+        decode_event(json.dumps(body).encode())
