@@ -70,7 +70,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
 DEAD_LETTER_DESCRIPTION = (
     "A command the service refused to decode (undecodable, invalid or too large). The record's "
     "value and key are the original bytes, unchanged; why it was refused and where it came from "
-    "travel in headers. A failed event for the job (when its job_id could be read) goes to the "
+    "travel in its headers. A failed event for the job (when its job_id could be read) goes to the "
     "events topic as well."
 )
 
@@ -196,7 +196,7 @@ def dead_letter_headers_schema() -> JsonObject:
         },
         DLQ_ERROR_MESSAGE_HEADER: {
             "type": "string",
-            "description": "Human-readable reason, naming the offending field.",
+            "description": "Human-readable reason naming the offending field; at most 4096 bytes.",
         },
         DLQ_ORIGINAL_TOPIC_HEADER: {"type": "string", "description": "Topic it was read from."},
         DLQ_ORIGINAL_PARTITION_HEADER: {**decimal, "description": "Partition, in decimal."},
@@ -204,7 +204,7 @@ def dead_letter_headers_schema() -> JsonObject:
     }
     return {
         "type": "object",
-        "description": "Added to the original record's headers; values are UTF-8.",
+        "description": "The dead letter's only headers (the refused record's own are not kept).",
         "properties": properties,
         "required": list(properties),
     }
@@ -287,8 +287,8 @@ def _dead_letter_message() -> JsonObject:
         "bindings": {
             "kafka": {
                 "key": {
-                    "type": ["string", "null"],
-                    "description": "The refused record's key, unchanged (its job_id when set).",
+                    "type": "string",
+                    "description": "The refused record's key, unchanged; empty when it had none.",
                 },
                 "bindingVersion": KAFKA_BINDING_VERSION,
             }
