@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN = 0, 1, 2
 
@@ -68,8 +68,9 @@ class JobPreempted:
 WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted
 
 
-ParentEnd = Connection[RunOrder, WorkerMessage]
-WorkerEnd = Connection[WorkerMessage, RunOrder]
+# Strings: Connection is generic only to the type checker.
+ParentEnd: TypeAlias = "Connection[RunOrder, WorkerMessage]"
+WorkerEnd: TypeAlias = "Connection[WorkerMessage, RunOrder]"
 
 
 def worker_entry(

@@ -268,7 +268,7 @@ class TrainerService:
         DEAD_LETTERS.labels(code=str(error.code)).inc()
         headers = [
             ("error_code", str(error.code).encode()),
-            ("error_message", error.message.encode()[:4096]),
+            ("error_message", error.message[:2048].encode()),
             ("original_topic", record.topic.encode()),
             ("original_partition", str(record.partition).encode()),
             ("original_offset", str(record.offset).encode()),

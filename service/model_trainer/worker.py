@@ -137,6 +137,4 @@ def worker_main(
             order = conn.recv()
         except (EOFError, OSError):
             return
-        if not isinstance(order, RunOrder):
-            return
         conn.send(run_order(order, conn, stop_flag, threads))
