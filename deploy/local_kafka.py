@@ -56,8 +56,14 @@ def ensure_jars() -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     cmd = [
-        "mvn", "-B", "-q", "-f", str(POM), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+        "mvn",
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -147,7 +153,7 @@ class LocalKafka:
     def start(self) -> None:
         """Start the broker in the background and return once it accepts connections."""
         if self.running_pid() is not None:
-            raise BrokerError(f"a broker already runs from {self.workdir} (pid file {self.pid_file})")
+            raise BrokerError(f"a broker already runs from {self.workdir} ({self.pid_file})")
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} is taken: stop what listens there or pick --port")
         libs = ensure_jars()
@@ -160,22 +166,40 @@ class LocalKafka:
         if java is None:
             raise BrokerError("java is not on PATH: Kafka needs Java 17 or newer")
         jvm = [
-            java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java,
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.workdir}", "-cp", classpath,
+            f"-Dkafka.logs.dir={self.workdir}",
+            "-cp",
+            classpath,
         ]
         if not (self.workdir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", uuid.uuid4().hex[:22], "-c", str(properties)],
-                capture_output=True, text=True, check=False,
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    uuid.uuid4().hex[:22],
+                    "-c",
+                    str(properties),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(properties)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
