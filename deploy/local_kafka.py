@@ -138,6 +138,13 @@ class LocalKafka:
             ]
         )
 
+    def _stored_controller_port(self) -> int | None:
+        """The controller port of an earlier start: KRaft stores the voter's endpoint."""
+        try:
+            return int((self.workdir / "controller.port").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def running_pid(self) -> int | None:
         """The broker's pid when its pid file names a live process, else None."""
         try:
@@ -159,7 +166,8 @@ class LocalKafka:
         libs = ensure_jars()
         self.workdir.mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "server.properties"
-        controller_port = self.controller_port or free_port()
+        controller_port = self.controller_port or self._stored_controller_port() or free_port()
+        (self.workdir / "controller.port").write_text(str(controller_port))
         properties.write_text(self._properties(controller_port))
         classpath = f"{libs}/*"
         java = shutil.which("java")

@@ -111,7 +111,7 @@ async def _follow(watcher: EventWatcher, job_id: str) -> int:
     progress = Progress(
         TextColumn("[bold]{task.fields[job]}"),
         BarColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("step {task.fields[step]}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("val {task.fields[val]}"),
         TextColumn("{task.fields[tps]} tok/s"),
@@ -119,7 +119,9 @@ async def _follow(watcher: EventWatcher, job_id: str) -> int:
         console=console,
     )
     with progress:
-        task = progress.add_task("train", total=None, job=job_id, loss="-", val="-", tps="-")
+        task = progress.add_task(
+            "train", total=None, job=job_id, step="-", loss="-", val="-", tps="-"
+        )
         async for event in watcher.events({job_id}):
             outcome = _show(event, progress, task)
             if outcome is not None:
@@ -130,7 +132,12 @@ async def _follow(watcher: EventWatcher, job_id: str) -> int:
 def _show(event: Event, progress: Progress, task: TaskID) -> int | None:
     """Render one event; return the exit code when it ends the job."""
     if isinstance(event, ConfigEventV1):
-        progress.update(task, total=event.total_steps, completed=event.start_step)
+        progress.update(
+            task,
+            total=event.total_steps,
+            completed=event.start_step,
+            step=f"{event.start_step}/{event.total_steps}",
+        )
         progress.console.print(
             f"config: {event.model_family} {event.model_size} "
             f"({event.num_parameters:,} params), {event.tokenizer} vocab {event.vocab_size}, "
@@ -142,11 +149,18 @@ def _show(event: Event, progress: Progress, task: TaskID) -> int | None:
             task,
             completed=event.step,
             total=event.total_steps,
+            step=f"{event.step}/{event.total_steps}",
             loss=f"{event.train_loss:.4f}",
             tps=f"{event.tokens_per_sec:,.0f}",
         )
         if event.val_loss is not None:
             progress.update(task, val=f"{event.val_loss:.4f}")
+        if not progress.console.is_terminal:  # no live bar in a log: one line per event
+            val = "" if event.val_loss is None else f" val {event.val_loss:.4f}"
+            progress.console.print(
+                f"step {event.step}/{event.total_steps} loss {event.train_loss:.4f}{val} "
+                f"{event.tokens_per_sec:,.0f} tok/s eta {event.eta_s:.0f}s"
+            )
     elif isinstance(event, CompletedEventV1):
         progress.update(task, completed=event.steps)
         progress.console.print(

@@ -93,7 +93,12 @@ class EventWatcher:
     ) -> None:
         await self._consumer.stop()
 
-    async def _pull(self) -> list[Event]:
+    async def rewind(self) -> None:
+        """Read the topic again from its beginning (``seen`` is cleared)."""
+        self.seen.clear()
+        await self._consumer.seek_to_beginning(*self._consumer.assignment())
+
+    async def poll(self) -> list[Event]:
         """Read what arrived within half a second; every event read is kept in ``seen``."""
         fresh: list[Event] = []
         batches = await self._consumer.getmany(timeout_ms=500)
@@ -109,7 +114,7 @@ class EventWatcher:
     async def events(self, job_ids: set[str] | None = None) -> AsyncIterator[Event]:
         """Every event read from now on (of ``job_ids``, when given), forever."""
         while True:
-            for event in await self._pull():
+            for event in await self.poll():
                 if job_ids is None or event.job_id in job_ids:
                     yield event
 
@@ -126,7 +131,7 @@ class EventWatcher:
                         mine.append(event)
                         if isinstance(event, CompletedEventV1 | FailedEventV1):
                             return mine
-                await self._pull()
+                await self.poll()
 
 
 def is_terminal(event: Event) -> bool:

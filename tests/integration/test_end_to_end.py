@@ -141,3 +141,37 @@ async def test_malformed_commands_get_typed_errors_and_service_goes_on(
     assert codes == ["COMMAND_INVALID", "COMMAND_UNDECODABLE"]
     assert all(letter["original_topic"] == stack.commands_topic for letter in letters)
     assert service.ready()
+
+
+def test_cli_submit_follow_shows_progress_and_exit_codes(
+    stack: Stack, service: ServiceProcess, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(stack.job("cli-ok", steps=12)))
+    bad = tmp_path / "bad.json"
+    spec = stack.job("cli-bad", steps=12)
+    spec["data"] = {"corpus_path": "missing.txt"}
+    bad.write_text(json.dumps(spec))
+    env = {**service.env, "COLUMNS": "200"}
+
+    def submit(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "model_trainer", "submit", str(path), "--follow"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    ok = submit(good)
+    assert ok.returncode == 0, ok.stderr
+    assert "completed" in ok.stderr
+    assert "step 12/12" in ok.stderr
+    assert "artifact: " in ok.stderr
+    failed = submit(bad)
+    assert failed.returncode == 1, failed.stderr
+    assert "CORPUS_NOT_FOUND" in failed.stderr

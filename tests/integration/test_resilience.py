@@ -1,0 +1,283 @@
+"""Crashes, restarts, cancels and floods, against the real broker and real training."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from model_trainer.client import CommandSender, EventWatcher, is_terminal
+from model_trainer_contracts import (
+    CancelJobV1,
+    CompletedEventV1,
+    ConfigEventV1,
+    Event,
+    FailedEventV1,
+    ModelTrainerErrorCode,
+    ProgressEventV1,
+    SubmitJobV1,
+)
+
+from .harness import ServiceProcess, Stack
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, tmp_path: Path) -> Stack:
+    return Stack(kafka_bootstrap, tmp_path)
+
+
+def long_job(stack: Stack, job_id: str, steps: int = 400) -> SubmitJobV1:
+    spec = stack.job(job_id, steps=steps)
+    spec["training"] = {
+        "max_steps": steps,
+        "batch_size": 8,
+        "eval_every": 50,
+        "eval_batches": 2,
+        "checkpoint_every": 10,
+    }
+    return SubmitJobV1.model_validate(spec)
+
+
+async def send(stack: Stack, *commands: SubmitJobV1 | CancelJobV1) -> None:
+    async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
+        for command in commands:
+            await sender.send(command)
+
+
+async def wait_for_step(watcher: EventWatcher, job_id: str, step: int, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if any(
+                isinstance(e, ProgressEventV1) and e.job_id == job_id and e.step >= step
+                for e in watcher.seen
+            ):
+                return
+            await watcher.poll()
+
+
+def of(watcher: EventWatcher, job_id: str) -> list[Event]:
+    return [e for e in watcher.seen if e.job_id == job_id]
+
+
+def assert_seq_contiguous(events: list[Event]) -> None:
+    seqs = sorted({e.seq for e in events})
+    assert seqs == list(range(len(seqs))), f"seq gaps: {seqs}"
+
+
+async def test_service_killed_mid_job_resumes_from_checkpoint(stack: Stack) -> None:
+    svc = ServiceProcess(stack, instance_id="a").start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "crash-1"))
+            await wait_for_step(watcher, "crash-1", 40, timeout_s=120)
+            svc.kill()
+            svc = ServiceProcess(stack, instance_id="a").start()
+            events = await watcher.until_terminal("crash-1", timeout_s=300)
+            await asyncio.sleep(2)  # a second terminal event would show up here
+            await watcher.poll()
+    finally:
+        svc.stop()
+    events = of(watcher, "crash-1")
+    terminal = [e for e in events if is_terminal(e)]
+    assert len(terminal) == 1, terminal
+    assert isinstance(terminal[0], CompletedEventV1), terminal
+    configs = [e for e in events if isinstance(e, ConfigEventV1)]
+    assert len(configs) == 2, "expected a config event per attempt"
+    resumed = configs[1]
+    assert resumed.attempt == 2
+    assert resumed.start_step >= 10, "the second attempt did not resume from a checkpoint"
+    after = [e for e in events if isinstance(e, ProgressEventV1) and e.attempt == 2]
+    assert after
+    assert min(e.step for e in after) > resumed.start_step
+    assert len({e.seq for e in events}) == len(events), "duplicate seq"
+
+
+async def test_worker_killed_mid_job_retries_and_pool_serves_next(stack: Stack) -> None:
+    svc = ServiceProcess(stack, max_attempts="2").start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "wk-1", steps=200))
+            await wait_for_step(watcher, "wk-1", 30, timeout_s=120)
+            victims = svc.worker_pids()
+            assert len(victims) == 1
+            os.kill(victims[0], signal.SIGKILL)
+            events = await watcher.until_terminal("wk-1", timeout_s=300)
+            await send(stack, long_job(stack, "wk-2", steps=20))
+            after = await watcher.until_terminal("wk-2", timeout_s=180)
+        assert svc.worker_pids()
+        assert svc.worker_pids() != victims
+        assert "model_trainer_worker_restarts_total 1.0" in svc.metrics()
+    finally:
+        svc.stop()
+    assert isinstance(events[-1], CompletedEventV1), events[-1]
+    configs = [e for e in events if isinstance(e, ConfigEventV1)]
+    assert [c.attempt for c in configs] == [1, 2]
+    assert configs[1].start_step >= 10
+    assert_seq_contiguous(events)
+    assert isinstance(after[-1], CompletedEventV1)
+
+
+async def test_worker_deaths_past_the_policy_end_with_run_worker_died(stack: Stack) -> None:
+    svc = ServiceProcess(stack, max_attempts="1").start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "wk-die", steps=300))
+            await wait_for_step(watcher, "wk-die", 10, timeout_s=120)
+            os.kill(svc.worker_pids()[0], signal.SIGKILL)
+            events = await watcher.until_terminal("wk-die", timeout_s=120)
+    finally:
+        svc.stop()
+    failed = events[-1]
+    assert isinstance(failed, FailedEventV1)
+    assert failed.code is ModelTrainerErrorCode.RUN_WORKER_DIED
+    assert failed.retryable
+
+
+async def test_running_job_cancelled_within_five_seconds(stack: Stack) -> None:
+    svc = ServiceProcess(stack).start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "cx-1", steps=5000))
+            await wait_for_step(watcher, "cx-1", 4, timeout_s=120)
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            await send(stack, CancelJobV1(job_id="cx-1", reason="test"))
+            events = await watcher.until_terminal("cx-1", timeout_s=30)
+            took = loop.time() - sent
+            await send(stack, CancelJobV1(job_id="cx-1"), CancelJobV1(job_id="cx-unknown"))
+            again = await watcher.until_terminal("cx-unknown", timeout_s=30)
+    finally:
+        svc.stop()
+    failed = events[-1]
+    assert isinstance(failed, FailedEventV1)
+    assert failed.code is ModelTrainerErrorCode.TRAINING_CANCELLED
+    assert took < 5.0, f"cancel took {took:.1f}s"
+    assert any((stack.artifacts_root / "cx-1" / "checkpoints").iterdir())
+    unknown = again[-1]
+    assert isinstance(unknown, FailedEventV1)
+    assert unknown.code is ModelTrainerErrorCode.JOB_NOT_FOUND
+    assert unknown.details.get("command_rejected") is True
+    finished = [e for e in of(watcher, "cx-1") if isinstance(e, FailedEventV1)]
+    assert [e.code for e in finished][-1] is ModelTrainerErrorCode.JOB_NOT_FOUND
+
+
+async def test_duplicates_conflicts_and_timeouts(stack: Stack) -> None:
+    svc = ServiceProcess(stack).start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            job = long_job(stack, "dup-1", steps=10)
+            await send(stack, job)
+            await watcher.until_terminal("dup-1", timeout_s=120)
+            await send(stack, job)  # same spec again: a no-op
+            changed = SubmitJobV1.model_validate({**job.model_dump(), "labels": {"other": "spec"}})
+            await send(stack, changed)
+            conflict = await watcher.until_terminal("dup-1", timeout_s=60)
+            slow = SubmitJobV1.model_validate(
+                {**long_job(stack, "to-1", steps=100_000).model_dump(), "timeout_s": 3}
+            )
+            await send(stack, slow)
+            timed_out = await watcher.until_terminal("to-1", timeout_s=120)
+    finally:
+        svc.stop()
+    dup_events = of(watcher, "dup-1")
+    assert sum(isinstance(e, CompletedEventV1) for e in dup_events) == 1
+    assert sum(isinstance(e, ConfigEventV1) for e in dup_events) == 1, "ran twice"
+    rejection = [e for e in dup_events if isinstance(e, FailedEventV1)]
+    assert [e.code for e in rejection] == [ModelTrainerErrorCode.JOB_ID_CONFLICT]
+    assert conflict
+    failed = timed_out[-1]
+    assert isinstance(failed, FailedEventV1)
+    assert failed.code is ModelTrainerErrorCode.TRAINING_TIMEOUT
+
+
+async def test_flood_of_malformed_commands(stack: Stack) -> None:
+    svc = ServiceProcess(stack, workers="1").start()
+    good = [long_job(stack, f"flood-{i}", steps=6) for i in range(5)]
+    not_ready = 0
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
+                for i in range(200):
+                    if i % 40 == 0:
+                        await sender.send(good[i // 40])
+                    payload = [b"{", b"\x00\x01", b"[]", json.dumps({"type": "nope"}).encode()]
+                    await sender.send_raw(payload[i % 4] + str(i).encode(), key=f"bad-{i}".encode())
+                    if i % 20 == 0 and not svc.ready():
+                        not_ready += 1
+            for job in good:
+                events = await watcher.until_terminal(job.job_id, timeout_s=180)
+                assert isinstance(events[-1], CompletedEventV1), events[-1]
+                if not svc.ready():
+                    not_ready += 1
+        metrics = svc.metrics()
+    finally:
+        svc.stop()
+    letters = Counter(
+        line.split()[0]
+        for line in metrics.splitlines()
+        if line.startswith("model_trainer_dead_letters_total")
+    )
+    total = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("model_trainer_dead_letters_total")
+    )
+    assert total == 200, letters
+    assert not_ready == 0
+
+
+async def test_two_instances_one_killed_all_jobs_end_once(stack: Stack) -> None:
+    a = ServiceProcess(stack, "a", instance_id="a").start()
+    b = ServiceProcess(stack, "b", instance_id="b").start()
+    jobs = [long_job(stack, f"scale-{i}", steps=60) for i in range(8)]
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, *jobs)
+            await wait_for_step(watcher, jobs[0].job_id, 1, timeout_s=120)
+            for _ in range(100):  # kill while both instances have jobs running
+                running = {e.job_id for e in watcher.seen if isinstance(e, ProgressEventV1)}
+                if len(running) >= 2:
+                    break
+                await watcher.poll()
+            a.kill()
+            for job in jobs:
+                await watcher.until_terminal(job.job_id, timeout_s=400)
+            await asyncio.sleep(3)
+            await watcher.poll()
+    finally:
+        a.stop()
+        b.stop()
+    for job in jobs:
+        terminal = [e for e in of(watcher, job.job_id) if is_terminal(e)]
+        assert len(terminal) == 1, (job.job_id, terminal)
+        assert isinstance(terminal[0], CompletedEventV1), terminal[0]
+
+
+async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: object) -> None:
+    from local_kafka import LocalKafka
+
+    assert isinstance(local_broker, LocalKafka)
+    stack = Stack(local_broker.bootstrap_servers, tmp_path)
+    svc = ServiceProcess(stack).start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "br-1", steps=300))
+            await wait_for_step(watcher, "br-1", 20, timeout_s=120)
+        local_broker.stop()
+        await asyncio.sleep(3)
+        local_broker.start()
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await watcher.rewind()
+            events = await watcher.until_terminal("br-1", timeout_s=300)
+    finally:
+        svc.stop()
+    assert isinstance(events[-1], CompletedEventV1), events[-1]
+    assert_seq_contiguous(events)
+    steps = [e.step for e in events if isinstance(e, ProgressEventV1)]
+    assert steps == sorted(steps)
