@@ -122,7 +122,7 @@ class BaseTrainer:
                 group["lr"] = lr
             loss, grad_norm = self._step(p)
             loop.step += 1
-            self._guard(p, loss)
+            grad_norm = self._guard(p, loss, grad_norm)
             meter.step(loss)
             val_loss, stop_early = None, False
             if loop.step % tr.eval_every == 0 or loop.step == p.total_steps:
@@ -160,24 +160,25 @@ class BaseTrainer:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        grad_norm = float(norm)
-        if not math.isfinite(grad_norm):
-            if scaler is None:  # fp32/bf16: the step just wrote non-finite weights
-                raise self._nan(p, "the gradient became NaN or infinite")
-            grad_norm = 0.0  # fp16: the scaler skipped this step and lowers its scale
-        return float(total), grad_norm
+        return float(total), float(norm)
 
-    def _guard(self, p: Prepared, loss: float) -> None:
-        """TRAINING_NAN_LOSS on a non-finite loss; TRAINING_DIVERGED when, after warmup, the
-        loss exceeds both DIVERGENCE_FACTOR x the best smoothed loss and the loss of guessing
-        uniformly (ln V)."""
+    def _guard(self, p: Prepared, loss: float, grad_norm: float) -> float:
+        """Check step ``p.loop.step``: TRAINING_NAN_LOSS on a non-finite loss or (without an
+        fp16 scaler, which skips such steps itself) gradient; TRAINING_DIVERGED when, after
+        warmup, the loss exceeds both DIVERGENCE_FACTOR x the best smoothed loss and the loss
+        of guessing uniformly (ln V). Returns the grad norm to report."""
         loop = p.loop
         if not math.isfinite(loss):
             raise self._nan(p, "the loss became NaN or infinite")
+        if not math.isfinite(grad_norm):
+            if p.scaler is None:  # the step just wrote non-finite weights
+                raise self._nan(p, "the gradient became NaN or infinite")
+            grad_norm = 0.0  # fp16: the scaler skipped the step and lowers its scale
         loop.smooth_loss = loss if loop.smooth_loss is None else 0.9 * loop.smooth_loss + 0.1 * loss
         if loop.step <= self.job.training.warmup_steps + SETTLE_STEPS:
-            return
-        loop.best_smooth = min(loop.best_smooth or math.inf, loop.smooth_loss)
+            return grad_norm
+        best = math.inf if loop.best_smooth is None else loop.best_smooth
+        loop.best_smooth = min(best, loop.smooth_loss)
         floor = math.log(p.tokenizer.vocab_size)
         if loss > DIVERGENCE_FACTOR * loop.best_smooth and loss > floor:
             raise ModelTrainerError(
@@ -187,6 +188,7 @@ class BaseTrainer:
                 details={"step": loop.step, "loss": loss, "best_smoothed_loss": loop.best_smooth},
                 stage="train",
             )
+        return grad_norm
 
     def _nan(self, p: Prepared, why: str) -> ModelTrainerError:
         return ModelTrainerError(
