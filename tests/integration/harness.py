@@ -22,6 +22,13 @@ CORPUS = (
 ) * 60
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def free_port() -> int:
     import socket
 
@@ -173,7 +180,9 @@ class ServiceProcess:
         out = subprocess.run(
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
         )
-        return [int(pid) for pid in out.stdout.split()]
+        pids = [int(pid) for pid in out.stdout.split()]
+        # Spawned workers, not multiprocessing's resource tracker.
+        return [pid for pid in pids if b"spawn_main" in _cmdline(pid)]
 
     def kill(self) -> None:
         """SIGKILL the service process (its workers notice and stop on their own)."""
