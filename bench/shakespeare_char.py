@@ -1,0 +1,128 @@
+"""nanoGPT's shakespeare_char CPU reference run, through model-trainer's gpt2 backend.
+
+    .venv/bin/python bench/shakespeare_char.py /work/shared/data/tinyshakespeare.txt
+
+Config (nanoGPT ``config/train_shakespeare_char.py`` with its README's CPU overrides): char
+tokens, n_layer 4, n_head 4, n_embd 128, block 64, batch 12, 2000 iterations, lr 1e-3, warmup
+100, cosine to 1e-4 over the run, AdamW betas (0.9, 0.99), weight decay 0.1, dropout 0, grad
+clip 1.0, 90/10 split, evaluation over 20 random validation batches. nanoGPT reports a
+validation loss of 1.88; the target here is <= 1.95.
+
+Progress goes to stderr; the last stdout line is one JSON object: val_loss (final evaluation),
+tokens_per_sec (training tokens over the time from the first step to the last event,
+evaluations included), wall_s (the whole run_job: tokenize, train, save), peak_rss_mb (the
+process's peak resident set, which tokenizing and training set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from model_trainer.engine import RunContext, run_job
+from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
+
+
+def job(corpus: Path, max_steps: int) -> SubmitJobV1:
+    return SubmitJobV1.model_validate(
+        {
+            "job_id": "bench-shakespeare-char",
+            "user_id": 0,
+            "backend": "gpt2",
+            "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+            "tokenizer": {"kind": "char"},
+            "data": {"corpus_path": corpus.name, "val_fraction": 0.1},
+            "training": {
+                "max_steps": max_steps,
+                "batch_size": 12,
+                "learning_rate": 1e-3,
+                "schedule": "cosine",
+                "warmup_steps": 100,
+                "min_lr": 1e-4,
+                "optimizer": "adamw",
+                "betas": [0.9, 0.99],
+                "weight_decay": 0.1,
+                "grad_clip": 1.0,
+                "seed": 1337,
+                "device": "cpu",
+                "eval_every": 250,
+                "eval_batches": 20,
+            },
+            "progress": {"every_steps": 100},
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("corpus", type=Path, help="tinyshakespeare.txt")
+    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--out", type=Path, help="artifacts root (default: a temp folder)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    corpus: Path = args.corpus.resolve()
+    out = args.out or Path(tempfile.mkdtemp(prefix="shakespeare-char-"))
+    marks: dict[str, float] = {}
+    val_loss: list[float] = []
+    steps: list[int] = []
+    tokens_per_step = 12 * 64
+
+    def emit(event: ConfigEventV1 | ProgressEventV1) -> None:
+        now = time.monotonic()
+        if isinstance(event, ConfigEventV1):
+            marks["first_step"] = now
+            print(
+                f"config: {event.num_parameters} params, vocab {event.vocab_size}, "
+                f"{event.train_tokens}/{event.val_tokens} train/val tokens, "
+                f"{event.total_steps} steps on {event.device}",
+                file=sys.stderr,
+            )
+            return
+        marks["last_event"] = now
+        steps.append(event.step)
+        if event.val_loss is not None:
+            val_loss.append(event.val_loss)
+        val = f" val {event.val_loss:.4f}" if event.val_loss is not None else ""
+        print(
+            f"step {event.step}/{event.total_steps} train {event.train_loss:.4f}{val} "
+            f"lr {event.learning_rate:.2e} {event.tokens_per_sec:.0f} tok/s "
+            f"eta {event.eta_s:.0f}s",
+            file=sys.stderr,
+        )
+
+    ctx = RunContext(
+        job=job(corpus, args.max_steps),
+        data_root=corpus.parent,
+        artifacts_root=out,
+        threads=args.threads,
+        checkpoint_every=10**9,
+        emit=emit,
+    )
+    started = time.monotonic()
+    completed = run_job(ctx)
+    wall = time.monotonic() - started
+    train_s = marks["last_event"] - marks["first_step"]
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"artifact: {completed.artifact_path}", file=sys.stderr)
+    result = {
+        "val_loss": round(val_loss[-1], 4),
+        "best_val_loss": completed.best_val_loss,
+        "steps": completed.steps,
+        "tokens_per_sec": round(steps[-1] * tokens_per_step / train_s, 1),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "threads": args.threads,
+        "target_val_loss": 1.95,
+        "passed": val_loss[-1] <= 1.95,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
