@@ -207,3 +207,8 @@ class ServiceProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids among ``pids`` that still run."""
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]

@@ -22,7 +22,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
-from .harness import ServiceProcess, Stack
+from .harness import ServiceProcess, Stack, alive
 
 pytestmark = pytest.mark.kafka
 
@@ -281,3 +281,29 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
     assert_seq_contiguous(events)
     steps = [e.step for e in events if isinstance(e, ProgressEventV1)]
     assert steps == sorted(steps)
+
+
+async def test_sigterm_checkpoints_and_the_next_instance_resumes(stack: Stack) -> None:
+    svc = ServiceProcess(stack, instance_id="t").start()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "term-1", steps=400))
+            await wait_for_step(watcher, "term-1", 25, timeout_s=120)
+            workers = svc.worker_pids()
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            code = await asyncio.to_thread(svc.terminate, 40.0)
+            took = loop.time() - asked
+            assert code == 0, svc.tail()
+            assert workers
+            assert not alive(workers)
+            svc = ServiceProcess(stack, instance_id="t").start()
+            events = await watcher.until_terminal("term-1", timeout_s=300)
+    finally:
+        svc.stop()
+    assert took < 20, f"shutdown took {took:.1f}s"
+    assert isinstance(events[-1], CompletedEventV1), events[-1]
+    configs = [e for e in events if isinstance(e, ConfigEventV1)]
+    assert [c.attempt for c in configs] == [1, 2]
+    assert configs[1].start_step >= 25, "the checkpoint taken at SIGTERM was not used"
+    assert_seq_contiguous(events)
