@@ -20,8 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from .commands import BackendName, JobId, LabelKey, LabelValue
-from .errors import ModelTrainerErrorCode, Stage
+from .commands import JobId, LabelKey, LabelValue
+from .errors import ModelTrainerErrorCode
 
 NonNegative = Annotated[float, Field(ge=0.0)]
 
@@ -68,7 +68,10 @@ class ConfigEventV1(EventBase):
     """What will actually run, resolved: published once per attempt, before the first step."""
 
     type: Literal["trainer.metrics.config.v1"] = "trainer.metrics.config.v1"
-    backend: BackendName
+    backend: str = Field(
+        description="Backend name (char_lstm, gpt2, ...): a plain string, so readers keep "
+        "decoding when a backend is added."
+    )
     model_family: str
     model_size: str = Field(description="Human-readable size, e.g. '0.80M'.")
     num_parameters: int = Field(ge=0)
@@ -132,7 +135,10 @@ class FailedEventV1(EventBase):
     message: str = Field(description="Human-readable reason.")
     retryable: bool = Field(description="Whether resubmitting may succeed.")
     http_status: int = Field(ge=100, le=599, description="The code's HTTP equivalent.")
-    stage: Stage = Field(description="Where the job was when it failed.")
+    stage: str = Field(
+        description="Where the job was: validate, prepare, train, evaluate or save (a plain "
+        "string, so readers keep decoding when a stage is added)."
+    )
     details: dict[str, JsonValue] = Field(
         default_factory=dict, description="Offending fields, limits, paths."
     )
