@@ -72,6 +72,11 @@ class Publisher:
         self._queue.put_nowait(item)
         return item.done
 
+    async def failed(self) -> None:
+        """Return (raising its error) only if publishing stopped for good, e.g. when fenced."""
+        assert self._task is not None
+        await asyncio.shield(self._task)
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()

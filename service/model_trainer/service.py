@@ -153,7 +153,10 @@ class TrainerService:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+        # A fenced publisher means another process took this instance's id: stop at once.
+        fenced = asyncio.create_task(self.publisher.failed(), name="publisher")
+        done, _ = await asyncio.wait([*tasks, stopped, fenced], return_when=asyncio.FIRST_COMPLETED)
+        fenced.cancel()
         for task in done:
             if task is not stopped and task.exception() is not None:
                 log.error("service task failed", task=task.get_name(), error=repr(task.exception()))
