@@ -84,6 +84,12 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     optimizer = build_optimizer(model, tr)
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
     digest = spec_digest(job)
+    if (
+        ctx.job_dir / CHECKPOINTS / checkpoint.FILE
+    ).exists() and not backend.capabilities.can_resume:
+        raise ModelTrainerError(
+            _C.RUN_NOT_RESUMABLE, f"backend {backend.name!r} cannot resume from a checkpoint"
+        )
     loop = checkpoint.restore(
         ctx.job_dir / CHECKPOINTS,
         model=model,
