@@ -26,11 +26,6 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def stack(kafka_bootstrap: str, tmp_path: Path) -> Stack:
-    return Stack(kafka_bootstrap, tmp_path)
-
-
-@pytest.fixture
 def service(stack: Stack) -> Iterator[ServiceProcess]:
     svc = ServiceProcess(stack).start()
     try:

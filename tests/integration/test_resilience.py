@@ -27,11 +27,6 @@ from .harness import ServiceProcess, Stack, alive
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture
-def stack(kafka_bootstrap: str, tmp_path: Path) -> Stack:
-    return Stack(kafka_bootstrap, tmp_path)
-
-
 def long_job(stack: Stack, job_id: str, steps: int = 400) -> SubmitJobV1:
     spec = stack.job(job_id, steps=steps)
     spec["training"] = {
