@@ -1,0 +1,68 @@
+"""`model-trainer run` trains without Kafka; `model-trainer sample` generates from its artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 80
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "model_trainer", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_run_prints_events_then_sample_generates(tmp_path: Path) -> None:
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    job = {
+        "type": "trainer.job.submit.v1",
+        "job_id": "local-1",
+        "user_id": 1,
+        "backend": "gpt2",
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+        "data": {"corpus_path": "corpus.txt"},
+        "training": {"max_steps": 8, "batch_size": 4, "eval_every": 4, "eval_batches": 1},
+        "progress": {"every_steps": 2},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    done = _cli("run", "job.json", "--data-root", ".", "--artifacts-root", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    types = [e["type"] for e in events]
+    assert types[0] == "trainer.metrics.config.v1"
+    assert types[-1] == "trainer.metrics.completed.v1"
+    assert types.count("trainer.metrics.progress.v1") >= 4
+    artifact = Path(events[-1]["artifact_path"])
+    assert (artifact / "manifest.json").is_file()
+
+    text = _cli(
+        "sample", str(artifact), "--prompt", "ROMEO", "--max-new-tokens", "20", cwd=tmp_path
+    )
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("ROMEO")
+    assert len(text.stdout.strip()) > len("ROMEO")
+
+
+def test_run_reports_a_bad_corpus_as_a_failed_event(tmp_path: Path) -> None:
+    job = {
+        "type": "trainer.job.submit.v1",
+        "job_id": "local-2",
+        "user_id": 1,
+        "backend": "char_lstm",
+        "data": {"corpus_path": "../outside.txt"},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    done = _cli("run", "job.json", "--data-root", ".", cwd=tmp_path)
+    assert done.returncode == 1
+    failed = json.loads(done.stdout.splitlines()[-1])
+    assert failed["type"] == "trainer.job.failed.v1"
+    assert failed["code"] == "PATH_NOT_ALLOWED"
