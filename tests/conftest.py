@@ -40,7 +40,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as container:
+        # testcontainers' Kafka module scripts Confluent's image; cp-kafka 7.9 is Kafka 3.9,
+        # the README's fallback release.
+        with KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft() as container:
             yield str(container.get_bootstrap_server())
         return
     broker = LocalKafka(workdir=tmp_path_factory.mktemp("kafka"), port=free_port())
