@@ -25,6 +25,7 @@ async def serve(settings: Settings) -> None:
     def readiness() -> dict[str, bool]:
         return {
             "started": service.started.is_set(),
+            "broker": service.broker_reachable,
             "publisher": service.publisher.healthy,
             "pool": service.pool.idle() + len(service.pool.running()) > 0,
             "not_stopping": not stop.is_set(),

@@ -118,6 +118,7 @@ class TrainerService:
         self.started = asyncio.Event()
         self._paused = False
         self._stopping = False
+        self.broker_reachable = True
         self._jobs_changed = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
@@ -507,10 +508,13 @@ class TrainerService:
     # ---------------------------------------------------------------- housekeeping
 
     async def _housekeeping(self) -> None:
-        last_lag = 0.0
+        last_lag = last_probe = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if now - last_probe > 5:
+                last_probe = now
+                self.broker_reachable = await self._probe_broker()
             for job in list(self.jobs.values()):
                 if job.kill_at is not None and now > job.kill_at:
                     job.kill_at = None
@@ -521,6 +525,20 @@ class TrainerService:
             if now - last_lag > 10:
                 last_lag = now
                 await self._record_lag()
+
+    async def _probe_broker(self) -> bool:
+        """True when the broker answers a metadata request within three seconds."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        try:
+            async with asyncio.timeout(3):
+                await consumer.topics()
+        except Exception as exc:  # any failure means "not reachable now"
+            if self.broker_reachable:
+                log.warning("broker unreachable", error=repr(exc))
+            return False
+        return True
 
     async def _record_lag(self) -> None:
         consumer = self.consumer

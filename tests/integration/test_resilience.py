@@ -56,6 +56,17 @@ async def wait_for_step(watcher: EventWatcher, job_id: str, step: int, timeout_s
             await watcher.poll()
 
 
+async def wait_readiness(svc: ServiceProcess, *, ready: bool, timeout_s: float) -> bool:
+    """Wait until the service's /readyz says ``ready``; False when it never did."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await asyncio.to_thread(svc.ready) == ready:
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
 def of(watcher: EventWatcher, job_id: str) -> list[Event]:
     return [e for e in watcher.seen if e.job_id == job_id]
 
@@ -265,13 +276,16 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
             await send(stack, long_job(stack, "br-1", steps=300))
             await wait_for_step(watcher, "br-1", 20, timeout_s=120)
         local_broker.stop()
-        await asyncio.sleep(3)
+        unready = await wait_readiness(svc, ready=False, timeout_s=20)
         local_broker.start()
+        ready_again = await wait_readiness(svc, ready=True, timeout_s=60)
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await watcher.rewind()
             events = await watcher.until_terminal("br-1", timeout_s=300)
     finally:
         svc.stop()
+    assert unready, "/readyz stayed 200 while the broker was down"
+    assert ready_again, "/readyz did not recover after the broker came back"
     assert isinstance(events[-1], CompletedEventV1), events[-1]
     assert_seq_contiguous(events)
     steps = [e.step for e in events if isinstance(e, ProgressEventV1)]
