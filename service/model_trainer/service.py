@@ -215,11 +215,13 @@ class TrainerService:
         consumer = self.consumer
         assert consumer is not None
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=100)
+            # Take no more than the queue has room for, so its bound holds within a batch.
+            room = self.settings.queue_size - len(self.queue) + self.pool.idle()
+            batches = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 100)))
             for messages in batches.values():
                 for message in messages:
                     await self._on_command(to_record(message))
-            self._dispatch()
+                    self._dispatch()
             self._apply_backpressure()
 
     def _apply_backpressure(self) -> None:

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         None, ge=1, description="torch threads per worker (default: cores / workers)."
     )
     queue_size: int = Field(
-        2, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
+        64, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
     )
     max_attempts: int = Field(
         2, ge=1, description="Runs of a job whose worker died, before RUN_WORKER_DIED."

@@ -316,3 +316,21 @@ async def test_sigterm_checkpoints_and_the_next_instance_resumes(stack: Stack) -
     assert [c.attempt for c in configs] == [1, 2]
     assert configs[1].start_step >= 25, "the checkpoint taken at SIGTERM was not used"
     assert_seq_contiguous(events)
+
+
+async def test_busy_pool_pauses_partitions_and_resumes(stack: Stack) -> None:
+    svc = ServiceProcess(stack, queue_size="1").start()
+    jobs = [long_job(stack, f"bp-{i}", steps=15) for i in range(4)]
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, *jobs)
+            for job in jobs:
+                events = await watcher.until_terminal(job.job_id, timeout_s=180)
+                assert isinstance(events[-1], CompletedEventV1), events[-1]
+    finally:
+        svc.stop()
+    said = [line.get("event") for line in svc.log_lines()]
+    assert "pool busy and queue full: partitions paused" in said
+    assert "partitions resumed" in said
+    starts = [line for line in svc.log_lines() if line.get("event") == "job accepted"]
+    assert max(int(str(line["queued"])) for line in starts) <= 2
