@@ -282,6 +282,9 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await watcher.rewind()
             events = await watcher.until_terminal("br-1", timeout_s=300)
+            # The consumer must not be stuck after the restart (aiokafka issue 1154).
+            await send(stack, long_job(stack, "br-2", steps=5))
+            later = await watcher.until_terminal("br-2", timeout_s=120)
     finally:
         svc.stop()
     assert unready, "/readyz stayed 200 while the broker was down"
@@ -290,6 +293,7 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
     assert_seq_contiguous(events)
     steps = [e.step for e in events if isinstance(e, ProgressEventV1)]
     assert steps == sorted(steps)
+    assert isinstance(later[-1], CompletedEventV1), later[-1]
 
 
 async def test_sigterm_checkpoints_and_the_next_instance_resumes(stack: Stack) -> None:
