@@ -49,6 +49,7 @@ from .settings import Settings
 from .state import JobState, JobStatus, OffsetTracker, StateStore, spec_digest
 
 log = structlog.get_logger(__name__)
+DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 
 
 @dataclass
@@ -279,9 +280,13 @@ class TrainerService:
             ("original_partition", str(record.partition).encode()),
             ("original_offset", str(record.offset).encode()),
         ]
-        records = [
-            Outgoing(self.settings.dead_letter_topic, record.key or b"", record.value, headers)
-        ]
+        value = record.value
+        if len(value) > DEAD_LETTER_MAX_BYTES:
+            # The dead letter must fit the broker's record limit, or publishing it would be
+            # retried forever; its header says how much of the original it keeps.
+            headers.append(("original_size", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        records = [Outgoing(self.settings.dead_letter_topic, record.key or b"", value, headers)]
         job_id = salvage_job_id(record.value)
         if job_id is not None:
             records.append(self._rejection(job_id, salvage_user_id(record.value), error))

@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")
     artifacts_root: Path = Field(Path("artifacts"), description="One folder per job.")
     max_command_bytes: int = Field(
-        MAX_COMMAND_BYTES, ge=1024, description="Larger commands: COMMAND_TOO_LARGE."
+        min(MAX_COMMAND_BYTES, 1_000_000),
+        ge=1024,
+        description="Larger commands: COMMAND_TOO_LARGE (Kafka's default record limit is 1 MB).",
     )
     max_corpus_bytes: int = Field(1 << 30, ge=1, description="Larger: CORPUS_TOO_LARGE.")
 

@@ -203,8 +203,11 @@ async def test_duplicates_conflicts_and_timeouts(stack: Stack) -> None:
 
 
 async def test_flood_of_malformed_commands(stack: Stack) -> None:
-    svc = ServiceProcess(stack, workers="1").start()
+    svc = ServiceProcess(stack, workers="1", max_command_bytes="4096").start()
     good = [long_job(stack, f"flood-{i}", steps=6) for i in range(5)]
+    huge = json.dumps(
+        {**good[0].model_dump(mode="json"), "job_id": "flood-huge", "pad": "x" * 5000}
+    )
     not_ready = 0
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
@@ -216,6 +219,8 @@ async def test_flood_of_malformed_commands(stack: Stack) -> None:
                     await sender.send_raw(payload[i % 4] + str(i).encode(), key=f"bad-{i}".encode())
                     if i % 20 == 0 and not svc.ready():
                         not_ready += 1
+                await sender.send_raw(huge.encode(), key=b"flood-huge")
+            too_large = await watcher.until_terminal("flood-huge", timeout_s=60)
             for job in good:
                 events = await watcher.until_terminal(job.job_id, timeout_s=180)
                 assert isinstance(events[-1], CompletedEventV1), events[-1]
@@ -234,7 +239,11 @@ async def test_flood_of_malformed_commands(stack: Stack) -> None:
         for line in metrics.splitlines()
         if line.startswith("model_trainer_dead_letters_total")
     )
-    assert total == 200, letters
+    assert total == 201, letters
+    assert 'code="COMMAND_TOO_LARGE"} 1.0' in metrics
+    rejected = too_large[-1]
+    assert isinstance(rejected, FailedEventV1)
+    assert rejected.code is ModelTrainerErrorCode.COMMAND_TOO_LARGE
     assert not_ready == 0
 
 
