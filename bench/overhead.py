@@ -32,6 +32,7 @@ from model_trainer.engine import RunContext, create_backend, run_job
 from model_trainer.engine.dataset import batch, derive_seed
 from model_trainer.engine.optim import lr_at
 from model_trainer.engine.prepare import prepare_data
+from model_trainer.logs import configure_logging
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
 MODELS: dict[str, dict[str, object]] = {
@@ -139,6 +140,7 @@ def bare_loop(ctx: RunContext) -> tuple[float, list[float]]:
 
 
 def main() -> None:
+    configure_logging("warning", "console")  # logs to stderr: stdout ends with the figures
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--steps", type=int, default=100)

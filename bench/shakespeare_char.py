@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from model_trainer.engine import RunContext, run_job
+from model_trainer.logs import configure_logging
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
 
@@ -60,6 +61,7 @@ def job(corpus: Path, max_steps: int) -> SubmitJobV1:
 
 
 def main() -> None:
+    configure_logging("warning", "console")  # logs to stderr: stdout ends with the figures
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", type=Path, help="tinyshakespeare.txt")
     parser.add_argument("--max-steps", type=int, default=2000)
