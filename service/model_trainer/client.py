@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
@@ -22,7 +22,7 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .kafka import partitions, to_record, topic_partitions
+from .kafka import assign_whole_topic, committed_reader, to_record
 
 
 class CommandSender:
@@ -64,26 +64,17 @@ class EventWatcher:
     def __init__(self, bootstrap_servers: str, events_topic: str) -> None:
         self._bootstrap = bootstrap_servers
         self._topic = events_topic
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="latest",
-        )
+        self._consumer = committed_reader(bootstrap_servers)
         self.seen: list[Event] = []
 
     async def __aenter__(self) -> EventWatcher:
         await self._consumer.start()
-        ids = await topic_partitions(self._bootstrap, self._topic)
-        while not ids:  # the service creates its topics at start; wait for them
+        while True:  # the service creates its topics at start; wait for them
+            if await assign_whole_topic(
+                self._consumer, self._bootstrap, self._topic, from_end=True
+            ):
+                return self
             await asyncio.sleep(0.5)
-            ids = await topic_partitions(self._bootstrap, self._topic)
-        tps = partitions(self._topic, ids)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve positions now, so nothing published after entry is missed
-            await self._consumer.position(tp)
-        return self
 
     async def __aexit__(
         self,

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -114,6 +114,36 @@ async def wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
 
 def partitions(topic: str, ids: Iterable[int]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for partition in ids]
+
+
+def committed_reader(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer outside any group that sees committed records only (transactions)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+
+
+async def assign_whole_topic(
+    consumer: AIOKafkaConsumer, bootstrap_servers: str, topic: str, *, from_end: bool = False
+) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` to a started consumer, at its beginning or end.
+
+    Returns the partitions; an empty list (and nothing assigned) when the topic is missing.
+    """
+    tps = partitions(topic, await topic_partitions(bootstrap_servers, topic))
+    if not tps:
+        return tps
+    consumer.assign(tps)
+    if from_end:
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, so nothing published later is missed
+            await consumer.position(tp)
+    else:
+        await consumer.seek_to_beginning(*tps)
+    return tps
 
 
 async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:

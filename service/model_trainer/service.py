@@ -27,6 +27,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from model_trainer_contracts import (
     CancelJobV1,
+    CompletedEventV1,
+    Event,
     EventBase,
     ModelTrainerError,
     ModelTrainerErrorCode,
@@ -324,7 +326,7 @@ class TrainerService:
         active = ActiveJob(job, digest, record, attempt, next_seq)
         self.jobs[job.job_id] = active
         self.queue.append(job.job_id)
-        self._publish_state(active)
+        self.publisher.publish([self._state_record(active, active.status)])
         bound.info("job accepted", attempt=attempt, queued=len(self.queue))
         self._update_gauges()
 
@@ -376,23 +378,27 @@ class TrainerService:
             self.pool.run(job.job_id, order)
             job.status = JobStatus.RUNNING
             job.started_at = time.monotonic()
-            self._publish_state(job)
+            self.publisher.publish([self._state_record(job, job.status)])
             log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)
         self._update_gauges()
 
-    def _publish_state(self, job: ActiveJob, status: JobStatus | None = None) -> Outgoing:
+    def _state_record(self, job: ActiveJob, status: JobStatus) -> Outgoing:
+        """The job's state record as of now (recorded locally too), for the caller to publish."""
         state = JobState(
             job_id=job.job_id,
             spec_digest=job.digest,
-            status=status or job.status,
+            status=status,
             attempt=job.attempt,
             last_seq=job.next_seq - 1,
         )
         self.state.put(state)
-        record = state.record(self.settings.state_topic)
-        if status is None:
-            self.publisher.publish([record])
-        return record
+        return state.record(self.settings.state_topic)
+
+    def _observed(self, job: ActiveJob, data: bytes) -> Event:
+        """Decode an event from the job's worker and advance the job's seq past it."""
+        event = decode_event(data)
+        job.next_seq = max(job.next_seq, event.seq + 1)
+        return event
 
     async def _handle_pool(self) -> None:
         while True:
@@ -403,9 +409,7 @@ class TrainerService:
             if isinstance(message, JobEvent):
                 self._on_event(job, message)
             elif isinstance(message, JobEnded):
-                event = decode_event(message.data)
-                job.next_seq = max(job.next_seq, event.seq + 1)
-                self._finish(job, event)
+                self._finish(job, self._observed(job, message.data))
             elif isinstance(message, JobPreempted):
                 self._on_preempted(job, message)
             else:
@@ -413,23 +417,13 @@ class TrainerService:
             self._dispatch()
 
     def _on_event(self, job: ActiveJob, message: JobEvent) -> None:
-        event = decode_event(message.data)
-        job.next_seq = max(job.next_seq, event.seq + 1)
-        state = JobState(
-            job_id=job.job_id,
-            spec_digest=job.digest,
-            status=JobStatus.RUNNING,
-            attempt=job.attempt,
-            last_seq=event.seq,
-        )
-        self.state.put(state)
-        self.publisher.publish([self._event_record(event), state.record(self.settings.state_topic)])
+        event = self._observed(job, message.data)
+        self.publisher.publish([self._event_record(event), self._state_record(job, job.status)])
 
     def _finish(self, job: ActiveJob, event: EventBase) -> None:
         """Publish the job's terminal event with its state and offset commit, atomically."""
-        status = JobStatus.COMPLETED if event.type.endswith("completed.v1") else JobStatus.FAILED
-        state_record = self._publish_state(job, status)
-        self._settle(job.record, [self._event_record(event), state_record])
+        status = JobStatus.COMPLETED if isinstance(event, CompletedEventV1) else JobStatus.FAILED
+        self._settle(job.record, [self._event_record(event), self._state_record(job, status)])
         self.jobs.pop(job.job_id, None)
         JOBS_FINISHED.labels(outcome=str(status)).inc()
         if job.started_at is not None:

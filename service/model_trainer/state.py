@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from model_trainer_contracts import SubmitJobV1
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .kafka import Outgoing, partitions, to_record, topic_partitions
+from .kafka import Outgoing, assign_whole_topic, committed_reader, to_record
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,22 +81,16 @@ class StateStore:
         self._states[state.job_id] = state
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-        )
+        settings = self._settings
+        self._consumer = committed_reader(settings.bootstrap_servers)
         await self._consumer.start()
-        ids = await topic_partitions(self._settings.bootstrap_servers, self._settings.state_topic)
-        if not ids:
+        if not await assign_whole_topic(
+            self._consumer, settings.bootstrap_servers, settings.state_topic
+        ):
             raise RuntimeError(
-                f"state topic {self._settings.state_topic!r} does not exist: create it "
+                f"state topic {settings.state_topic!r} does not exist: create it "
                 "(compacted) or set MODEL_TRAINER_CREATE_TOPICS=true"
             )
-        tps = partitions(self._settings.state_topic, ids)
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
         await self.catch_up()
         self._tail = asyncio.create_task(self._follow(), name="state-tail")
 

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from model_trainer.client import CommandSender, EventWatcher
-from model_trainer.kafka import partitions, to_record, topic_partitions
+from model_trainer.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -82,20 +81,10 @@ def test_service_process_does_not_map_torch(service: ServiceProcess) -> None:
 
 
 async def _dead_letters(stack: Stack, count: int) -> list[dict[str, str]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
+    consumer = committed_reader(stack.bootstrap)
     await consumer.start()
     try:
-        tps = partitions(
-            stack.dead_letter_topic,
-            await topic_partitions(stack.bootstrap, stack.dead_letter_topic),
-        )
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        assert await assign_whole_topic(consumer, stack.bootstrap, stack.dead_letter_topic)
         found: list[dict[str, str]] = []
         for _ in range(60):
             for messages in (await consumer.getmany(timeout_ms=500)).values():
