@@ -13,7 +13,7 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .engine import run_job, validate_job
+from .engine import run_job  # validates the job before any work
 from .engine.context import RunContext
 from .envelope import failed_event
 
@@ -27,7 +27,6 @@ def run_local(job: SubmitJobV1, data_root: Path, artifacts_root: Path, stream: T
 
     ctx = RunContext(job=job, data_root=data_root, artifacts_root=artifacts_root, emit=emit)
     try:
-        validate_job(job, data_root=data_root, artifacts_root=artifacts_root)
         completed = run_job(ctx)
     except ModelTrainerError as exc:
         stream.write(encode(failed_event(ctx.envelope(), exc)).decode() + "\n")

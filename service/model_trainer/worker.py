@@ -22,7 +22,7 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .engine import run_job, validate_job
+from .engine import run_job  # validates the job before any work
 from .engine.context import Preempted, RunContext, StopReason
 from .envelope import failed_event
 from .logs import configure_logging
@@ -93,7 +93,6 @@ def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) ->
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started", first_seq=order.first_seq)
     try:
-        validate_job(job, data_root=order.data_root, artifacts_root=order.artifacts_root)
         completed = run_job(ctx)
     except ModelTrainerError as exc:
         bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
