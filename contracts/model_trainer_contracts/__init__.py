@@ -33,6 +33,7 @@ from .events import (
     ProgressEventV1,
     TerminalEvent,
 )
+from .state import JobStateV1, JobStatus
 from .topics import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
@@ -69,6 +70,8 @@ __all__ = [
     "FailedEventV1",
     "Gpt2Model",
     "Headers",
+    "JobStateV1",
+    "JobStatus",
     "JobTokenizer",
     "ModelTrainerError",
     "ModelTrainerErrorCode",
