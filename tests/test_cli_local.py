@@ -41,8 +41,11 @@ def test_run_prints_events_then_sample_generates(tmp_path: Path) -> None:
     assert types[0] == "trainer.metrics.config.v1"
     assert types[-1] == "trainer.metrics.completed.v1"
     assert types.count("trainer.metrics.progress.v1") >= 4
+    assert [e["seq"] for e in events] == list(range(len(events)))
     artifact = Path(events[-1]["artifact_path"])
     assert (artifact / "manifest.json").is_file()
+    logged = [json.loads(line) for line in (artifact / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["seq"], e["type"]) for e in logged] == [(e["seq"], e["type"]) for e in events]
 
     text = _cli(
         "sample", str(artifact), "--prompt", "ROMEO", "--max-new-tokens", "20", cwd=tmp_path

@@ -174,6 +174,13 @@ class SubmitJobV1(_Strict):
     timeout_s: float | None = Field(
         None, gt=0.0, le=7 * 24 * 3600.0, description="Fail with TRAINING_TIMEOUT after this."
     )
+    stall_timeout_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=7 * 24 * 3600.0,
+        description="A run that reports nothing for this long is killed and retried, then "
+        "fails with TRAINING_STALLED (default: the service's stall_timeout_s).",
+    )
     labels: Labels = Field(
         default_factory=dict, description="Free-form tags, copied into every event of the job."
     )

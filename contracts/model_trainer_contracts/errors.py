@@ -16,6 +16,7 @@ class ModelTrainerErrorCode(StrEnum):
 
     TRAINING_CANCELLED = "TRAINING_CANCELLED"
     TRAINING_TIMEOUT = "TRAINING_TIMEOUT"
+    TRAINING_STALLED = "TRAINING_STALLED"
     TRAINING_OOM = "TRAINING_OOM"
     TRAINING_NAN_LOSS = "TRAINING_NAN_LOSS"
     TRAINING_DIVERGED = "TRAINING_DIVERGED"
@@ -61,6 +62,9 @@ _C = ModelTrainerErrorCode
 ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.TRAINING_CANCELLED: ErrorInfo(499, False, "A cancel command stopped the job."),
     _C.TRAINING_TIMEOUT: ErrorInfo(504, True, "The job ran past its timeout_s."),
+    _C.TRAINING_STALLED: ErrorInfo(
+        504, True, "The run sent no progress for its stall timeout, on every attempt allowed."
+    ),
     _C.TRAINING_OOM: ErrorInfo(507, False, "Host memory ran out; shrink the model or batch."),
     _C.TRAINING_NAN_LOSS: ErrorInfo(422, False, "The loss became NaN or infinite."),
     _C.TRAINING_DIVERGED: ErrorInfo(

@@ -21,6 +21,9 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    # Only refusals of commands were published for this job_id (no job accepted): its
+    # last_seq keeps the numbering unique if a job with this id is submitted later.
+    REJECTED = "rejected"
 
     @property
     def terminal(self) -> bool:

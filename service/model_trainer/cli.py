@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -212,7 +213,9 @@ def run(
     job = _load_job(job_file)
     from .local import run_local
 
-    code = run_local(job, data_root.resolve(), artifacts_root.resolve(), sys.stdout)
+    code = run_local(
+        job, data_root.resolve(), artifacts_root.resolve(), sys.stdout, now=time.time()
+    )
     raise typer.Exit(code)
 
 

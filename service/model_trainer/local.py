@@ -6,30 +6,49 @@ from pathlib import Path
 from typing import TextIO
 
 from model_trainer_contracts import (
-    ConfigEventV1,
+    EventBase,
+    FailedEventV1,
     ModelTrainerError,
-    ProgressEventV1,
     SubmitJobV1,
     encode,
 )
 
+from .core.envelope import failed_event
+from .core.layout import append_metrics
+from .core.stop import stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import RunContext
-from .envelope import failed_event
 
 
-def run_local(job: SubmitJobV1, data_root: Path, artifacts_root: Path, stream: TextIO) -> int:
-    """Run ``job``; write each event to ``stream``; return 0 when it completes, else 1."""
+def run_local(
+    job: SubmitJobV1, data_root: Path, artifacts_root: Path, stream: TextIO, *, now: float
+) -> int:
+    """Run ``job``; write each event to ``stream`` and the job's metrics.jsonl; return 0 when
+    it completes, else 1. The local runner numbers events itself (seq 0, 1, ...)."""
+    job_dir = artifacts_root / job.job_id
+    seq = 0
 
-    def emit(event: ConfigEventV1 | ProgressEventV1) -> None:
-        stream.write(encode(event).decode() + "\n")
+    def publish(event: EventBase) -> None:
+        nonlocal seq
+        numbered = event.model_copy(update={"seq": seq})
+        seq += 1
+        stream.write(encode(numbered).decode() + "\n")
         stream.flush()
+        if not isinstance(numbered, FailedEventV1) or job_dir.is_dir():
+            append_metrics(job_dir, numbered)  # a job refused up front gets no folder
 
-    ctx = RunContext(job=job, data_root=data_root, artifacts_root=artifacts_root, emit=emit)
+    deadline = now + job.timeout_s if job.timeout_s is not None else None
+    ctx = RunContext(
+        job=job,
+        data_root=data_root,
+        artifacts_root=artifacts_root,
+        emit=publish,
+        stop_requested=stop_at_deadline(deadline),
+    )
     try:
         completed = run_job(ctx)
     except ModelTrainerError as exc:
-        stream.write(encode(failed_event(ctx.envelope(), exc)).decode() + "\n")
+        publish(failed_event(ctx.envelope(), exc))
         return 1
-    stream.write(encode(completed).decode() + "\n")
+    publish(completed)
     return 0

@@ -20,9 +20,9 @@ from multiprocessing.context import SpawnProcess
 
 import structlog
 
+from .core.stop import NO_STOP, StopReason
 from .metrics import WORKER_RESTARTS
 from .protocol import (
-    STOP_NONE,
     JobEnded,
     JobEvent,
     JobPreempted,
@@ -96,7 +96,7 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> _Worker:
         parent, child = _spawn.Pipe()
-        flag: StopFlag = _spawn.Value("i", STOP_NONE)
+        flag: StopFlag = _spawn.Value("i", NO_STOP)
         process = _spawn.Process(
             target=worker_entry,
             args=(child, flag, self._threads, *self._log_args),
@@ -177,7 +177,7 @@ class WorkerPool:
     def run(self, job_id: str, order: RunOrder) -> None:
         """Hand the job to an idle worker; the caller checks :meth:`idle` first."""
         worker = next(w for w in self._workers if w.job_id is None and w.ready.is_set())
-        worker.flag.value = STOP_NONE
+        worker.flag.value = NO_STOP
         worker.job_id = job_id
         worker.killed_by_pool = False
         worker.conn.send(order)
@@ -185,12 +185,12 @@ class WorkerPool:
     def _find(self, job_id: str) -> _Worker | None:
         return next((w for w in self._workers if w.job_id == job_id), None)
 
-    def request_stop(self, job_id: str, how: int) -> bool:
-        """Ask the job's training loop to stop at its next step (``STOP_*``)."""
+    def request_stop(self, job_id: str, how: StopReason) -> bool:
+        """Ask the job's training loop to stop at its next step."""
         worker = self._find(job_id)
         if worker is None:
             return False
-        worker.flag.value = how
+        worker.flag.value = int(how)
         return True
 
     def kill(self, job_id: str) -> bool:

@@ -1,8 +1,10 @@
 """Messages between the service process and its pool workers (light: no torch here).
 
 The service sends :class:`RunOrder` down a worker's pipe and reads :data:`WorkerMessage`
-back. It asks a running job to stop by writing a ``STOP_*`` value into a shared integer that
-the training loop reads at every step, so asking costs the loop nothing.
+back. It asks a running job to stop by writing a :class:`~.core.stop.StopReason` into a shared
+integer that the engine reads at every step, so asking costs the loop nothing. Every message
+about a job names the run (``attempt``) it belongs to, so the service can tell a late message
+of an earlier run from one of the current run.
 """
 
 from __future__ import annotations
@@ -12,56 +14,57 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol, TypeAlias
 
-STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN = 0, 1, 2
-
 
 class StopFlag(Protocol):
-    """A shared integer (``multiprocessing.Value("i")``) holding a ``STOP_*`` value."""
+    """A shared integer (``multiprocessing.Value("i")``): 0, or a StopReason's value."""
 
     value: int
 
 
 @dataclass(frozen=True)
 class RunOrder:
-    """Run one attempt of a job."""
+    """Run one attempt of a job; everything the worker needs is resolved here, once."""
 
     job_json: bytes
     attempt: int
-    first_seq: int
     queue: str
     data_root: Path
     artifacts_root: Path
     checkpoint_every: int
     max_corpus_bytes: int
-    deadline: float | None  # wall-clock time after which the job ends with TRAINING_TIMEOUT
+    deadline: float | None  # wall-clock time after which the run stops with TRAINING_TIMEOUT
 
 
 @dataclass(frozen=True)
 class WorkerReady:
     pid: int
+    cuda: bool  # whether this worker sees a CUDA device
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    """A config or progress event of the running job, encoded."""
+    """A config or progress event of the running job, encoded (seq 0: the service numbers it)."""
 
     job_id: str
+    attempt: int
     data: bytes
 
 
 @dataclass(frozen=True)
 class JobEnded:
-    """The job's terminal event (completed or failed), encoded."""
+    """The job's terminal event (completed or failed), encoded (seq 0)."""
 
     job_id: str
+    attempt: int
     data: bytes
 
 
 @dataclass(frozen=True)
 class JobPreempted:
-    """The job checkpointed at ``step`` and stopped without a terminal event."""
+    """The job stopped on request without a terminal event; its checkpoint is at ``step``."""
 
     job_id: str
+    attempt: int
     step: int
 
 

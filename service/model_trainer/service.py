@@ -41,11 +41,12 @@ from model_trainer_contracts import (
     salvage_user_id,
 )
 
-from .envelope import Envelope, failed_event
+from .core.envelope import Envelope, failed_event
+from .core.stop import StopReason
 from .kafka import Outgoing, Record, ensure_topics, to_record, wait_for_broker
 from .metrics import CONSUMER_LAG, DEAD_LETTERS, JOB_DURATION, JOBS, JOBS_FINISHED
 from .pool import WorkerDied, WorkerPool
-from .protocol import STOP_CANCEL, STOP_SHUTDOWN, JobEnded, JobEvent, JobPreempted, RunOrder
+from .protocol import JobEnded, JobEvent, JobPreempted, RunOrder
 from .publisher import Publisher
 from .settings import Settings
 from .state import JobState, JobStatus, OffsetTracker, StateStore, spec_digest
@@ -180,7 +181,7 @@ class TrainerService:
         log.info("shutting down", running=len(running), queued=len(self.queue))
         for job in running:
             job.preempting = True
-            self.pool.request_stop(job.job_id, STOP_SHUTDOWN)
+            self.pool.request_stop(job.job_id, StopReason.SHUTDOWN)
         stopped = await self._wait_for(
             lambda: all(j.status is not JobStatus.RUNNING for j in self.jobs.values()),
             max(0.0, deadline - 3 - loop.time()),
@@ -353,7 +354,7 @@ class TrainerService:
             )
             self._finish(active, failed_event(active.envelope(), error))
             return
-        self.pool.request_stop(cancel.job_id, STOP_CANCEL)
+        self.pool.request_stop(cancel.job_id, StopReason.CANCEL)
         active.kill_at = time.monotonic() + self.settings.cancel_grace_s
         bound.info("cancel requested", reason=cancel.reason)
 
@@ -366,7 +367,6 @@ class TrainerService:
             order = RunOrder(
                 job_json=encode(job.job),
                 attempt=job.attempt,
-                first_seq=job.next_seq,
                 queue=f"{job.record.topic}[{job.record.partition}]",
                 data_root=self.settings.data_root.resolve(),
                 artifacts_root=self.settings.artifacts_root.resolve(),
@@ -396,8 +396,8 @@ class TrainerService:
 
     def _observed(self, job: ActiveJob, data: bytes) -> Event:
         """Decode an event from the job's worker and advance the job's seq past it."""
-        event = decode_event(data)
-        job.next_seq = max(job.next_seq, event.seq + 1)
+        event = decode_event(data).model_copy(update={"seq": job.next_seq})
+        job.next_seq += 1
         return event
 
     async def _handle_pool(self) -> None:
@@ -489,7 +489,7 @@ class TrainerService:
                 self.jobs.pop(job.job_id, None)
             else:
                 job.preempting = True
-                self.pool.request_stop(job.job_id, STOP_SHUTDOWN)
+                self.pool.request_stop(job.job_id, StopReason.SHUTDOWN)
         budget = self.settings.rebalance_timeout_ms / 1000 * 0.8
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import traceback
 
 import structlog
@@ -22,13 +21,12 @@ from model_trainer_contracts import (
     encode,
 )
 
+from .core.envelope import failed_event
+from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
-from .engine.context import Preempted, RunContext, StopReason
-from .envelope import failed_event
+from .engine.context import Preempted, RunContext
 from .logs import configure_logging
 from .protocol import (
-    STOP_CANCEL,
-    STOP_SHUTDOWN,
     JobEnded,
     JobEvent,
     JobPreempted,
@@ -43,35 +41,30 @@ log = structlog.get_logger("model_trainer.worker")
 
 
 class _Stopper:
-    """``RunContext.stop_requested`` for one attempt: the shared flag, then the deadline."""
+    """``RunContext.stop_requested`` for one attempt: the service's death, the shared flag,
+    then the deadline."""
 
     def __init__(self, flag: StopFlag, deadline: float | None) -> None:
         self._flag = flag
-        self._deadline = deadline
+        self._deadline = stop_at_deadline(deadline)
         self._parent = os.getppid()
 
     def __call__(self) -> StopReason | None:
-        value = self._flag.value
         if os.getppid() != self._parent:
             # The service died (kill -9): checkpoint and stop, so whoever takes the job over
             # resumes it instead of racing an orphan.
             return StopReason.SHUTDOWN
-        if value == STOP_CANCEL:
-            return StopReason.CANCEL
-        if value == STOP_SHUTDOWN:
-            return StopReason.SHUTDOWN
-        if self._deadline is not None and time.time() > self._deadline:
-            return StopReason.TIMEOUT
-        return None
+        return reason_of(self._flag.value) or self._deadline()
 
 
 class _Emitter:
-    def __init__(self, conn: WorkerEnd, job_id: str) -> None:
+    def __init__(self, conn: WorkerEnd, job_id: str, attempt: int) -> None:
         self._conn = conn
         self._job_id = job_id
+        self._attempt = attempt
 
     def __call__(self, event: ConfigEventV1 | ProgressEventV1) -> None:
-        self._conn.send(JobEvent(self._job_id, encode(event)))
+        self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
 
 
 def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) -> WorkerMessage:
@@ -82,30 +75,29 @@ def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) ->
         data_root=order.data_root,
         artifacts_root=order.artifacts_root,
         attempt=order.attempt,
-        first_seq=order.first_seq,
         queue=order.queue,
         threads=threads,
         checkpoint_every=order.checkpoint_every,
         max_corpus_bytes=order.max_corpus_bytes,
-        emit=_Emitter(conn, job.job_id),
+        emit=_Emitter(conn, job.job_id, order.attempt),
         stop_requested=_Stopper(flag, order.deadline),
     )
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
-    bound.info("job started", first_seq=order.first_seq)
+    bound.info("job started")
     try:
         completed = run_job(ctx)
     except ModelTrainerError as exc:
         bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
-        return JobEnded(job.job_id, encode(failed_event(ctx.envelope(), exc)))
+        return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), exc)))
     except Preempted as exc:
         bound.info("job preempted", step=exc.step)
-        return JobPreempted(job.job_id, exc.step)
+        return JobPreempted(job.job_id, order.attempt, exc.step)
     except MemoryError:
         bound.error("job ran out of memory")
         error = ModelTrainerError(
             ModelTrainerErrorCode.TRAINING_OOM, "host memory ran out", stage="train"
         )
-        return JobEnded(job.job_id, encode(failed_event(ctx.envelope(), error)))
+        return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
     except Exception as exc:
         bound.exception("job crashed")
         error = ModelTrainerError(
@@ -114,9 +106,9 @@ def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) ->
             stage="train",
             details={"traceback": traceback.format_exc(limit=8)[-4000:]},
         )
-        return JobEnded(job.job_id, encode(failed_event(ctx.envelope(), error)))
+        return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
     bound.info("job completed", steps=completed.steps)
-    return JobEnded(job.job_id, encode(completed))
+    return JobEnded(job.job_id, order.attempt, encode(completed))
 
 
 def worker_main(
@@ -130,7 +122,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
-    conn.send(WorkerReady(os.getpid()))
+    conn.send(WorkerReady(os.getpid(), torch.cuda.is_available()))
     while True:
         try:
             order = conn.recv()

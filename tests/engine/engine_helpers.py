@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from model_trainer.core.layout import CHECKPOINTS
+from model_trainer.core.stop import stop_at_deadline
 from model_trainer.engine import RunContext, StopReason
-from model_trainer.engine.artifact import CHECKPOINTS
 from model_trainer.engine.checkpoint import FILE
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
@@ -119,29 +120,37 @@ class Env:
         job: SubmitJobV1,
         events: list[Event],
         *,
-        stop_at_call: int | None = None,
+        stop_at_step: int | None = None,
         reason: StopReason = StopReason.CANCEL,
+        deadline: float | None = None,
         max_corpus_bytes: int = 1 << 30,
         attempt: int = 1,
     ) -> RunContext:
-        """A context recording events into ``events``; with ``stop_at_call`` its
-        ``stop_requested`` answers ``reason`` from that (1-based) call on."""
-        calls = [0]
+        """A context numbering events into ``events`` as a publisher would. With
+        ``stop_at_step`` k its ``stop_requested`` answers ``reason`` once the progress event
+        of step k is out (0: from the first question, in data preparation); with
+        ``deadline`` it answers TIMEOUT once the wall clock passes it."""
+        stop_from: list[bool] = [stop_at_step == 0]
+
+        def emit(event: ConfigEventV1 | ProgressEventV1) -> None:
+            events.append(event.model_copy(update={"seq": len(events)}))
+            if isinstance(event, ProgressEventV1) and stop_at_step is not None:
+                stop_from[0] = stop_from[0] or event.step >= stop_at_step
+
+        at_deadline = stop_at_deadline(deadline)
 
         def stop() -> StopReason | None:
-            calls[0] += 1
-            return reason if stop_at_call is not None and calls[0] >= stop_at_call else None
+            return reason if stop_from[0] else at_deadline()
 
         return RunContext(
             job=job,
             data_root=self.data_root,
             artifacts_root=self.artifacts_root,
             attempt=attempt,
-            first_seq=len(events),
             threads=1,
             checkpoint_every=1000,
             max_corpus_bytes=max_corpus_bytes,
-            emit=events.append,
+            emit=emit,
             stop_requested=stop,
         )
 

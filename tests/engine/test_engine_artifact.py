@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from model_trainer.core.layout import MANIFEST, METRICS
 from model_trainer.engine import run_job, sample
-from model_trainer.engine.artifact import MANIFEST, METRICS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.engine.engine_helpers import Env, Event
@@ -54,9 +54,8 @@ def test_manifest_digests_and_metrics_log(env: Env) -> None:
         manifest["versions"]["torch"] == torch.__version__.split("+")[0]
         or manifest["versions"]["torch"]
     )
-    logged = (folder / METRICS).read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in logged] == [e.seq for e in events]
-    assert json.loads(logged[0])["type"] == "trainer.metrics.config.v1"
+    # metrics.jsonl is written by whoever publishes the events (tests/test_cli_local.py)
+    assert not (folder / METRICS).exists()
 
 
 @pytest.mark.parametrize("backend", ["char_lstm", "gpt2"])

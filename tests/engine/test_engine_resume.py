@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.engine import Preempted, StopReason, run_job
-from model_trainer.engine.artifact import CHECKPOINTS
 from model_trainer.engine.checkpoint import FILE
 from model_trainer_contracts import ConfigEventV1, ModelTrainerError, ModelTrainerErrorCode
 
@@ -24,7 +24,7 @@ def test_resumed_run_equals_uninterrupted(env: Env, backend: str) -> None:
     job = env.job(backend, job_id="split", model=model, training=training)
     first: list[Event] = []
     with pytest.raises(Preempted) as stopped:
-        run_job(env.ctx(job, first, stop_at_call=5, reason=StopReason.SHUTDOWN))
+        run_job(env.ctx(job, first, stop_at_step=4, reason=StopReason.SHUTDOWN))
     assert stopped.value.step == 4
     assert checkpoint_step(env.artifacts_root / "split") == 4
 
@@ -42,7 +42,7 @@ def test_resumed_run_equals_uninterrupted(env: Env, backend: str) -> None:
 def test_checkpoint_for_another_spec_is_refused(env: Env) -> None:
     job = env.job(training={"max_steps": 6})
     with pytest.raises(Preempted):
-        run_job(env.ctx(job, [], stop_at_call=3, reason=StopReason.SHUTDOWN))
+        run_job(env.ctx(job, [], stop_at_step=2, reason=StopReason.SHUTDOWN))
     changed = env.job(training={"max_steps": 6, "learning_rate": 0.01})
     with pytest.raises(ModelTrainerError) as err:
         run_job(env.ctx(changed, []))

@@ -1,4 +1,4 @@
-"""The training engine: BaseTrainer, the backend registry, data, tokenizers, checkpoints.
+"""The training engine: BaseTrainer, the backends, data, tokenizers, checkpoints.
 
 Entry points for the runtime and the CLI:
 
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from model_trainer_contracts import CompletedEventV1
 
-from model_trainer.engine.context import Preempted, RunContext, StopReason
-from model_trainer.engine.registry import Backend, Capabilities, create_backend, register
+from model_trainer.core.capabilities import Capabilities
+from model_trainer.core.stop import StopReason
+from model_trainer.engine.backend import Backend
+from model_trainer.engine.context import Preempted, RunContext
+from model_trainer.engine.registry import create_backend
 from model_trainer.engine.sampling import sample
 from model_trainer.engine.trainer import BaseTrainer
 from model_trainer.engine.validate import validate_job
@@ -38,7 +41,6 @@ __all__ = [
     "RunContext",
     "StopReason",
     "create_backend",
-    "register",
     "run_job",
     "sample",
     "validate_job",

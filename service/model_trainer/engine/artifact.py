@@ -19,32 +19,17 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from model_trainer_contracts import ConfigEventV1, ProgressEventV1
 from pydantic import JsonValue
 from torch import nn
 
+from model_trainer.core.layout import CHECKPOINTS, MANIFEST, METRICS
+from model_trainer.engine.backend import Backend
 from model_trainer.engine.files import atomic_write_bytes, sha256_file
-from model_trainer.engine.registry import Backend
 from model_trainer.engine.tokenizer import TextTokenizer
 
-MANIFEST = "manifest.json"
-METRICS = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
 NOT_DIGESTED = (MANIFEST, METRICS, CHECKPOINTS)
 _LIBRARIES = ("model-trainer", "model-trainer-contracts", "torch", "transformers", "tokenizers")
 _MORE_LIBRARIES = ("numpy", "safetensors")
-
-
-class MetricsLog:
-    """Appends each event, as one JSON line, to ``metrics.jsonl``."""
-
-    def __init__(self, job_dir: Path) -> None:
-        self.path = job_dir / METRICS
-
-    def append(self, event: ConfigEventV1 | ProgressEventV1) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(event.model_dump_json() + "\n")
 
 
 def library_versions() -> dict[str, JsonValue]:
@@ -81,7 +66,7 @@ def write_artifact(
         "versions": library_versions(),
         "files": files,
         "not_digested": {
-            METRICS: "appended to by the runtime after completion (terminal event)",
+            METRICS: "every published event of the job, appended by whoever publishes them",
             MANIFEST: "this file",
         },
     }

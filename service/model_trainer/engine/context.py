@@ -2,27 +2,31 @@
 
 The engine never talks to Kafka. The runtime (a pool worker, or ``model-trainer run``) builds
 a :class:`RunContext`; the engine emits config and progress events through it, asks it at
-every step whether to stop, and returns the completed event or raises
-:class:`~model_trainer_contracts.ModelTrainerError` (or :class:`Preempted`).
+every step (and between the phases before and after training) whether to stop, and returns
+the completed event or raises :class:`~model_trainer_contracts.ModelTrainerError` (or
+:class:`Preempted`).
+
+Events leave the engine with ``seq`` 0: whoever publishes them numbers them (the service's
+job book, or the local runner), since only the publisher sees every event a job gets.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 
-from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
+from model_trainer_contracts import (
+    ConfigEventV1,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    ProgressEventV1,
+    Stage,
+    SubmitJobV1,
+)
 
-from model_trainer.envelope import Envelope
-
-
-class StopReason(StrEnum):
-    CANCEL = "cancel"  # end with TRAINING_CANCELLED, keeping the checkpoint
-    TIMEOUT = "timeout"  # end with TRAINING_TIMEOUT, keeping the checkpoint
-    SHUTDOWN = "shutdown"  # checkpoint and raise Preempted: another attempt resumes it
+from model_trainer.core.envelope import Envelope
+from model_trainer.core.stop import StopReason
 
 
 class Preempted(Exception):
@@ -48,35 +52,51 @@ class RunContext:
     ``job_dir`` is the job's own folder under ``artifacts_root``: the engine keeps its
     checkpoints in ``job_dir / "checkpoints"`` and writes the finished artifact into
     ``job_dir``. Earlier jobs (``init_from``, a tokenizer by job) are found as
-    ``artifacts_root / <job_id>``. ``first_seq`` is the seq of this attempt's first event.
+    ``artifacts_root / <job_id>``. ``stop_requested`` also carries the job's deadline
+    (see :func:`model_trainer.core.stop.stop_at_deadline`): the engine reads no clock for it.
     """
 
     job: SubmitJobV1
     data_root: Path
     artifacts_root: Path
     attempt: int = 1
-    first_seq: int = 0
     queue: str = "local"
     threads: int = 1
     checkpoint_every: int = 500
     max_corpus_bytes: int = 1 << 30
     emit: Callable[[ConfigEventV1 | ProgressEventV1], None] = _discard
     stop_requested: Callable[[], StopReason | None] = _never_stop
-    _seq: itertools.count[int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._seq = itertools.count(self.first_seq)
 
     @property
     def job_dir(self) -> Path:
         return self.artifacts_root / self.job.job_id
 
     def envelope(self) -> Envelope:
-        """Envelope fields for the next event; each call takes the next ``seq``."""
+        """Envelope fields for an event of this attempt (``seq`` 0: the publisher numbers it)."""
         return Envelope(
             job_id=self.job.job_id,
             user_id=self.job.user_id,
-            seq=next(self._seq),
+            seq=0,
             attempt=self.attempt,
             labels=dict(self.job.labels),
         )
+
+    def obey_stop(self, stage: Stage, step: int) -> None:
+        """Stop now, outside a training step, when asked to (nothing new to checkpoint)."""
+        reason = self.stop_requested()
+        if reason is not None:
+            raise stopped(reason, step, stage)
+
+
+def stopped(reason: StopReason, step: int, stage: Stage) -> Exception:
+    """What the engine raises for a stop: Preempted on shutdown, else the typed failure."""
+    if reason is StopReason.SHUTDOWN:
+        return Preempted(step)
+    code = (
+        ModelTrainerErrorCode.TRAINING_CANCELLED
+        if reason is StopReason.CANCEL
+        else ModelTrainerErrorCode.TRAINING_TIMEOUT
+    )
+    return ModelTrainerError(
+        code, f"stopped at step {step} ({reason.name.lower()})", details={"step": step}, stage=stage
+    )

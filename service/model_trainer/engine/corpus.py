@@ -13,6 +13,8 @@ from pathlib import Path
 
 from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErrorCode
 
+from model_trainer.core.layout import resolve_inside
+
 _C = ModelTrainerErrorCode
 
 
@@ -24,19 +26,6 @@ class RawCorpus:
     digest: str
     fmt: str
     jsonl_field: str
-
-
-def resolve_inside(root: Path, relative: str) -> Path:
-    """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``."""
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base):
-        raise ModelTrainerError(
-            _C.PATH_NOT_ALLOWED,
-            f"corpus path {relative!r} leaves the data root",
-            details={"corpus_path": relative},
-        )
-    return target
 
 
 def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:

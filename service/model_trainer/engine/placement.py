@@ -10,11 +10,11 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, TrainingSpec
+from model_trainer_contracts import TrainingSpec
 
-from model_trainer.engine.registry import Capabilities
+from model_trainer.core.admission import resolve_device_precision
+from model_trainer.core.capabilities import Capabilities
 
-_C = ModelTrainerErrorCode
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -38,27 +38,11 @@ class Placement:
 def resolve_placement(
     spec: TrainingSpec, caps: Capabilities, *, cuda_available: bool | None = None
 ) -> Placement:
-    """The device and precision for ``spec``; CUDA_NOT_AVAILABLE or UNSUPPORTED_BACKEND."""
+    """The device and precision for ``spec`` on this worker (see
+    :func:`model_trainer.core.admission.resolve_device_precision`)."""
     has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    if spec.device == "cuda" and not has_cuda:
-        raise ModelTrainerError(
-            _C.CUDA_NOT_AVAILABLE, "the job asks for CUDA; this worker has none"
-        )
-    device = "cuda" if spec.device == "cuda" or (spec.device == "auto" and has_cuda) else "cpu"
-    if device not in caps.devices:
-        raise ModelTrainerError(
-            _C.UNSUPPORTED_BACKEND,
-            f"the backend cannot run on {device}",
-            details={"device": device},
-        )
-    precision = spec.precision
-    if precision == "auto":
-        bf16_ok = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        precision = "fp32" if device == "cpu" else ("bf16" if bf16_ok else "fp16")
-    if precision not in caps.precisions or (precision == "fp16" and device != "cuda"):
-        raise ModelTrainerError(
-            _C.UNSUPPORTED_BACKEND,
-            f"the backend cannot train in {precision} on {device}",
-            details={"precision": precision, "device": device},
-        )
+    bf16 = has_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    device, precision = resolve_device_precision(
+        spec, caps, cuda_available=has_cuda, bf16_supported=bf16
+    )
     return Placement(torch.device(device), precision)

@@ -25,14 +25,15 @@ from model_trainer_contracts import (
 )
 from torch import nn
 
+from model_trainer.core.layout import CHECKPOINTS, MANIFEST
 from model_trainer.engine import checkpoint
-from model_trainer.engine.artifact import CHECKPOINTS, MANIFEST, read_manifest
+from model_trainer.engine.artifact import read_manifest
+from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext
 from model_trainer.engine.corpus import decode_corpus, read_corpus
 from model_trainer.engine.dataset import CACHE_DIR, Splits, cache_key, load_cached, split, store
 from model_trainer.engine.optim import build_optimizer
 from model_trainer.engine.placement import Placement, resolve_placement
-from model_trainer.engine.registry import Backend
 from model_trainer.engine.tokenizer import TextTokenizer, load_from_job, train_bpe, train_char
 
 _C = ModelTrainerErrorCode
@@ -75,6 +76,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     placement = resolve_placement(tr, backend.capabilities)
     context = backend.context_length(job.model)
     tokenizer, splits = prepare_data(ctx, backend, context)
+    ctx.obey_stop("prepare", 0)
     _seed_everything(tr.seed)
     model = backend.build(job.model, tokenizer.vocab_size)
     if job.init_from is not None:
@@ -100,6 +102,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     )
     if loop is not None:
         log.info("engine.resumed", job_id=job.job_id, step=loop.step)
+    ctx.obey_stop("prepare", loop.step if loop is not None else 0)
     tokens_per_step = tr.batch_size * tr.grad_accum_steps * context
     total_steps = _total_steps(ctx.job, len(splits.train), tokens_per_step)
     return Prepared(
@@ -138,6 +141,7 @@ def _seed_everything(seed: int) -> None:
 def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextTokenizer, Splits]:
     """The tokenizer and split token data, from the token cache when it has them."""
     raw = read_corpus(ctx.job.data, ctx.data_root, ctx.max_corpus_bytes)
+    ctx.obey_stop("prepare", 0)
     given = given_tokenizer(ctx)
     spec = ctx.job.tokenizer
     if given is not None:
@@ -153,12 +157,14 @@ def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextT
     else:
         text = decode_corpus(raw)
         del raw  # the bytes are no longer needed; the text can be large
+        ctx.obey_stop("prepare", 0)
         if given is not None:  # always so for a job tokenizer
             tokenizer = given
         elif isinstance(spec, BpeTokenizer):
             tokenizer = train_bpe(text, spec.vocab_size, spec.min_frequency)
         else:
             tokenizer = train_char(text)
+        ctx.obey_stop("prepare", 0)
         tokens = store(cache_root, key, tokenizer.encode(text), tokenizer)
         log.info("engine.tokenized", job_id=ctx.job.job_id, key=key, tokens=len(tokens))
     if tokenizer.kind not in backend.capabilities.tokenizers:

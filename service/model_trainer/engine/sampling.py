@@ -10,8 +10,10 @@ from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, Su
 from pydantic import ValidationError
 from torch import nn
 
-from model_trainer.engine.artifact import MANIFEST, read_manifest
-from model_trainer.engine.registry import Backend, create_backend
+from model_trainer.core.layout import MANIFEST
+from model_trainer.engine.artifact import read_manifest
+from model_trainer.engine.backend import Backend
+from model_trainer.engine.registry import create_backend
 from model_trainer.engine.tokenizer import TextTokenizer, load_from_job
 
 _C = ModelTrainerErrorCode

@@ -17,10 +17,11 @@ import numpy.typing as npt
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model_trainer.core.layout import TOKENIZER_FILE
+
 _C = ModelTrainerErrorCode
 UNK = "<unk>"
 EOT = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 CONFIG_FILE = "tokenizer_config.json"
 _LINES_PER_BATCH = 8192

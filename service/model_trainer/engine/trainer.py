@@ -2,7 +2,7 @@
 
 data -> tokenizer -> model -> optimizer and schedule -> steps (evaluation, early stopping,
 checkpoints, progress events, stop requests) -> test evaluation -> artifact. A backend
-supplies only the network and its loss (:class:`~model_trainer.engine.registry.Backend`).
+supplies only the network and its loss (:class:`~model_trainer.engine.backend.Backend`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
+from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.engine import checkpoint
-from model_trainer.engine.artifact import CHECKPOINTS, MetricsLog, write_artifact
-from model_trainer.engine.context import Preempted, RunContext, StopReason
+from model_trainer.engine.artifact import write_artifact
+from model_trainer.engine.backend import Backend
+from model_trainer.engine.context import RunContext, stopped
 from model_trainer.engine.dataset import Tokens, batch, derive_seed
 from model_trainer.engine.optim import lr_at
 from model_trainer.engine.prepare import Prepared, prepare
-from model_trainer.engine.registry import Backend
 from model_trainer.engine.stages import stage
 
 _C = ModelTrainerErrorCode
@@ -79,7 +80,6 @@ class BaseTrainer:
 
     def __init__(self, ctx: RunContext, backend: Backend) -> None:
         self.ctx, self.backend, self.job = ctx, backend, ctx.job
-        self.metrics = MetricsLog(ctx.job_dir)
         self.started = time.monotonic()
 
     def run(self) -> CompletedEventV1:
@@ -91,9 +91,11 @@ class BaseTrainer:
         with stage("train", device):
             early_stopped = self._train(p)
         test_loss = None
+        self.ctx.obey_stop("evaluate", p.loop.step)  # the checkpoint of the last step stays
         if len(p.splits.test):
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
+        self.ctx.obey_stop("save", p.loop.step)
         with stage("save", device):
             digest = write_artifact(
                 self.ctx.job_dir, self.backend, p.model, p.tokenizer, self._manifest(p, test_loss)
@@ -126,8 +128,11 @@ class BaseTrainer:
             meter.step(loss)
             val_loss, stop_early = None, False
             if loop.step % tr.eval_every == 0 or loop.step == p.total_steps:
-                val_loss = self._evaluate(p, p.splits.val, "val", loop.step)
-                stop_early = self._track(p, val_loss)
+                val_loss = self._evaluate(p, p.splits.val, "val", loop.step, interruptible=True)
+                if val_loss is None:  # a stop request arrived during the evaluation
+                    self._obey_stop(p)
+                else:
+                    stop_early = self._track(p, val_loss)
             if val_loss is not None or self._progress_due(meter, loop.step, p.total_steps):
                 self._emit(self._progress_event(p, meter, loss, grad_norm, lr, val_loss))
             if loop.step % checkpoint_every == 0 and loop.step < p.total_steps:
@@ -196,12 +201,18 @@ class BaseTrainer:
         )
 
     @torch.no_grad()
-    def _evaluate(self, p: Prepared, data: Tokens, split: str, step: int) -> float:
-        """Mean loss over ``eval_batches`` random batches of ``data`` (seeded by split, step)."""
+    def _evaluate(
+        self, p: Prepared, data: Tokens, split: str, step: int, *, interruptible: bool = False
+    ) -> float | None:
+        """Mean loss over ``eval_batches`` random batches of ``data`` (seeded by split, step);
+        None when ``interruptible`` and a stop was requested before it finished."""
         tr = self.job.training
         p.model.eval()
         total = 0.0
         for i in range(tr.eval_batches):
+            if interruptible and self.ctx.stop_requested() is not None:
+                p.model.train()
+                return None
             x, y = batch(data, p.context, tr.batch_size, derive_seed(tr.seed, split, step, i))
             x, y = x.to(p.placement.device), y.to(p.placement.device)
             with p.placement.autocast():
@@ -219,22 +230,14 @@ class BaseTrainer:
         return patience is not None and loop.evals_since_best >= patience
 
     def _obey_stop(self, p: Prepared) -> None:
-        """Checkpoint and stop when asked to or when the job's own time budget is spent."""
+        """Checkpoint and stop when asked to (cancel, deadline, shutdown)."""
         reason = self.ctx.stop_requested()
-        timeout = self.job.timeout_s
-        if reason is None and timeout is not None and time.monotonic() - self.started > timeout:
-            reason = StopReason.TIMEOUT
         if reason is None:
             return
         self._checkpoint(p)
         step = p.loop.step
-        log.info("engine.stopped", job_id=self.job.job_id, step=step, reason=str(reason))
-        if reason is StopReason.SHUTDOWN:
-            raise Preempted(step)
-        code = _C.TRAINING_CANCELLED if reason is StopReason.CANCEL else _C.TRAINING_TIMEOUT
-        raise ModelTrainerError(
-            code, f"stopped at step {step} ({reason})", details={"step": step}, stage="train"
-        )
+        log.info("engine.stopped", job_id=self.job.job_id, step=step, reason=reason.name.lower())
+        raise stopped(reason, step, "train")
 
     def _checkpoint(self, p: Prepared) -> None:
         checkpoint.save(
@@ -257,7 +260,6 @@ class BaseTrainer:
         )
 
     def _emit(self, event: ConfigEventV1 | ProgressEventV1) -> None:
-        self.metrics.append(event)
         self.ctx.emit(event)
 
     def _progress_event(

@@ -1,5 +1,1 @@
-"""Built-in backends; importing this package registers them."""
-
-from . import char_lstm, gpt2
-
-__all__ = ["char_lstm", "gpt2"]
+"""Built-in backends, one module each; :mod:`model_trainer.engine.registry` lists them."""

@@ -10,13 +10,8 @@ from model_trainer_contracts import CharLstmModel
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from model_trainer.engine.registry import (
-    Backend,
-    Capabilities,
-    ModelSpec,
-    load_safetensors_into,
-    register,
-)
+from model_trainer.core.capabilities import ModelSpec
+from model_trainer.engine.backend import Backend, load_safetensors_into
 
 WEIGHTS = "model.safetensors"
 
@@ -48,26 +43,6 @@ def _spec(spec: ModelSpec) -> CharLstmModel:
 class CharLstmBackend(Backend):
     name: ClassVar[str] = "char_lstm"
     family: ClassVar[str] = "lstm"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        tokenizers=frozenset({"char", "job"}),
-        devices=frozenset({"cpu", "cuda"}),
-        precisions=frozenset({"fp32", "fp16", "bf16"}),
-        max_parameters=200_000_000,
-        max_context=4096,
-        can_resume=True,
-        can_finetune=True,
-    )
-
-    def context_length(self, spec: ModelSpec) -> int:
-        return _spec(spec).seq_len
-
-    def core_parameters(self, spec: ModelSpec) -> int:
-        s = _spec(spec)
-        total = 0
-        for layer in range(s.num_layers):
-            inputs = s.embedding_dim if layer == 0 else s.hidden_size
-            total += 4 * s.hidden_size * (inputs + s.hidden_size + 2)
-        return total
 
     def build(self, spec: ModelSpec, vocab_size: int) -> nn.Module:
         return CharLstm(_spec(spec), vocab_size)
@@ -81,6 +56,3 @@ class CharLstmBackend(Backend):
 
     def load_weights(self, model: nn.Module, artifact_dir: Path) -> None:
         load_safetensors_into(model, artifact_dir / WEIGHTS, frozenset())
-
-
-register(CharLstmBackend.name, CharLstmBackend)

@@ -15,13 +15,8 @@ from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from model_trainer.engine.registry import (
-    Backend,
-    Capabilities,
-    ModelSpec,
-    load_safetensors_into,
-    register,
-)
+from model_trainer.core.capabilities import ModelSpec
+from model_trainer.engine.backend import Backend, load_safetensors_into
 
 WEIGHTS = "model.safetensors"
 # The head shares the token embedding; the file stores it once.
@@ -74,23 +69,6 @@ def _net(model: nn.Module) -> Gpt2Net:
 class Gpt2Backend(Backend):
     name: ClassVar[str] = "gpt2"
     family: ClassVar[str] = "gpt2"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        tokenizers=frozenset({"char", "bpe", "job"}),
-        devices=frozenset({"cpu", "cuda"}),
-        precisions=frozenset({"fp32", "fp16", "bf16"}),
-        max_parameters=1_000_000_000,
-        max_context=8192,
-        can_resume=True,
-        can_finetune=True,
-    )
-
-    def context_length(self, spec: ModelSpec) -> int:
-        return _spec(spec).block_size
-
-    def core_parameters(self, spec: ModelSpec) -> int:
-        s = _spec(spec)
-        per_layer = 12 * s.n_embd * s.n_embd + 13 * s.n_embd
-        return s.n_layer * per_layer + s.block_size * s.n_embd + 2 * s.n_embd
 
     def build(self, spec: ModelSpec, vocab_size: int) -> nn.Module:
         return Gpt2Net(_spec(spec), vocab_size)
@@ -100,6 +78,3 @@ class Gpt2Backend(Backend):
 
     def load_weights(self, model: nn.Module, artifact_dir: Path) -> None:
         load_safetensors_into(_net(model).hf, artifact_dir / WEIGHTS, TIED)
-
-
-register(Gpt2Backend.name, Gpt2Backend)

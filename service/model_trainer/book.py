@@ -1,0 +1,670 @@
+"""The job book: every job's facts and every decision about it, in pure, synchronous code.
+
+Inputs are method calls (a command consumed, a worker's message, a worker's death, partitions
+revoked or assigned, a clock tick, a state record read back); each returns the effects for the
+shell to carry out, in order: records to publish in one transaction with the offsets that
+transaction commits (:class:`Publish`), and orders for the pool (:class:`Run`, :class:`Stop`,
+:class:`Kill`). Time is passed in (``now``, wall-clock seconds) and never read here. No asyncio,
+no aiokafka, no torch: a test drives the book through any interleaving in microseconds.
+
+The promise this module keeps:
+
+* every accepted job reaches exactly one terminal event (completed or failed), published in
+  the transaction that commits its command's offset;
+* a partition's commit never passes a command whose job has not ended;
+* the book alone numbers a job's events (``seq``), refusals included: +1 each, never reused;
+* a job runs on at most one worker at a time, and a job handed back on revoke is never lost
+  (its command stays uncommitted, so the partition's next owner resumes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+from model_trainer_contracts import (
+    CancelJobV1,
+    CompletedEventV1,
+    ConfigEventV1,
+    EventBase,
+    FailedEventV1,
+    JobStateV1,
+    JobStatus,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    ProgressEventV1,
+    SubmitJobV1,
+    ce_headers,
+    decode_command,
+    encode,
+    salvage_job_id,
+    salvage_user_id,
+)
+
+from .core.envelope import Envelope, failed_event
+from .core.stop import StopReason
+from .offsets import OffsetTracker
+from .protocol import RunOrder
+from .records import TP, Outgoing, Record
+
+log = structlog.get_logger(__name__)
+_C = ModelTrainerErrorCode
+DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
+
+
+# ------------------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Records to publish in one transaction, committing ``commits`` with them.
+
+    ``events`` are the job events among ``records`` (for the job's metrics.jsonl)."""
+
+    records: tuple[Outgoing, ...]
+    commits: dict[TP, int]
+    events: tuple[EventBase, ...] = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    job_id: str
+    order: RunOrder
+
+
+@dataclass(frozen=True)
+class Stop:
+    job_id: str
+    reason: StopReason
+
+
+@dataclass(frozen=True)
+class Kill:
+    job_id: str
+    attempt: int
+
+
+Effect = Publish | Run | Stop | Kill
+
+
+# ------------------------------------------------------------------------------ policy
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the book decides with (see :class:`~.settings.Settings`)."""
+
+    events_topic: str
+    state_topic: str
+    dead_letter_topic: str
+    slots: int  # worker processes
+    max_attempts: int  # infrastructure failures (worker death, stall) a job may have
+    cancel_grace_s: float  # a cancelled or timed-out run still going after this is killed
+    handback_grace_s: float  # a revoked or shut-down run still going after this is killed
+    stall_timeout_s: float  # a run silent this long is killed and retried
+    checkpoint_every: int
+    data_root: Path
+    artifacts_root: Path
+    max_corpus_bytes: int
+    max_command_bytes: int
+
+
+def request_digest(job: SubmitJobV1) -> str:
+    """What the job asks for, independent of field order and formatting (for conflicts)."""
+    canonical = json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _time(now: float) -> datetime:
+    """Wall-clock seconds as an aware datetime (for the state record)."""
+    return datetime.fromtimestamp(now, UTC)
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"  # a worker has it (or will, once one is free)
+    HANDING_BACK = "handing_back"  # asked to checkpoint and stop: revoke or shutdown
+
+
+class Killed(StrEnum):
+    """Why the book killed a run: decides what its death means."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    HANDBACK = "handback"
+    STALL = "stall"
+
+
+@dataclass
+class Job:
+    """A job this instance owns and has not ended."""
+
+    spec: SubmitJobV1
+    digest: str
+    record: TP
+    offset: int
+    submitted_at: float
+    attempt: int  # runs started so far
+    failures: int  # infrastructure failures so far
+    next_seq: int
+    phase: Phase = Phase.QUEUED
+    last_heard: float = 0.0
+    deadline: float | None = None  # of the current run
+    kill_at: float | None = None  # when to kill the current run if it has not ended
+    stop_sent: StopReason | None = None
+    cancel_reason: str | None = None  # set once a cancel arrived: never lost
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    def envelope(self) -> Envelope:
+        """The envelope of the job's next event; takes its seq."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return Envelope(
+            job_id=self.job_id,
+            user_id=self.spec.user_id,
+            seq=seq,
+            attempt=max(1, self.attempt),
+            labels=dict(self.spec.labels),
+        )
+
+
+@dataclass
+class _RunSlot:
+    """A worker busy with one run, until the pool reports that run over."""
+
+    job_id: str
+    attempt: int
+    killed: Killed | None = None
+
+
+@dataclass
+class JobBook:
+    """See the module docstring. ``admit`` raises the typed refusal of a job that cannot run."""
+
+    policy: Policy
+    admit: Callable[[SubmitJobV1], None]
+    jobs: dict[str, Job] = field(default_factory=dict)
+    states: dict[str, JobStateV1] = field(default_factory=dict)
+    queue: deque[str] = field(default_factory=deque)
+    runs: dict[str, _RunSlot] = field(default_factory=dict)  # by job_id
+    offsets: OffsetTracker = field(default_factory=OffsetTracker)
+    assigned: set[TP] = field(default_factory=set)
+    releasing: set[TP] = field(default_factory=set)
+    stopping: bool = False
+
+    # -------------------------------------------------------------------- views
+
+    def free_slots(self) -> int:
+        return max(0, self.policy.slots - len(self.runs))
+
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def running(self) -> list[str]:
+        return [j.job_id for j in self.jobs.values() if j.phase is not Phase.QUEUED]
+
+    def handing_back(self, tps: Iterable[TP] | None = None) -> bool:
+        """Whether a run of a job on ``tps`` (default: any) is still going."""
+        wanted = None if tps is None else set(tps)
+        return any(
+            (wanted is None or job.record in wanted) and job.phase is not Phase.QUEUED
+            for job in self.jobs.values()
+        ) or (wanted is None and bool(self.runs))
+
+    # -------------------------------------------------------------------- state topic
+
+    def load(self, state: JobStateV1) -> None:
+        """A state record read from the topic (replay at start, or another instance's)."""
+        if state.job_id in self.jobs:
+            return  # ours, and newer than anything on the topic
+        known = self.states.get(state.job_id)
+        if known is not None and known.status.terminal and not state.status.terminal:
+            return
+        if known is not None and known.last_seq > state.last_seq and not state.status.terminal:
+            return
+        self.states[state.job_id] = state
+
+    def _state(self, job: Job, status: JobStatus, now: float, code: str | None = None) -> Outgoing:
+        state = JobStateV1(
+            job_id=job.job_id,
+            user_id=job.spec.user_id,
+            labels=dict(job.spec.labels),
+            status=status,
+            request_digest=job.digest,
+            partition=job.record.partition,
+            attempt=job.attempt,
+            failures=job.failures,
+            last_seq=job.next_seq - 1,
+            error_code=code,
+            submitted_at=_time(job.submitted_at),
+            updated_at=_time(now),
+        )
+        self.states[job.job_id] = state
+        return self._state_record(state)
+
+    def _state_record(self, state: JobStateV1) -> Outgoing:
+        return Outgoing(self.policy.state_topic, state.job_id.encode(), encode(state), [])
+
+    def _event_record(self, event: EventBase) -> Outgoing:
+        return Outgoing(
+            self.policy.events_topic, event.job_id.encode(), encode(event), ce_headers(event)
+        )
+
+    # -------------------------------------------------------------------- commands
+
+    def command(self, record: Record, now: float) -> list[Effect]:
+        """A record from the commands topic."""
+        self.offsets.add(record.tp, record.offset)
+        try:
+            command = decode_command(record.value, max_bytes=self.policy.max_command_bytes)
+        except ModelTrainerError as undecodable:
+            job_id = salvage_job_id(record.value)
+            keyed = job_id is not None and record.key == job_id.encode()
+            return self._dead_letter(record, undecodable, job_id if keyed else None, now)
+        if record.key != command.job_id.encode():
+            # Another partition may own this job_id: answering with an event here could
+            # reuse a seq that its owner hands out, so the dead letter is the answer.
+            wrong_key = ModelTrainerError(
+                _C.COMMAND_INVALID,
+                f"the record key must be the job_id {command.job_id!r}; it was "
+                f"{record.key.decode(errors='replace') if record.key else 'null'}",
+                details={"violations": [{"field": "(key)", "error": "must equal job_id"}]},
+            )
+            return self._dead_letter(record, wrong_key, None, now)
+        if isinstance(command, SubmitJobV1):
+            return self._submit(command, record, now)
+        return self._cancel(command, record, now)
+
+    def _settle(
+        self, record: Record, records: list[Outgoing], events: list[EventBase] | None = None
+    ) -> Publish:
+        """Publish ``records`` with the commit of every offset this record's end unblocks."""
+        committable = self.offsets.finish(record.tp, record.offset)
+        commits = {record.tp: committable} if committable is not None else {}
+        return Publish(tuple(records), commits, tuple(events or ()))
+
+    def _rejection(
+        self, job_id: str, user_id: int, error: ModelTrainerError, now: float
+    ) -> tuple[list[Outgoing], EventBase]:
+        """A failed event answering a refused command (it ends no job), and its state."""
+        error.details.setdefault("command_rejected", True)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            event = failed_event(job.envelope(), error)
+            status = JobStatus.RUNNING if job.phase is not Phase.QUEUED else JobStatus.QUEUED
+            return [self._event_record(event), self._state(job, status, now)], event
+        known = self.states.get(job_id)
+        seq = known.last_seq + 1 if known is not None else 0
+        envelope = Envelope(job_id=job_id, user_id=user_id, seq=seq, attempt=1, labels={})
+        event = failed_event(envelope, error)
+        if known is not None:
+            state = known.model_copy(update={"last_seq": seq, "updated_at": _time(now)})
+        else:
+            state = JobStateV1(
+                job_id=job_id,
+                user_id=user_id,
+                status=JobStatus.REJECTED,
+                request_digest="",
+                last_seq=seq,
+                submitted_at=_time(now),
+                updated_at=_time(now),
+            )
+        self.states[job_id] = state
+        return [self._event_record(event), self._state_record(state)], event
+
+    def _dead_letter(
+        self, record: Record, error: ModelTrainerError, job_id: str | None, now: float
+    ) -> list[Effect]:
+        headers = [
+            ("error_code", str(error.code).encode()),
+            ("error_message", error.message[:2048].encode()),
+            ("original_topic", record.topic.encode()),
+            ("original_partition", str(record.partition).encode()),
+            ("original_offset", str(record.offset).encode()),
+        ]
+        value = record.value
+        if len(value) > DEAD_LETTER_MAX_BYTES:
+            # The dead letter must fit the broker's record limit, or publishing it would be
+            # retried forever; its header says how much of the original it keeps.
+            headers.append(("original_size", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        records = [Outgoing(self.policy.dead_letter_topic, record.key or b"", value, headers)]
+        events: list[EventBase] = []
+        if job_id is not None:
+            answer, event = self._rejection(job_id, salvage_user_id(record.value), error, now)
+            records += answer
+            events.append(event)
+        log.info(
+            "command dead-lettered",
+            code=str(error.code),
+            error=error.message[:300],
+            job_id=job_id,
+            offset=record.offset,
+        )
+        return [self._settle(record, records, events)]
+
+    def _submit(self, spec: SubmitJobV1, record: Record, now: float) -> list[Effect]:
+        bound = log.bind(job_id=spec.job_id)
+        digest = request_digest(spec)
+        active = self.jobs.get(spec.job_id)
+        state = self.states.get(spec.job_id)
+        known = active.digest if active else (state.request_digest if state else "")
+        if known and known != digest:
+            bound.info("job_id reused with a different spec")
+            error = ModelTrainerError(
+                _C.JOB_ID_CONFLICT,
+                f"job {spec.job_id} was already submitted with a different spec",
+                details={"request_digest": digest, "existing_request_digest": known},
+            )
+            answer, event = self._rejection(spec.job_id, spec.user_id, error, now)
+            return [self._settle(record, answer, [event])]
+        if active is not None or (state is not None and state.status.terminal):
+            bound.info("duplicate submit settled", status=str(state.status) if state else "active")
+            return [self._settle(record, [])]
+        resumed = state is not None and state.status is not JobStatus.REJECTED
+        job = Job(
+            spec=spec,
+            digest=digest,
+            record=record.tp,
+            offset=record.offset,
+            submitted_at=state.submitted_at.timestamp() if state and resumed else now,
+            attempt=state.attempt if state else 0,
+            failures=state.failures if state else 0,
+            next_seq=state.last_seq + 1 if state else 0,
+        )
+        try:
+            self.admit(spec)
+        except ModelTrainerError as error:
+            bound.info("job refused", code=str(error.code), error=error.message)
+            self.jobs[spec.job_id] = job
+            return self._end(job, failed_event(job.envelope(), error), now)
+        self.jobs[spec.job_id] = job
+        self.queue.append(spec.job_id)
+        bound.info("job accepted", attempt=job.attempt, queued=len(self.queue))
+        return [Publish((self._state(job, JobStatus.QUEUED, now),), {}), *self._dispatch(now)]
+
+    def _cancel(self, cancel: CancelJobV1, record: Record, now: float) -> list[Effect]:
+        bound = log.bind(job_id=cancel.job_id)
+        job = self.jobs.get(cancel.job_id)
+        if job is None:
+            state = self.states.get(cancel.job_id)
+            error = ModelTrainerError(
+                _C.JOB_NOT_FOUND, f"no queued or running job {cancel.job_id} to cancel"
+            )
+            if state is not None and state.status is not JobStatus.REJECTED:
+                error.details["status"] = str(state.status)
+            bound.info("cancel for an unknown or ended job")
+            answer, event = self._rejection(cancel.job_id, 0, error, now)
+            return [self._settle(record, answer, [event])]
+        # The cancel's own offset may be committed now: the submit's, older, holds the
+        # partition's commit back until the job ends, so a crash redelivers both.
+        effects: list[Effect] = [self._settle(record, [])]
+        job.cancel_reason = cancel.reason
+        if job.phase is Phase.QUEUED:
+            self.queue.remove(job.job_id)
+            return effects + self._end(job, self._cancelled(job, "prepare"), now)
+        bound.info("cancel requested", reason=cancel.reason)
+        if job.phase is Phase.RUNNING:
+            job.stop_sent = StopReason.CANCEL
+            job.kill_at = now + self.policy.cancel_grace_s
+            effects.append(Stop(job.job_id, StopReason.CANCEL))
+        return effects
+
+    def _cancelled(self, job: Job, stage: str, *, killed: bool = False) -> FailedEventV1:
+        reason = job.cancel_reason
+        message = f"cancelled: {reason}" if reason else "cancelled"
+        if killed:
+            message += (
+                f" (the run did not stop within {self.policy.cancel_grace_s:g}s and was killed)"
+            )
+        error = ModelTrainerError(
+            _C.TRAINING_CANCELLED, message, stage="prepare" if stage == "prepare" else "train"
+        )
+        return failed_event(job.envelope(), error)
+
+    # -------------------------------------------------------------------- running
+
+    def _dispatch(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while self.queue and self.free_slots() > 0 and not self.stopping:
+            job = self.jobs[self.queue.popleft()]
+            job.attempt += 1
+            job.phase = Phase.RUNNING
+            job.last_heard = now
+            job.stop_sent, job.kill_at = None, None
+            timeout = job.spec.timeout_s
+            job.deadline = now + timeout if timeout is not None else None
+            order = RunOrder(
+                job_json=encode(job.spec),
+                attempt=job.attempt,
+                queue=f"{job.record.topic}[{job.record.partition}]",
+                data_root=self.policy.data_root,
+                artifacts_root=self.policy.artifacts_root,
+                checkpoint_every=job.spec.training.checkpoint_every or self.policy.checkpoint_every,
+                max_corpus_bytes=self.policy.max_corpus_bytes,
+                deadline=job.deadline,
+            )
+            self.runs[job.job_id] = _RunSlot(job.job_id, job.attempt)
+            effects.append(Run(job.job_id, order))
+            effects.append(Publish((self._state(job, JobStatus.RUNNING, now),), {}))
+            log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)
+        return effects
+
+    def _current(self, job_id: str, attempt: int) -> Job | None:
+        """The job whose current run sent this message, or None for a stale message."""
+        job = self.jobs.get(job_id)
+        if job is None or job.phase is Phase.QUEUED or job.attempt != attempt:
+            return None
+        return job
+
+    def _stamp(self, job: Job, event: EventBase) -> EventBase:
+        envelope = job.envelope()
+        return event.model_copy(update={"seq": envelope["seq"], "attempt": envelope["attempt"]})
+
+    def progress(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
+        """A config or progress event from the job's worker."""
+        job = self._current(job_id, attempt)
+        if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1):
+            return []
+        job.last_heard = now
+        stamped = self._stamp(job, event)
+        records = (self._event_record(stamped), self._state(job, JobStatus.RUNNING, now))
+        return [Publish(records, {}, (stamped,))]
+
+    def ended(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
+        """The run's terminal event (completed, or a failure the worker decided)."""
+        effects = self._free(job_id, attempt)
+        job = self._current(job_id, attempt)
+        if job is None:
+            return effects + self._dispatch(now)
+        if isinstance(event, CompletedEventV1 | FailedEventV1):
+            final = self._stamp(job, event)
+        else:
+            error = ModelTrainerError(_C.INTERNAL_ERROR, f"the worker ended with a {event.type}")
+            final = failed_event(job.envelope(), error)
+        return effects + self._end(job, final, now)
+
+    def preempted(self, job_id: str, attempt: int, step: int, now: float) -> list[Effect]:
+        """The run checkpointed at ``step`` and stopped without a terminal event."""
+        effects = self._free(job_id, attempt)
+        job = self._current(job_id, attempt)
+        if job is None:
+            return effects + self._dispatch(now)
+        log.info("job handed back", job_id=job_id, step=step)
+        return effects + self._run_over(job, now)
+
+    def died(self, job_id: str, attempt: int, exitcode: int | None, now: float) -> list[Effect]:
+        """The worker running this run exited without reporting its end."""
+        slot = self.runs.get(job_id)
+        killed = slot.killed if slot is not None and slot.attempt == attempt else None
+        effects = self._free(job_id, attempt)
+        job = self._current(job_id, attempt)
+        if job is None:
+            return effects + self._dispatch(now)
+        bound = log.bind(job_id=job_id, attempt=attempt, exitcode=exitcode)
+        if job.cancel_reason is not None:
+            bound.info("cancelled job's worker died")
+            return effects + self._end(job, self._cancelled(job, "train", killed=True), now)
+        if job.phase is Phase.HANDING_BACK or killed is Killed.HANDBACK:
+            return effects + self._run_over(job, now)  # preemption: free, never a failure
+        if killed is Killed.TIMEOUT:
+            return effects + self._end(job, self._timed_out(job), now)
+        job.failures += 1
+        stalled = killed is Killed.STALL
+        if job.failures < self.policy.max_attempts:
+            bound.warning(
+                "run stalled; retrying from the checkpoint"
+                if stalled
+                else "worker died; retrying the job from its checkpoint",
+                failures=job.failures,
+            )
+            job.phase = Phase.QUEUED
+            self.queue.appendleft(job.job_id)
+            record = self._state(job, JobStatus.QUEUED, now)
+            return [*effects, Publish((record,), {}), *self._dispatch(now)]
+        if stalled:
+            error = ModelTrainerError(
+                _C.TRAINING_STALLED,
+                f"the run sent nothing for {self._stall_timeout(job):g}s and was killed, "
+                f"{job.failures} of {self.policy.max_attempts} times",
+                stage="train",
+                details={"failures": job.failures, "stall_timeout_s": self._stall_timeout(job)},
+            )
+        else:
+            error = ModelTrainerError(
+                _C.RUN_WORKER_DIED,
+                f"the worker running the job died (exit code {exitcode}); "
+                f"{job.failures} of {self.policy.max_attempts} failures allowed",
+                stage="train",
+                details={"exitcode": exitcode, "failures": job.failures},
+            )
+        return effects + self._end(job, failed_event(job.envelope(), error), now)
+
+    def _free(self, job_id: str, attempt: int) -> list[Effect]:
+        slot = self.runs.get(job_id)
+        if slot is not None and slot.attempt == attempt:
+            del self.runs[job_id]
+        return []
+
+    def _run_over(self, job: Job, now: float) -> list[Effect]:
+        """A run stopped without ending its job: hand the job back, or run it again."""
+        if job.cancel_reason is not None:
+            return self._end(job, self._cancelled(job, "train"), now)
+        if job.record in self.assigned and job.record not in self.releasing and not self.stopping:
+            job.phase = Phase.QUEUED
+            self.queue.appendleft(job.job_id)
+            return [Publish((self._state(job, JobStatus.QUEUED, now),), {}), *self._dispatch(now)]
+        self.jobs.pop(job.job_id, None)  # its command stays uncommitted: the next owner runs it
+        return self._dispatch(now)
+
+    def _end(self, job: Job, event: EventBase, now: float) -> list[Effect]:
+        """Publish the job's terminal event with its state and its offset's commit."""
+        if isinstance(event, FailedEventV1):
+            status, code = JobStatus.FAILED, str(event.code)
+        else:
+            status, code = JobStatus.COMPLETED, None
+        records = [self._event_record(event), self._state(job, status, now, code)]
+        if job.job_id in self.queue:
+            self.queue.remove(job.job_id)
+        self.jobs.pop(job.job_id, None)
+        committable = self.offsets.finish(job.record, job.offset)
+        commits = {job.record: committable} if committable is not None else {}
+        log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
+        return [Publish(tuple(records), commits, (event,)), *self._dispatch(now)]
+
+    def _timed_out(self, job: Job) -> FailedEventV1:
+        error = ModelTrainerError(
+            _C.TRAINING_TIMEOUT,
+            f"the run passed its timeout of {job.spec.timeout_s:g}s and did not stop within "
+            f"{self.policy.cancel_grace_s:g}s; it was killed",
+            stage="train",
+        )
+        return failed_event(job.envelope(), error)
+
+    def _stall_timeout(self, job: Job) -> float:
+        return job.spec.stall_timeout_s or self.policy.stall_timeout_s
+
+    # -------------------------------------------------------------------- the clock
+
+    def tick(self, now: float) -> list[Effect]:
+        """Kill runs past their grace, deadline or silence; start what can start."""
+        effects: list[Effect] = []
+        for job in list(self.jobs.values()):
+            slot = self.runs.get(job.job_id)
+            if job.phase is Phase.QUEUED or slot is None or slot.killed is not None:
+                continue
+            why: Killed | None = None
+            if job.kill_at is not None and now >= job.kill_at:
+                why = Killed.CANCEL if job.cancel_reason is not None else Killed.HANDBACK
+            elif job.deadline is not None and now >= job.deadline + self.policy.cancel_grace_s:
+                why = Killed.TIMEOUT
+            elif now - job.last_heard >= self._stall_timeout(job):
+                why = Killed.STALL
+            if why is None:
+                continue
+            slot.killed = why
+            log.warning("killing a run", job_id=job.job_id, attempt=job.attempt, why=str(why))
+            effects.append(Kill(job.job_id, job.attempt))
+            if why is Killed.CANCEL:  # answered now: the death only frees the worker
+                effects += self._end(job, self._cancelled(job, "train", killed=True), now)
+            elif why is Killed.TIMEOUT:
+                effects += self._end(job, self._timed_out(job), now)
+        return effects + self._dispatch(now)
+
+    # -------------------------------------------------------------------- rebalance, shutdown
+
+    def assign(self, tps: Iterable[TP]) -> None:
+        self.assigned |= set(tps)
+
+    def revoke(self, tps: Iterable[TP], now: float) -> list[Effect]:
+        """Start handing back the jobs of ``tps``: queued ones leave, running ones stop."""
+        revoked = set(tps)
+        self.releasing |= revoked
+        return self._hand_back(lambda job: job.record in revoked, now)
+
+    def release(self, tps: Iterable[TP]) -> None:
+        """The hand-back of ``tps`` is over (or out of time): forget their jobs and offsets.
+
+        A run still going here was killed and its death is awaited; it keeps its worker slot,
+        and nothing it says later is published."""
+        released = set(tps)
+        for job in [j for j in self.jobs.values() if j.record in released]:
+            if job.job_id in self.queue:
+                self.queue.remove(job.job_id)
+            self.jobs.pop(job.job_id)
+        self.offsets.forget(list(released))
+        self.assigned -= released
+        self.releasing -= released
+
+    def shutdown(self, now: float) -> list[Effect]:
+        """Stop dispatching; every running job checkpoints and stops (killed after grace)."""
+        self.stopping = True
+        return self._hand_back(lambda job: True, now)
+
+    def _hand_back(self, chosen: Callable[[Job], bool], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for job in [j for j in self.jobs.values() if chosen(j)]:
+            if job.phase is Phase.QUEUED:
+                self.queue.remove(job.job_id)
+                self.jobs.pop(job.job_id)
+                continue
+            if job.phase is Phase.HANDING_BACK or job.cancel_reason is not None:
+                continue  # already stopping (a cancelled job ends as cancelled)
+            job.phase = Phase.HANDING_BACK
+            job.kill_at = now + self.policy.handback_grace_s
+            job.stop_sent = StopReason.SHUTDOWN
+            effects.append(Stop(job.job_id, StopReason.SHUTDOWN))
+        return effects

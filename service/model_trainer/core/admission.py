@@ -1,0 +1,152 @@
+"""Refusing a job at acceptance: cheap checks, no torch, no corpus read, no model built.
+
+The service calls :func:`admit` for every submit before it queues the job, so an invalid job
+is answered in milliseconds with its typed code. Workers run the same checks again (plus the
+ones only they can make, such as CUDA) before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_trainer_contracts import (
+    JobTokenizer,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    SubmitJobV1,
+    TrainingSpec,
+)
+
+from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
+from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
+
+_C = ModelTrainerErrorCode
+
+
+def admit(
+    job: SubmitJobV1,
+    *,
+    data_root: Path | None = None,
+    artifacts_root: Path | None = None,
+    cuda_available: bool | None = None,
+) -> None:
+    """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
+
+    In order: the backend exists and accepts the tokenizer kind and fine-tuning
+    (UNSUPPORTED_BACKEND); the model's shape is within its bounds (INVALID_MODEL_SIZE);
+    device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
+    UNSUPPORTED_BACKEND). Given ``data_root``: the corpus path stays inside it
+    (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND). Given ``artifacts_root``: the init_from
+    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist.
+    """
+    caps = CAPABILITIES.get(job.backend)
+    if caps is None:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"no backend {job.backend!r}; this service has {sorted(CAPABILITIES)}",
+            details={"backend": job.backend},
+        )
+    kind = job.tokenizer.kind
+    if kind != "job" and kind not in caps.tokenizers:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"backend {job.backend!r} cannot use a {kind} tokenizer",
+            details={"backend": job.backend, "tokenizer": kind},
+        )
+    if job.init_from is not None and not caps.can_finetune:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND, f"backend {job.backend!r} cannot fine-tune (init_from)"
+        )
+    context, params = context_length(job.model), core_parameters(job.model)
+    if context > caps.max_context or params > caps.max_parameters:
+        raise ModelTrainerError(
+            _C.INVALID_MODEL_SIZE,
+            f"{params} parameters and a context of {context} exceed the bounds of "
+            f"{job.backend!r} ({caps.max_parameters} and {caps.max_context})",
+            details={
+                "parameters": params,
+                "max_parameters": caps.max_parameters,
+                "context": context,
+                "max_context": caps.max_context,
+            },
+        )
+    check_placement(job.training, caps, cuda_available=cuda_available)
+    if data_root is not None and job.data.corpus_path is not None:
+        target = resolve_inside(data_root, job.data.corpus_path)
+        if not target.exists():
+            raise ModelTrainerError(
+                _C.CORPUS_NOT_FOUND,
+                f"no corpus file or directory at {job.data.corpus_path!r}",
+                details={"corpus_path": job.data.corpus_path},
+            )
+    if artifacts_root is not None:
+        _check_references(job, artifacts_root)
+
+
+def resolve_device_precision(
+    spec: TrainingSpec, caps: Capabilities, *, cuda_available: bool, bf16_supported: bool
+) -> tuple[str, str]:
+    """The device and precision ``spec`` asks for on a worker with or without CUDA.
+
+    ``auto`` picks CUDA when there is one, then bf16 where the GPU supports it (else fp16);
+    on CPU ``auto`` is fp32. fp16 needs CUDA. Raises CUDA_NOT_AVAILABLE or
+    UNSUPPORTED_BACKEND."""
+    if spec.device == "cuda" and not cuda_available:
+        raise ModelTrainerError(
+            _C.CUDA_NOT_AVAILABLE, "the job asks for CUDA; this worker has none"
+        )
+    device = (
+        "cuda" if spec.device == "cuda" or (spec.device == "auto" and cuda_available) else "cpu"
+    )
+    if device not in caps.devices:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"the backend cannot run on {device}",
+            details={"device": device},
+        )
+    precision = spec.precision
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else ("bf16" if bf16_supported else "fp16")
+    if precision not in caps.precisions or (precision == "fp16" and device != "cuda"):
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"the backend cannot train in {precision} on {device}",
+            details={"precision": precision, "device": device},
+        )
+    return device, precision
+
+
+def check_placement(spec: TrainingSpec, caps: Capabilities, *, cuda_available: bool | None) -> None:
+    """Refuse a device/precision no worker could use; unknown CUDA (None) is left to it."""
+    if cuda_available is None:
+        # Either answer may hold on the worker: refuse only what fails in both.
+        options = [True, False] if spec.device != "cuda" else [True]
+        errors: list[ModelTrainerError] = []
+        for cuda in options:
+            try:
+                resolve_device_precision(spec, caps, cuda_available=cuda, bf16_supported=True)
+            except ModelTrainerError as exc:
+                errors.append(exc)
+        if len(errors) == len(options):
+            raise errors[0]
+        return
+    resolve_device_precision(spec, caps, cuda_available=cuda_available, bf16_supported=True)
+
+
+def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:
+    if job.init_from is not None and not (artifacts_root / job.init_from / MANIFEST).is_file():
+        raise ModelTrainerError(
+            _C.MODEL_NOT_FOUND,
+            f"job {job.init_from!r} has no artifact",
+            details={"init_from": job.init_from},
+        )
+    tok = job.tokenizer
+    if (
+        isinstance(tok, JobTokenizer)
+        and not (artifacts_root / tok.job_id / TOKENIZER_FILE).is_file()
+    ):
+        raise ModelTrainerError(
+            _C.TOKENIZER_NOT_FOUND,
+            f"job {tok.job_id!r} has no tokenizer",
+            details={"job_id": tok.job_id},
+        )

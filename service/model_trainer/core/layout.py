@@ -1,0 +1,32 @@
+"""Where a job's files live: the names both the service and the engine rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model_trainer_contracts import EventBase, ModelTrainerError, ModelTrainerErrorCode
+
+MANIFEST = "manifest.json"  # written last: its presence means the artifact is complete
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"  # every event of the job, one JSON line each, as published
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise ModelTrainerError(
+            ModelTrainerErrorCode.PATH_NOT_ALLOWED,
+            f"corpus path {relative!r} leaves the data root",
+            details={"corpus_path": relative},
+        )
+    return target
+
+
+def append_metrics(job_dir: Path, event: EventBase) -> None:
+    """Append a published event to the job's ``metrics.jsonl`` (its folder is created)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with open(job_dir / METRICS, "a", encoding="utf-8") as out:
+        out.write(event.model_dump_json() + "\n")
