@@ -8,43 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from .records import Headers, Record
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed record, detached from aiokafka's types."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: Headers
-
-    @property
-    def tp(self) -> TopicPartition:
-        return TopicPartition(self.topic, self.partition)
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to produce."""
-
-    topic: str
-    key: bytes
-    value: bytes | None
-    headers: Headers
 
 
 def to_record(message: object) -> Record:

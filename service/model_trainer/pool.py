@@ -2,9 +2,13 @@
 
 Workers are spawned (not forked) before any job arrives and import torch once; the service
 process never does. A reader thread per worker turns its pipe into messages on an asyncio
-queue, so a training loop's ``send`` never waits on the event loop. A worker that exits or is
-killed shows up as :class:`WorkerDied` with the job it was running; a fresh worker takes its
-place.
+queue, so a training loop's ``send`` never waits on the event loop.
+
+The pool decides nothing about jobs (the job book does); it keeps three promises the book
+relies on. Each run it is handed ends in exactly one message: :class:`JobEnded`,
+:class:`JobPreempted` or :class:`WorkerDied`. An order waits in the pool until a live, ready
+worker that nobody is killing can take it, so an order never reaches a dying process. A
+failure of the pool's own supervision propagates (the service stops), never silently.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 
@@ -41,11 +46,11 @@ READY_TIMEOUT_S = 180.0
 
 @dataclass(frozen=True)
 class WorkerDied:
-    """A worker process ended; ``job_id`` is the job it was running, if any."""
+    """A worker process ended while running ``job_id``'s run ``attempt``."""
 
-    job_id: str | None
+    job_id: str
+    attempt: int
     exitcode: int | None
-    killed_by_pool: bool
 
 
 PoolMessage = JobEvent | JobEnded | JobPreempted | WorkerDied
@@ -64,8 +69,12 @@ class _Worker:
     conn: ParentEnd
     flag: StopFlag
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    job_id: str | None = None
-    killed_by_pool: bool = False
+    run: tuple[str, int] | None = None  # (job_id, attempt)
+    doomed: bool = False  # a kill was sent: it takes no more orders
+
+    @property
+    def free(self) -> bool:
+        return self.ready.is_set() and self.run is None and not self.doomed
 
 
 class WorkerPool:
@@ -76,22 +85,20 @@ class WorkerPool:
         self._threads = threads
         self._log_args = (log_level, log_format)
         self._workers: list[_Worker] = []
-        self._raw: asyncio.Queue[WorkerMessage | _Exited | tuple[int, WorkerMessage]] = (
-            asyncio.Queue()
-        )
+        self._pending: deque[tuple[str, RunOrder]] = deque()
+        self._raw: asyncio.Queue[_Exited | tuple[int, WorkerMessage]] = asyncio.Queue()
         self.messages: asyncio.Queue[PoolMessage] = asyncio.Queue()
-        self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self.cuda = False  # whether the workers see a CUDA device (from their ready message)
 
     async def start(self) -> None:
         """Spawn every worker and return once all have imported torch."""
         self._loop = asyncio.get_running_loop()
         self._workers = [self._spawn(index) for index in range(self._size)]
-        self._supervisor = asyncio.create_task(self._supervise(), name="pool-supervisor")
-        await asyncio.wait_for(
-            asyncio.gather(*(worker.ready.wait() for worker in self._workers)), READY_TIMEOUT_S
-        )
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            while not all(worker.ready.is_set() for worker in self._workers):
+                await self._handle(await self._raw.get())
         log.info("worker pool ready", workers=self._size, threads_per_worker=self._threads)
 
     def _spawn(self, index: int) -> _Worker:
@@ -105,11 +112,10 @@ class WorkerPool:
         )
         process.start()
         child.close()
-        worker = _Worker(index, process, parent, flag)
         threading.Thread(
             target=self._read, args=(index, process, parent), daemon=True, name=f"pool-read-{index}"
         ).start()
-        return worker
+        return _Worker(index, process, parent, flag)
 
     def _read(self, index: int, process: SpawnProcess, conn: ParentEnd) -> None:
         loop = self._loop
@@ -123,25 +129,28 @@ class WorkerPool:
                 return
             loop.call_soon_threadsafe(self._raw.put_nowait, (index, message))
 
-    async def _supervise(self) -> None:
+    async def supervise(self) -> None:
+        """Turn worker output into :attr:`messages` and replace dead workers; runs forever."""
         while True:
-            item = await self._raw.get()
-            if isinstance(item, _Exited):
-                await self._on_exit(item)
-                continue
-            if not isinstance(item, tuple):
-                continue
+            await self._handle(await self._raw.get())
+
+    async def _handle(self, item: _Exited | tuple[int, WorkerMessage]) -> None:
+        if isinstance(item, _Exited):
+            self._on_exit(item)
+        else:
             index, message = item
             worker = self._workers[index]
             if isinstance(message, WorkerReady):
+                self.cuda = message.cuda
                 worker.ready.set()
             elif isinstance(message, JobEvent):
                 self.messages.put_nowait(message)
-            elif isinstance(message, JobEnded | JobPreempted):
-                worker.job_id = None
+            else:
+                worker.run = None
                 self.messages.put_nowait(message)
+        self._hand_out()
 
-    async def _on_exit(self, exited: _Exited) -> None:
+    def _on_exit(self, exited: _Exited) -> None:
         worker = self._workers[exited.index]
         if worker.process is not exited.process:
             return
@@ -149,59 +158,76 @@ class WorkerPool:
             worker.conn.close()
         if self._closing:
             return
-        log.warning(
-            "worker died; replacing it",
-            worker=exited.index,
-            exitcode=exited.process.exitcode,
-            job_id=worker.job_id,
-        )
+        exitcode = exited.process.exitcode
+        log.warning("worker exited; replacing it", worker=exited.index, exitcode=exitcode)
         WORKER_RESTARTS.inc()
-        died = WorkerDied(worker.job_id, exited.process.exitcode, worker.killed_by_pool)
         self._workers[exited.index] = self._spawn(exited.index)
-        self.messages.put_nowait(died)
+        if worker.run is not None:
+            self.messages.put_nowait(WorkerDied(*worker.run, exitcode))
+
+    def _hand_out(self) -> None:
+        """Give pending orders to free workers."""
+        for worker in self._workers:
+            if not self._pending:
+                return
+            if not worker.free:
+                continue
+            job_id, order = self._pending.popleft()
+            worker.flag.value = NO_STOP
+            try:
+                worker.conn.send(order)
+            except OSError:  # the process is gone; its exit is on its way
+                worker.doomed = True
+                self._pending.appendleft((job_id, order))
+                continue
+            worker.run = (job_id, order.attempt)
+
+    def run(self, job_id: str, order: RunOrder) -> None:
+        """Run the order on the next free worker (it waits here until there is one)."""
+        self._pending.append((job_id, order))
+        self._hand_out()
+
+    def _find(self, job_id: str, attempt: int | None = None) -> _Worker | None:
+        for worker in self._workers:
+            run = worker.run
+            if run is not None and run[0] == job_id and attempt in (None, run[1]):
+                return worker
+        return None
+
+    def _unqueue(self, job_id: str) -> None:
+        """Drop a run that never started; it is reported stopped at its resume point."""
+        for item in list(self._pending):
+            if item[0] == job_id:
+                self._pending.remove(item)
+                self.messages.put_nowait(JobPreempted(job_id, item[1].attempt, step=-1))
+
+    def request_stop(self, job_id: str, reason: StopReason) -> None:
+        """Ask the job's run to stop at its next check; a run still waiting never starts."""
+        worker = self._find(job_id)
+        if worker is not None:
+            worker.flag.value = int(reason)
+        else:
+            self._unqueue(job_id)
+
+    def kill(self, job_id: str, attempt: int) -> None:
+        """SIGKILL the worker running this run; it is replaced and the run reported dead."""
+        worker = self._find(job_id, attempt)
+        if worker is None:
+            self._unqueue(job_id)
+            return
+        worker.doomed = True
+        if worker.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, signal.SIGKILL)
 
     def idle(self) -> int:
-        """Workers ready for a job now."""
-        return sum(1 for w in self._workers if w.job_id is None and w.ready.is_set())
+        return sum(1 for w in self._workers if w.free)
 
-    def running(self) -> list[str]:
-        return [w.job_id for w in self._workers if w.job_id is not None]
-
-    def pid_of(self, job_id: str) -> int | None:
-        worker = self._find(job_id)
-        return worker.process.pid if worker is not None else None
+    def live(self) -> int:
+        return sum(1 for w in self._workers if w.ready.is_set() and not w.doomed)
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
-
-    def run(self, job_id: str, order: RunOrder) -> None:
-        """Hand the job to an idle worker; the caller checks :meth:`idle` first."""
-        worker = next(w for w in self._workers if w.job_id is None and w.ready.is_set())
-        worker.flag.value = NO_STOP
-        worker.job_id = job_id
-        worker.killed_by_pool = False
-        worker.conn.send(order)
-
-    def _find(self, job_id: str) -> _Worker | None:
-        return next((w for w in self._workers if w.job_id == job_id), None)
-
-    def request_stop(self, job_id: str, how: StopReason) -> bool:
-        """Ask the job's training loop to stop at its next step."""
-        worker = self._find(job_id)
-        if worker is None:
-            return False
-        worker.flag.value = int(how)
-        return True
-
-    def kill(self, job_id: str) -> bool:
-        """SIGKILL the job's worker; it is replaced and reported with ``killed_by_pool``."""
-        worker = self._find(job_id)
-        if worker is None or worker.process.pid is None:
-            return False
-        worker.killed_by_pool = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.process.pid, signal.SIGKILL)
-        return True
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Close every worker: EOF on its pipe ends an idle one; stragglers are killed."""
@@ -217,7 +243,3 @@ class WorkerPool:
             if worker.process.is_alive():
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor

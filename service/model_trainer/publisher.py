@@ -16,8 +16,8 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from .kafka import Outgoing
 from .metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
+from .records import Outgoing
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,6 @@ class Publisher:
         self._transactional_id = transactional_id
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.healthy = False
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -59,10 +58,10 @@ class Publisher:
         )
 
     async def start(self) -> None:
+        """Start the producer; :meth:`run` then publishes what is queued."""
         self._producer = self._new_producer()
         await self._producer.start()
         self.healthy = True
-        self._task = asyncio.create_task(self._run(), name="publisher")
 
     def publish(
         self, records: list[Outgoing], offsets: dict[TopicPartition, int] | None = None
@@ -72,11 +71,6 @@ class Publisher:
         self._queue.put_nowait(item)
         return item.done
 
-    async def failed(self) -> None:
-        """Return (raising its error) only if publishing stopped for good, e.g. when fenced."""
-        assert self._task is not None
-        await asyncio.shield(self._task)
-
     @property
     def pending(self) -> int:
         return self._queue.qsize()
@@ -85,7 +79,8 @@ class Publisher:
         """Wait until everything queued so far is committed."""
         await self.publish([])
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Publish queued batches, forever; raises PublisherFencedError if fenced."""
         while True:
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < MAX_BATCH:
@@ -150,16 +145,8 @@ class Publisher:
                 await fresh.stop()
         self._producer = fresh
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Publish what is queued (up to ``timeout_s``), then close the producer."""
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self.flush(), timeout=timeout_s)
-            except TimeoutError:
-                log.error("publisher stopped with records unpublished", pending=self.pending)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PublisherFencedError):
-                await self._task
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Close the producer (after :meth:`run` has stopped), within ``timeout_s``."""
         if self._producer is not None:
             with contextlib.suppress(Exception):
-                await self._producer.stop()
+                await asyncio.wait_for(self._producer.stop(), timeout=timeout_s)

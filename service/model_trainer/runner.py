@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
+import anyio
 import structlog
 
 from .health import start_http
@@ -16,10 +16,7 @@ log = structlog.get_logger(__name__)
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down within ``shutdown_grace_s``."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = anyio.Event()
     service = TrainerService(settings)
 
     def readiness() -> dict[str, bool]:
@@ -27,16 +24,25 @@ async def serve(settings: Settings) -> None:
             "started": service.started.is_set(),
             "broker": service.broker_reachable,
             "publisher": service.publisher.healthy,
-            "pool": service.pool.idle() + len(service.pool.running()) > 0,
+            "pool": service.pool.live() > 0,
             "not_stopping": not stop.is_set(),
         }
+
+    async def on_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received; stopping", signal=signal.Signals(signum).name)
+                stop.set()
 
     runner = None
     if settings.http_port:
         runner = await start_http(settings.http_host, settings.http_port, readiness)
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
     try:
-        await service.run(stop)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(on_signals)
+            await service.run(stop)
+            tasks.cancel_scope.cancel()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -62,10 +62,22 @@ class Settings(BaseSettings):
         64, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
     )
     max_attempts: int = Field(
-        2, ge=1, description="Runs of a job whose worker died, before RUN_WORKER_DIED."
+        2,
+        ge=1,
+        description="Infrastructure failures (worker death, stall) a job may have before it "
+        "fails with RUN_WORKER_DIED or TRAINING_STALLED; preemptions never count.",
     )
     cancel_grace_s: float = Field(
-        10.0, gt=0, description="A cancelled job that has not stopped by then is killed."
+        3.0,
+        gt=0,
+        description="A cancelled or timed-out run that has not stopped by then is killed "
+        "(a cancel then ends the job within this grace plus one clock tick).",
+    )
+    stall_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="A run that sends nothing for this long is killed and retried as an "
+        "infrastructure failure (per job: the submit's stall_timeout_s).",
     )
     shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM to exit, at most.")
     checkpoint_every: int = Field(200, ge=1, description="Default steps between checkpoints.")
@@ -94,6 +106,13 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(
         10_000, description="An unfinished transaction of a dead producer is aborted after."
     )
+
+    @property
+    def handback_grace_s(self) -> float:
+        """How long a revoked job may take to checkpoint and stop before it is killed: half
+        the rebalance timeout (the rest is for the kill and the flush), within the shutdown
+        grace."""
+        return min(self.rebalance_timeout_ms / 2000, max(1.0, self.shutdown_grace_s - 5))
 
     @property
     def torch_threads(self) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aiokafka import TopicPartition
-from model_trainer.state import OffsetTracker
+from model_trainer.offsets import OffsetTracker
+from model_trainer.records import TP as Partition
 
-TP = TopicPartition("jobs", 0)
+TP = Partition("jobs", 0)
 
 
 def test_out_of_order_finishes_commit_only_the_finished_prefix() -> None:
@@ -21,7 +21,7 @@ def test_out_of_order_finishes_commit_only_the_finished_prefix() -> None:
 
 def test_partitions_are_independent_and_forgotten_on_revoke() -> None:
     tracker = OffsetTracker()
-    other = TopicPartition("jobs", 1)
+    other = Partition("jobs", 1)
     tracker.add(TP, 0)
     tracker.add(other, 5)
     assert tracker.finish(other, 5) == 6

@@ -1,0 +1,100 @@
+"""The commands consumer: how it is built, and the probes the service runs against it.
+
+The service takes a :data:`ConsumerFactory`, so a test can hand it another consumer; the
+default builds aiokafka's, tuned so a member stays in its group while jobs run for hours
+(see the README's "Consumer settings").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from .metrics import CONSUMER_LAG
+from .records import TP
+from .settings import Settings
+
+
+class CommandConsumer(Protocol):
+    """What the service uses of a Kafka consumer."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TP, list[object]]: ...
+    def assignment(self) -> set[TP]: ...
+    def pause(self, *tps: TP) -> None: ...
+    def resume(self, *tps: TP) -> None: ...
+    async def topics(self) -> set[str]: ...
+
+
+class Rebalance(Protocol):
+    """Who hears of partitions changing hands (the service)."""
+
+    async def on_revoked(self, tps: set[TP]) -> None: ...
+    async def on_assigned(self, tps: set[TP]) -> None: ...
+
+
+ConsumerFactory = Callable[[Settings, Rebalance], CommandConsumer]
+
+
+class _Listener:
+    """Forwards aiokafka's rebalance callbacks, as our own partition type."""
+
+    def __init__(self, target: Rebalance) -> None:
+        self._target = target
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._target.on_revoked({TP(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._target.on_assigned({TP(tp.topic, tp.partition) for tp in assigned})
+
+
+ConsumerRebalanceListener.register(_Listener)
+
+
+def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
+    """aiokafka's consumer of the commands topic, subscribed, not yet started."""
+    raw = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        group_instance_id=settings.instance_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        rebalance_timeout_ms=settings.rebalance_timeout_ms,
+        max_partition_fetch_bytes=max(1 << 20, settings.max_command_bytes + 4096),
+    )
+    raw.subscribe([settings.commands_topic], listener=_Listener(rebalance))
+    consumer: CommandConsumer = raw
+    return consumer
+
+
+async def broker_answers(consumer: CommandConsumer) -> bool:
+    """True when the broker answers a metadata request within three seconds."""
+    try:
+        async with asyncio.timeout(3):
+            await consumer.topics()
+    except Exception:  # any failure means "not reachable now"
+        return False
+    return True
+
+
+async def record_lag(consumer: object) -> None:
+    """Set the lag gauge per partition (aiokafka's consumer only; others are skipped)."""
+    if not isinstance(consumer, AIOKafkaConsumer):
+        return
+    highwater: Callable[[TopicPartition], object] = consumer.highwater
+    position: Callable[[TopicPartition], Awaitable[object]] = consumer.position
+    for tp in consumer.assignment():
+        with contextlib.suppress(Exception):
+            end, at = highwater(tp), await position(tp)
+            if isinstance(end, int) and isinstance(at, int):
+                CONSUMER_LAG.labels(partition=str(tp.partition)).set(end - at)
