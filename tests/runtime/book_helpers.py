@@ -1,0 +1,168 @@
+"""Building blocks for driving the job book without Kafka, workers or torch."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from model_trainer.book import JobBook, Policy, Publish
+from model_trainer.records import TP, Record
+from model_trainer_contracts import (
+    CancelJobV1,
+    CompletedEventV1,
+    EventBase,
+    FailedEventV1,
+    JobStateV1,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    ProgressEventV1,
+    SubmitJobV1,
+    decode_event,
+    encode,
+)
+
+TOPIC = "jobs"
+PARTITIONS = 2
+
+
+BASE = Policy(
+    events_topic="events",
+    state_topic="state",
+    dead_letter_topic="dlq",
+    slots=1,
+    max_attempts=2,
+    cancel_grace_s=3.0,
+    handback_grace_s=10.0,
+    stall_timeout_s=600.0,
+    checkpoint_every=100,
+    data_root=Path("/data"),
+    artifacts_root=Path("/artifacts"),
+    max_corpus_bytes=1 << 20,
+    max_command_bytes=100_000,
+)
+
+
+def policy(**changes: object) -> Policy:
+    return dataclasses.replace(BASE, **changes)
+
+
+def refuse_bad(job: SubmitJobV1) -> None:
+    """Admission for tests: a job whose id starts with "bad" is refused."""
+    if job.job_id.startswith("bad"):
+        raise ModelTrainerError(ModelTrainerErrorCode.INVALID_MODEL_SIZE, "too big for the test")
+
+
+def new_book(**changes: object) -> JobBook:
+    book = JobBook(policy(**changes), refuse_bad)
+    book.assign([TP(TOPIC, p) for p in range(PARTITIONS)])
+    return book
+
+
+def submit(job_id: str, *, steps: int = 10, timeout_s: float | None = None) -> SubmitJobV1:
+    return SubmitJobV1.model_validate(
+        {
+            "job_id": job_id,
+            "user_id": 7,
+            "backend": "char_lstm",
+            "data": {"inline_text": "hello world " * 10},
+            "training": {"max_steps": steps},
+            "timeout_s": timeout_s,
+        }
+    )
+
+
+def cancel(job_id: str) -> CancelJobV1:
+    return CancelJobV1(job_id=job_id, reason="test")
+
+
+def record(
+    command: SubmitJobV1 | CancelJobV1 | bytes,
+    offset: int,
+    *,
+    partition: int = 0,
+    key: bytes | None = None,
+) -> Record:
+    value = command if isinstance(command, bytes) else encode(command)
+    if key is None and not isinstance(command, bytes):
+        key = command.job_id.encode()
+    return Record(TOPIC, partition, offset, key, value, [])
+
+
+def progress(job_id: str, step: int) -> ProgressEventV1:
+    return ProgressEventV1(
+        job_id=job_id,
+        user_id=7,
+        seq=0,
+        epoch=0,
+        total_epochs=1,
+        step=step,
+        total_steps=10,
+        train_loss=1.0,
+        train_ppl=2.7,
+        grad_norm=0.1,
+        learning_rate=1e-3,
+        samples_per_sec=1.0,
+        tokens_per_sec=1.0,
+        elapsed_s=1.0,
+        eta_s=1.0,
+    )
+
+
+def completed(job_id: str) -> CompletedEventV1:
+    return CompletedEventV1(
+        job_id=job_id,
+        user_id=7,
+        seq=0,
+        steps=10,
+        duration_s=1.0,
+        artifact_path="/a",
+        manifest_digest="0" * 64,
+    )
+
+
+def user_failure(job_id: str) -> FailedEventV1:
+    return FailedEventV1(
+        job_id=job_id,
+        user_id=7,
+        seq=0,
+        code=ModelTrainerErrorCode.TRAINING_NAN_LOSS,
+        message="nan",
+        retryable=False,
+        http_status=422,
+        stage="train",
+    )
+
+
+def published(effects: list[object], topic: str = "events") -> list[EventBase]:
+    """The events among the effects' records, decoded."""
+    return [
+        decode_event(r.value)
+        for e in effects
+        if isinstance(e, Publish)
+        for r in e.records
+        if r.topic == topic and r.value is not None
+    ]
+
+
+def states(effects: list[object]) -> list[JobStateV1]:
+    return [
+        JobStateV1.model_validate_json(r.value)
+        for e in effects
+        if isinstance(e, Publish)
+        for r in e.records
+        if r.topic == "state" and r.value is not None
+    ]
+
+
+def commits(effects: list[object]) -> dict[TP, int]:
+    out: dict[TP, int] = {}
+    for e in effects:
+        if isinstance(e, Publish):
+            out.update(e.commits)
+    return out
+
+
+def is_terminal(event: EventBase) -> bool:
+    if isinstance(event, CompletedEventV1):
+        return True
+    return isinstance(event, FailedEventV1) and event.details.get("command_rejected") is not True

@@ -1,0 +1,298 @@
+"""The job book's decisions, one by one: no broker, no workers, no torch."""
+
+from __future__ import annotations
+
+from model_trainer.book import Kill, Publish, Run, Stop
+from model_trainer.core.stop import StopReason
+from model_trainer.records import TP
+from model_trainer_contracts import (
+    FailedEventV1,
+    JobStateV1,
+    JobStatus,
+    ModelTrainerErrorCode,
+)
+
+from .book_helpers import (
+    TOPIC,
+    cancel,
+    commits,
+    completed,
+    is_terminal,
+    new_book,
+    progress,
+    published,
+    record,
+    states,
+    submit,
+    user_failure,
+)
+
+P0 = TP(TOPIC, 0)
+C = ModelTrainerErrorCode
+
+
+def runs(effects: list[object]) -> list[Run]:
+    return [e for e in effects if isinstance(e, Run)]
+
+
+def test_accepted_job_is_queued_then_dispatched_and_its_events_numbered() -> None:
+    book = new_book()
+    effects = book.command(record(submit("a"), 0), now=0)
+    assert [s.status for s in states(effects)] == [JobStatus.QUEUED, JobStatus.RUNNING]
+    (run,) = runs(effects)
+    assert run.order.attempt == 1
+    out = book.progress("a", 1, progress("a", 1), now=1)
+    out += book.progress("a", 1, progress("a", 2), now=2)
+    out += book.ended("a", 1, completed("a"), now=3)
+    assert [e.seq for e in published(out)] == [0, 1, 2]
+    assert commits(out) == {P0: 1}  # committed only with the terminal event
+    assert states(out)[-1].status is JobStatus.COMPLETED
+    assert book.jobs == {}
+
+
+def test_commit_never_passes_a_running_job() -> None:
+    book = new_book(slots=2)
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(submit("b"), 1), now=0)
+    assert commits(book.ended("b", 1, completed("b"), now=1)) == {}  # "a" still runs at 0
+    assert commits(book.ended("a", 1, completed("a"), now=2)) == {P0: 2}
+
+
+def test_refused_at_admission_ends_at_once_and_is_never_run() -> None:
+    book = new_book()
+    effects = book.command(record(submit("bad-1"), 0), now=0)
+    assert runs(effects) == []
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.INVALID_MODEL_SIZE
+    assert is_terminal(event)
+    assert commits(effects) == {P0: 1}
+
+
+def test_duplicate_is_settled_and_conflict_rejected_with_the_next_seq() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    assert published(book.command(record(submit("a"), 1), now=1)) == []  # duplicate
+    conflict = book.command(record(submit("a", steps=99), 2), now=2)
+    (rejection,) = published(conflict)
+    assert isinstance(rejection, FailedEventV1)
+    assert rejection.code is C.JOB_ID_CONFLICT
+    assert rejection.details["command_rejected"] is True
+    later = published(book.progress("a", 1, progress("a", 1), now=3))
+    assert [rejection.seq, later[0].seq] == [0, 1]  # a rejection takes a seq of its own
+
+
+def test_resubmit_of_an_ended_job_is_a_duplicate() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.ended("a", 1, completed("a"), now=1)
+    again = book.command(record(submit("a"), 1), now=2)
+    assert runs(again) == []
+    assert published(again) == []
+    assert commits(again) == {P0: 2}
+
+
+def test_submit_on_a_wrong_key_is_dead_lettered_without_an_event() -> None:
+    book = new_book()
+    effects = book.command(record(submit("a"), 0, key=b"other"), now=0)
+    assert runs(effects) == []
+    assert published(effects) == []
+    (dead,) = [r for e in effects if isinstance(e, Publish) for r in e.records]
+    assert dead.topic == "dlq"
+    assert dict(dead.headers)["error_code"] == b"COMMAND_INVALID"
+    assert commits(effects) == {P0: 1}
+
+
+def test_undecodable_command_gets_a_dead_letter_and_a_numbered_rejection() -> None:
+    book = new_book()
+    effects = book.command(record(b'{"job_id": "x", "type": "nope"}', 0, key=b"x"), now=0)
+    (rejection,) = published(effects)
+    assert rejection.seq == 0
+    assert states(effects)[0].status is JobStatus.REJECTED
+    # a job submitted later under that id continues the numbering
+    later = book.command(record(submit("x"), 1), now=1)
+    assert states(later)[0].last_seq == 0
+    assert published(book.progress("x", 1, progress("x", 1), now=2))[0].seq == 1
+
+
+def test_cancel_of_a_queued_job_ends_it_at_once() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(submit("b"), 1), now=0)  # waits: one slot
+    effects = book.command(record(cancel("b"), 2), now=1)
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_CANCELLED
+    assert "b" not in book.jobs
+
+
+def test_cancel_of_a_running_job_stops_it_then_kills_it_after_the_grace() -> None:
+    book = new_book(cancel_grace_s=3.0)
+    book.command(record(submit("a"), 0), now=0)
+    effects = book.command(record(cancel("a"), 1), now=10)
+    assert Stop("a", StopReason.CANCEL) in effects
+    assert book.tick(now=12.9) == []
+    killed = book.tick(now=13)
+    assert Kill("a", 1) in killed
+    (event,) = published(killed)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_CANCELLED  # answered at the kill, within the grace
+    assert commits(killed) == {P0: 2}
+    assert book.free_slots() == 0  # the worker is busy until its death is reported
+    book.died("a", 1, -9, now=13.1)
+    assert book.free_slots() == 1
+
+
+def test_cancel_is_not_lost_when_the_worker_dies() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(cancel("a"), 1), now=1)
+    effects = book.died("a", 1, 1, now=2)
+    assert runs(effects) == []
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_CANCELLED
+
+
+def test_cancel_of_an_unknown_job_is_rejected() -> None:
+    effects = new_book().command(record(cancel("ghost"), 0), now=0)
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.JOB_NOT_FOUND
+    assert not is_terminal(event)
+
+
+def test_worker_death_is_retried_then_fails_with_run_worker_died() -> None:
+    book = new_book(max_attempts=2)
+    book.command(record(submit("a"), 0), now=0)
+    retry = book.died("a", 1, -9, now=1)
+    (run,) = runs(retry)
+    assert run.order.attempt == 2
+    assert states(retry)[-1].failures == 1
+    final = book.died("a", 2, -9, now=2)
+    (event,) = published(final)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.RUN_WORKER_DIED
+
+
+def test_user_errors_are_never_retried() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    effects = book.ended("a", 1, user_failure("a"), now=1)
+    assert runs(effects) == []
+    (event,) = published(effects)
+    assert is_terminal(event)
+
+
+def test_resumes_do_not_spend_the_failure_budget() -> None:
+    book = new_book(max_attempts=2)
+    book.load(
+        JobStateV1(
+            job_id="a",
+            status=JobStatus.RUNNING,
+            request_digest="",
+            attempt=3,
+            failures=0,
+            last_seq=7,
+        )
+    )
+    # the digest is unknown ("" from a foreign record): the resubmit is taken as the job
+    effects = book.command(record(submit("a"), 0), now=0)
+    (run,) = runs(effects)
+    assert run.order.attempt == 4  # runs keep counting across restarts
+    retry = book.died("a", 4, -9, now=1)
+    assert runs(retry), "one death after resumes is retried"
+    assert published(book.progress("a", 5, progress("a", 1), now=2))[0].seq == 8
+
+
+def test_silent_run_is_killed_retried_then_stalled() -> None:
+    book = new_book(stall_timeout_s=60, max_attempts=2)
+    book.command(record(submit("a"), 0), now=0)
+    book.progress("a", 1, progress("a", 1), now=30)
+    assert book.tick(now=89) == []
+    assert Kill("a", 1) in book.tick(now=90)
+    retry = book.died("a", 1, -9, now=91)
+    assert runs(retry)
+    assert Kill("a", 2) in book.tick(now=151)
+    (event,) = published(book.died("a", 2, -9, now=152))
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_STALLED
+
+
+def test_per_job_stall_timeout_wins() -> None:
+    book = new_book(stall_timeout_s=600)
+    spec = submit("a").model_copy(update={"stall_timeout_s": 5.0})
+    book.command(record(spec, 0), now=0)
+    assert Kill("a", 1) in book.tick(now=5)
+
+
+def test_run_past_its_deadline_and_grace_is_killed_with_timeout() -> None:
+    book = new_book(cancel_grace_s=3)
+    (run,) = runs(book.command(record(submit("a", timeout_s=10), 0), now=0))
+    assert run.order.deadline == 10  # the worker stops itself then; the book kills after
+    assert book.tick(now=12.9) == []
+    effects = book.tick(now=13)
+    assert Kill("a", 1) in effects
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_TIMEOUT
+
+
+def test_revoke_hands_back_without_events_and_never_commits_past_the_job() -> None:
+    book = new_book(handback_grace_s=10)
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(submit("q"), 1), now=0)  # queued behind "a"
+    effects = book.revoke([P0], now=5)
+    assert effects == [Stop("a", StopReason.SHUTDOWN)]
+    assert book.handing_back([P0])
+    assert book.queued() == 0
+    over = book.preempted("a", 1, step=40, now=6)
+    assert published(over) == [] and commits(over) == {}
+    assert not book.handing_back([P0])
+    book.release([P0])
+    assert book.jobs == {}
+
+
+def test_revoked_run_that_does_not_stop_is_killed_and_its_late_words_ignored() -> None:
+    book = new_book(handback_grace_s=10)
+    book.command(record(submit("a"), 0), now=0)
+    book.revoke([P0], now=0)
+    assert Kill("a", 1) in book.tick(now=10)
+    book.release([P0])  # the rebalance cannot wait for ever
+    assert published(book.ended("a", 1, completed("a"), now=11)) == []
+    assert book.free_slots() == 1
+
+
+def test_job_that_ends_during_the_handback_is_published_and_committed() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.revoke([P0], now=0)
+    effects = book.ended("a", 1, completed("a"), now=1)
+    assert [e.type for e in published(effects)] == ["trainer.metrics.completed.v1"]
+    assert commits(effects) == {P0: 1}
+
+
+def test_shutdown_stops_everything_and_dispatches_nothing() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(submit("b"), 1), now=0)
+    assert book.shutdown(now=0) == [Stop("a", StopReason.SHUTDOWN)]
+    assert runs(book.preempted("a", 1, step=3, now=1)) == []
+    assert not book.handing_back()
+
+
+def test_stale_messages_of_an_earlier_run_are_ignored() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.died("a", 1, -9, now=1)  # retried as run 2
+    assert published(book.progress("a", 1, progress("a", 5), now=2)) == []
+    assert published(book.ended("a", 1, completed("a"), now=3)) == []
+    assert "a" in book.jobs
+
+
+def test_state_replay_never_steps_a_job_back_from_terminal() -> None:
+    book = new_book()
+    done = JobStateV1(job_id="a", status=JobStatus.COMPLETED, request_digest="d", last_seq=4)
+    book.load(done)
+    book.load(done.model_copy(update={"status": JobStatus.RUNNING, "last_seq": 2}))
+    assert book.states["a"].status is JobStatus.COMPLETED
