@@ -439,8 +439,14 @@ class JobBook:
 
     def _dispatch(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        while self.queue and self.free_slots() > 0 and not self.stopping:
-            job = self.jobs[self.queue.popleft()]
+        while self.free_slots() > 0 and not self.stopping:
+            # A job whose last run is still dying (killed, not yet reported) waits for it:
+            # a job never runs twice at once.
+            ready = next((j for j in self.queue if j not in self.runs), None)
+            if ready is None:
+                break
+            self.queue.remove(ready)
+            job = self.jobs[ready]
             job.attempt += 1
             job.phase = Phase.RUNNING
             job.last_heard = now
@@ -635,19 +641,25 @@ class JobBook:
         self.releasing |= revoked
         return self._hand_back(lambda job: job.record in revoked, now)
 
-    def release(self, tps: Iterable[TP]) -> None:
+    def release(self, tps: Iterable[TP]) -> list[Effect]:
         """The hand-back of ``tps`` is over (or out of time): forget their jobs and offsets.
 
-        A run still going here was killed and its death is awaited; it keeps its worker slot,
-        and nothing it says later is published."""
+        A run still going here is killed; it keeps its worker slot until its death is
+        reported, nothing it says is published, and its job cannot run again before."""
         released = set(tps)
+        effects: list[Effect] = []
         for job in [j for j in self.jobs.values() if j.record in released]:
             if job.job_id in self.queue:
                 self.queue.remove(job.job_id)
             self.jobs.pop(job.job_id)
+            slot = self.runs.get(job.job_id)
+            if slot is not None and slot.killed is None:
+                slot.killed = Killed.HANDBACK
+                effects.append(Kill(job.job_id, slot.attempt))
         self.offsets.forget(list(released))
         self.assigned -= released
         self.releasing -= released
+        return effects
 
     def shutdown(self, now: float) -> list[Effect]:
         """Stop dispatching; every running job checkpoints and stops (killed after grace)."""

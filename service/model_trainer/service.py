@@ -237,7 +237,7 @@ class TrainerService:
             await self._until(lambda: not self.book.handing_back(tps))
         with anyio.move_on_after(5):
             await self.publisher.flush()
-        self.book.release(tps)
+        self._apply(self.book.release(tps))
         log.info("partitions revoked", partitions=sorted(tp.partition for tp in tps))
 
     async def on_assigned(self, tps: set[TP]) -> None:

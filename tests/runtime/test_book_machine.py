@@ -1,0 +1,445 @@
+"""The job book under random interleavings (hypothesis stateful testing).
+
+A small world stands around the book: a commands log of two partitions, a publisher whose
+transactions commit when flushed (a crash loses what was not), a compacted state topic, and
+a pool of workers that progress, end, fail, die, obey or ignore stop requests, and report in
+the order a real pool does. Rules submit (valid, duplicate, conflicting, on a wrong key),
+cancel, deliver, advance the clock (stalls, deadlines, graces), revoke and assign partitions,
+and crash the service (a new book replays the state topic; uncommitted commands come again).
+
+After every step: at most one terminal event per job; each job's seqs are 0..n-1 with no
+reuse; a job never runs twice at once; no partition's commit passes a submit whose job has
+not ended. At the end the world drains, and every accepted job has exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+from model_trainer.book import Effect, JobBook, Kill, Publish, Run, Stop, request_digest
+from model_trainer.core.stop import StopReason
+from model_trainer.records import TP, Record
+from model_trainer_contracts import (
+    CancelJobV1,
+    EventBase,
+    FailedEventV1,
+    JobStateV1,
+    ModelTrainerErrorCode,
+    SubmitJobV1,
+    decode_command,
+    decode_event,
+    encode,
+)
+
+from .book_helpers import (
+    TOPIC,
+    completed,
+    is_terminal,
+    policy,
+    progress,
+    refuse_bad,
+    submit,
+    user_failure,
+)
+
+JOB_IDS = ["a", "b", "c", "bad-d"]
+PARTITIONS = [TP(TOPIC, 0), TP(TOPIC, 1)]
+SLOTS = 2
+STATS: dict[str, int] = {"examples": 0, "steps": 0}
+SEQUENCES: set[int] = set()
+
+
+def home(job_id: str) -> TP:
+    """The partition a record keyed by ``job_id`` lands on."""
+    return PARTITIONS[sum(job_id.encode()) % len(PARTITIONS)]
+
+
+@dataclass
+class WorkerRun:
+    job_id: str
+    attempt: int
+    stop: StopReason | None = None
+    steps: int = 0
+
+
+@dataclass
+class World:
+    """Everything outside the book: topics, publisher, pool."""
+
+    log: dict[TP, list[Record]] = field(default_factory=lambda: {tp: [] for tp in PARTITIONS})
+    committed: dict[TP, int] = field(default_factory=lambda: {tp: 0 for tp in PARTITIONS})
+    position: dict[TP, int] = field(default_factory=dict)  # assigned partitions only
+    events: list[EventBase] = field(default_factory=list)  # committed
+    state_topic: dict[str, JobStateV1] = field(default_factory=dict)
+    pending: list[Publish] = field(default_factory=list)  # published, not yet committed
+    orders: list[Run] = field(default_factory=list)  # waiting for a free worker
+    runs: dict[int, WorkerRun] = field(default_factory=dict)  # by worker slot
+    inbox: list[tuple[str, str, int, object]] = field(default_factory=list)  # pool → book
+    revoking: set[TP] = field(default_factory=set)
+
+
+class BookMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World()
+        self.now = 1000.0
+        self.book = self._new_book()
+        self.trace: list[str] = []
+        STATS["examples"] += 1
+
+    def _new_book(self) -> JobBook:
+        book = JobBook(
+            policy(slots=SLOTS, max_attempts=2, stall_timeout_s=100, handback_grace_s=10),
+            refuse_bad,
+        )
+        for state in self.world.state_topic.values():
+            book.load(state)
+        return book
+
+    @initialize()
+    def assign_all(self) -> None:
+        self._assign(PARTITIONS)
+
+    # -------------------------------------------------------------- the world's mechanics
+
+    def _step(self, name: str) -> None:
+        STATS["steps"] += 1
+        self.trace.append(name)
+
+    def _apply(self, effects: list[Effect]) -> None:
+        world = self.world
+        for effect in effects:
+            if isinstance(effect, Publish):
+                world.pending.append(effect)
+            elif isinstance(effect, Run):
+                running = {(r.job_id) for r in world.runs.values()}
+                queued = {o.job_id for o in world.orders}
+                assert effect.job_id not in running | queued, f"{effect.job_id} runs twice"
+                world.orders.append(effect)
+            elif isinstance(effect, Stop):
+                self._stop(effect)
+            elif isinstance(effect, Kill):
+                self._kill(effect)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        world = self.world
+        for slot in range(SLOTS):
+            if slot not in world.runs and world.orders:
+                order = world.orders.pop(0)
+                world.runs[slot] = WorkerRun(order.job_id, order.order.attempt)
+
+    def _slot_of(self, job_id: str, attempt: int | None = None) -> int | None:
+        for slot, run in self.world.runs.items():
+            if run.job_id == job_id and attempt in (None, run.attempt):
+                return slot
+        return None
+
+    def _stop(self, stop: Stop) -> None:
+        slot = self._slot_of(stop.job_id)
+        if slot is not None:
+            self.world.runs[slot].stop = stop.reason
+            return
+        for order in list(self.world.orders):  # as the pool: a waiting run never starts
+            if order.job_id == stop.job_id:
+                self.world.orders.remove(order)
+                self.world.inbox.append(("preempted", order.job_id, order.order.attempt, -1))
+
+    def _kill(self, kill: Kill) -> None:
+        slot = self._slot_of(kill.job_id, kill.attempt)
+        if slot is None:
+            for order in list(self.world.orders):
+                if order.job_id == kill.job_id:
+                    self.world.orders.remove(order)
+                    self.world.inbox.append(("preempted", order.job_id, order.order.attempt, -1))
+            return
+        run = self.world.runs.pop(slot)
+        self.world.inbox.append(("died", run.job_id, run.attempt, -9))
+
+    def _finish_run(self, slot: int, kind: str, payload: object) -> None:
+        run = self.world.runs.pop(slot)
+        self.world.inbox.append((kind, run.job_id, run.attempt, payload))
+
+    def _deliver_inbox(self, most: int | None = None) -> None:
+        """Hand the pool's messages to the book, oldest first (``most`` of them, or all)."""
+        for _ in itertools.count() if most is None else range(most):
+            if not self.world.inbox:
+                return
+            kind, job_id, attempt, payload = self.world.inbox.pop(0)
+            if kind == "progress" and isinstance(payload, EventBase):
+                effects = self.book.progress(job_id, attempt, payload, self.now)
+            elif kind == "ended" and isinstance(payload, EventBase):
+                effects = self.book.ended(job_id, attempt, payload, self.now)
+            elif kind == "preempted" and isinstance(payload, int):
+                effects = self.book.preempted(job_id, attempt, payload, self.now)
+            else:
+                effects = self.book.died(job_id, attempt, -9, self.now)
+            self._apply(effects)
+
+    def _flush(self) -> None:
+        world = self.world
+        for publish in world.pending:
+            for out in publish.records:
+                assert out.value is not None
+                if out.topic == "events":
+                    world.events.append(decode_event(out.value))
+                elif out.topic == "state":
+                    state = JobStateV1.model_validate_json(out.value)
+                    world.state_topic[state.job_id] = state
+            for tp, offset in publish.commits.items():
+                assert offset >= world.committed[tp], "a commit went backwards"
+                world.committed[tp] = offset
+        world.pending.clear()
+
+    def _assign(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self.world.position[tp] = self.world.committed[tp]
+        self.book.assign(tps)
+
+    def _send(self, command: SubmitJobV1 | CancelJobV1, key: str) -> None:
+        tp = home(key)
+        log = self.world.log[tp]
+        log.append(Record(tp.topic, tp.partition, len(log), key.encode(), encode(command), []))
+
+    # -------------------------------------------------------------- rules: commands
+
+    @rule(job_id=st.sampled_from(JOB_IDS), timeout=st.sampled_from([None, None, 30.0]))
+    def submit(self, job_id: str, timeout: float | None) -> None:
+        self._step("submit")
+        self._send(submit(job_id, timeout_s=timeout), job_id)
+
+    @rule(job_id=st.sampled_from(JOB_IDS))
+    def submit_conflicting(self, job_id: str) -> None:
+        self._step("conflict")
+        self._send(submit(job_id, steps=777), job_id)
+
+    @rule(job_id=st.sampled_from(JOB_IDS), key=st.sampled_from(["x", "y"]))
+    def submit_on_wrong_key(self, job_id: str, key: str) -> None:
+        self._step("wrong-key")
+        self._send(submit(job_id), key)
+
+    @rule(job_id=st.sampled_from(JOB_IDS))
+    def cancel(self, job_id: str) -> None:
+        self._step("cancel")
+        self._send(CancelJobV1(job_id=job_id), job_id)
+
+    @rule(tp=st.sampled_from(PARTITIONS), many=st.integers(1, 3))
+    def deliver(self, tp: TP, many: int) -> None:
+        self._step("deliver")
+        world = self.world
+        for _ in range(many):
+            if tp not in world.position or tp in world.revoking:
+                return
+            at = world.position[tp]
+            if at >= len(world.log[tp]):
+                return
+            world.position[tp] = at + 1
+            self._apply(self.book.command(world.log[tp][at], self.now))
+
+    # -------------------------------------------------------------- rules: workers
+
+    @precondition(lambda self: bool(self.world.runs))
+    @rule(data=st.data(), what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
+    def worker(self, data: st.DataObject, what: str) -> None:
+        self._step(f"worker-{what}")
+        slot = data.draw(st.sampled_from(sorted(self.world.runs)))
+        run = self.world.runs[slot]
+        if what == "progress":
+            run.steps += 1
+            event = progress(run.job_id, run.steps)
+            self.world.inbox.append(("progress", run.job_id, run.attempt, event))
+        elif what == "end":
+            self._finish_run(slot, "ended", completed(run.job_id))
+        elif what == "fail":
+            self._finish_run(slot, "ended", user_failure(run.job_id))
+        elif what == "die":
+            self._finish_run(slot, "died", None)
+        elif run.stop is StopReason.SHUTDOWN:
+            self._finish_run(slot, "preempted", run.steps)
+        elif run.stop is not None:
+            code = (
+                ModelTrainerErrorCode.TRAINING_CANCELLED
+                if run.stop is StopReason.CANCEL
+                else ModelTrainerErrorCode.TRAINING_TIMEOUT
+            )
+            failed = user_failure(run.job_id).model_copy(update={"code": code})
+            self._finish_run(slot, "ended", failed)
+
+    @precondition(lambda self: bool(self.world.inbox))
+    @rule(many=st.integers(1, 4))
+    def pool_reports(self, many: int) -> None:
+        self._step("report")
+        self._deliver_inbox(many)
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 11.0, 40.0, 120.0]))
+    def tick(self, seconds: float) -> None:
+        self._step(f"tick-{seconds:g}")
+        self.now += seconds
+        self._apply(self.book.tick(self.now))
+
+    @rule()
+    def flush(self) -> None:
+        self._step("flush")
+        self._flush()
+
+    # -------------------------------------------------------------- rules: group, crash
+
+    @precondition(lambda self: len(self.world.position) > len(self.world.revoking))
+    @rule(data=st.data())
+    def revoke(self, data: st.DataObject) -> None:
+        self._step("revoke")
+        tp = data.draw(st.sampled_from(sorted(set(self.world.position) - self.world.revoking)))
+        self.world.revoking.add(tp)
+        self._apply(self.book.revoke([tp], self.now))
+
+    @precondition(lambda self: bool(self.world.revoking))
+    @rule(data=st.data(), wait=st.booleans(), deaths_heard=st.booleans())
+    def revoke_done(self, data: st.DataObject, wait: bool, deaths_heard: bool) -> None:
+        """The rebalance callback returns: once all stopped, or after the grace (kills),
+        with the killed workers' deaths reported in time or still on their way."""
+        self._step("revoke-done")
+        tp = data.draw(st.sampled_from(sorted(self.world.revoking)))
+        self._deliver_inbox()
+        if wait or self.book.handing_back([tp]):
+            self.now += 11  # past the grace: the book kills what did not stop
+            self._apply(self.book.tick(self.now))
+            if deaths_heard:
+                self._deliver_inbox()
+        self._flush()
+        self._apply(self.book.release([tp]))
+        self.world.revoking.discard(tp)
+        del self.world.position[tp]
+
+    @precondition(lambda self: len(self.world.position) < len(PARTITIONS))
+    @rule(data=st.data())
+    def assign(self, data: st.DataObject) -> None:
+        self._step("assign")
+        free = sorted(set(PARTITIONS) - set(self.world.position) - self.world.revoking)
+        if free:
+            self._assign([data.draw(st.sampled_from(free))])
+
+    @rule(flush_first=st.booleans())
+    def crash(self, flush_first: bool) -> None:
+        """kill -9 of the service: its workers stop, unflushed transactions are lost."""
+        self._step("crash")
+        world = self.world
+        if flush_first:
+            self._flush()
+        world.pending.clear()
+        world.orders.clear()
+        world.runs.clear()
+        world.inbox.clear()
+        world.revoking.clear()
+        world.position.clear()
+        self.book = self._new_book()
+        self._assign(PARTITIONS)
+
+    # -------------------------------------------------------------- invariants
+
+    def _first_submits(self) -> dict[str, tuple[TP, int, str]]:
+        """Each job's first valid, correctly keyed submit: where it is, its digest."""
+        first: dict[str, tuple[TP, int, str]] = {}
+        for tp, log in self.world.log.items():
+            for rec in log:
+                command = decode_command(rec.value)
+                if not isinstance(command, SubmitJobV1) or rec.key != command.job_id.encode():
+                    continue
+                if command.job_id not in first or (tp, rec.offset) < first[command.job_id][:2]:
+                    first[command.job_id] = (tp, rec.offset, request_digest(command))
+        return first
+
+    @invariant()
+    def at_most_one_terminal_event_per_job(self) -> None:
+        ends: dict[str, int] = {}
+        for event in self.world.events:
+            if is_terminal(event):
+                ends[event.job_id] = ends.get(event.job_id, 0) + 1
+        assert all(n <= 1 for n in ends.values()), ends
+
+    @invariant()
+    def seq_per_job_counts_up_by_one(self) -> None:
+        seqs: dict[str, list[int]] = {}
+        for event in self.world.events:
+            seqs.setdefault(event.job_id, []).append(event.seq)
+        for job_id, numbers in seqs.items():
+            assert numbers == list(range(len(numbers))), (job_id, numbers)
+
+    @invariant()
+    def commit_never_passes_an_unended_job(self) -> None:
+        ended = {e.job_id for e in self.world.events if is_terminal(e)}
+        for job_id, (tp, offset, _digest) in self._first_submits().items():
+            if offset < self.world.committed[tp]:
+                assert job_id in ended, f"{job_id}'s submit at {tp}/{offset} committed early"
+
+    @invariant()
+    def a_job_runs_at_most_once_at_a_time(self) -> None:
+        running = [r.job_id for r in self.world.runs.values()]
+        assert len(running) == len(set(running)), running
+
+    def teardown(self) -> None:
+        """Drain: every partition back, every command delivered, every run to its end."""
+        SEQUENCES.add(hash(tuple(self.trace)))
+        for tp in sorted(self.world.revoking):
+            self.now += 11
+            self._apply(self.book.tick(self.now))
+            self._deliver_inbox()
+            self._flush()
+            self._apply(self.book.release([tp]))
+            del self.world.position[tp]
+        self.world.revoking.clear()
+        self._assign(sorted(set(PARTITIONS) - set(self.world.position)))
+        for _ in range(200):
+            for tp in PARTITIONS:
+                while self.world.position[tp] < len(self.world.log[tp]):
+                    at = self.world.position[tp]
+                    self.world.position[tp] = at + 1
+                    self._apply(self.book.command(self.world.log[tp][at], self.now))
+            for slot in sorted(self.world.runs):
+                self._finish_run(slot, "ended", completed(self.world.runs[slot].job_id))
+            self._deliver_inbox()
+            self.now += 1
+            self._apply(self.book.tick(self.now))
+            self._flush()
+            if not (self.world.runs or self.world.orders or self.world.inbox or self.book.jobs):
+                break
+        ends: dict[str, int] = {}
+        for event in self.world.events:
+            if is_terminal(event):
+                ends[event.job_id] = ends.get(event.job_id, 0) + 1
+        accepted = set(self._first_submits())
+        assert {j: ends.get(j, 0) for j in accepted} == dict.fromkeys(accepted, 1), self.trace
+        for tp in PARTITIONS:
+            assert self.world.committed[tp] == len(self.world.log[tp]), "commands left uncommitted"
+        refusals = [e for e in self.world.events if isinstance(e, FailedEventV1)]
+        assert all(e.job_id in JOB_IDS for e in refusals)
+
+
+BookMachine.TestCase.settings = settings(
+    max_examples=2000,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_job_book_interleavings = BookMachine.TestCase
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report(request: pytest.FixtureRequest) -> object:
+    yield None
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and STATS["examples"]:
+        reporter.write_line(
+            f"job book: {STATS['examples']} examples, {STATS['steps']} steps, "
+            f"{len(SEQUENCES)} distinct interleavings explored"
+        )
