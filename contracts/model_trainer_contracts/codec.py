@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails, from_json
 
 from .commands import JOB_ID_PATTERN, CancelJobV1, Command, SubmitJobV1
 from .errors import ModelTrainerError, ModelTrainerErrorCode
-from .events import Event, EventBase
+from .events import EVENT_TYPES, Event, EventBase
 
 MAX_COMMAND_BYTES = 2_000_000
 CE_SOURCE = "model-trainer"
@@ -39,7 +39,7 @@ _DISCRIMINATORS = ("type", "backend", "kind")
 _TAGS = frozenset(
     {"trainer.job.submit.v1", "trainer.job.cancel.v1", "char_lstm", "gpt2", "char", "bpe", "job"}
     | {"trainer.metrics.config.v1", "trainer.metrics.progress.v1"}
-    | {"trainer.metrics.completed.v1", "trainer.job.failed.v1"}
+    | {"trainer.metrics.completed.v1", "trainer.job.failed.v1", "trainer.job.queued.v1"}
 )
 
 
@@ -129,7 +129,23 @@ def decode_command(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Comman
 def decode_event(data: bytes) -> Event:
     """Decode an event; unknown fields are ignored. Raises ModelTrainerError (COMMAND_INVALID
     for a body that is JSON but not a known event, COMMAND_UNDECODABLE for one that is not)."""
+    return _validate_event(_parse_json(data, ModelTrainerErrorCode.COMMAND_UNDECODABLE))
+
+
+def decode_event_tolerant(data: bytes) -> Event | None:
+    """Like :func:`decode_event`, but None for a JSON object whose ``type`` is a string naming
+    no event this reader knows (an event type newer than this contract, or a message that is
+    not an event), so a reader skips what it cannot know. Still raises ModelTrainerError for
+    bytes that are not a JSON object, a missing ``type``, and a known type that fails
+    validation."""
     parsed = _parse_json(data, ModelTrainerErrorCode.COMMAND_UNDECODABLE)
+    kind = parsed.get("type")
+    if isinstance(kind, str) and kind not in EVENT_TYPES:
+        return None
+    return _validate_event(parsed)
+
+
+def _validate_event(parsed: dict[str, JsonValue]) -> Event:
     try:
         return _events.validate_python(parsed)
     except ValidationError as exc:

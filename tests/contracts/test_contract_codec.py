@@ -17,11 +17,12 @@ from model_trainer_contracts import (
     ce_headers,
     decode_command,
     decode_event,
+    decode_event_tolerant,
     encode,
     salvage_job_id,
     salvage_user_id,
 )
-from model_trainer_contracts.examples import CONFIG, EXAMPLES, FAILED, SUBMIT
+from model_trainer_contracts.examples import CONFIG, EXAMPLES, FAILED, QUEUED, SUBMIT
 from pydantic import JsonValue
 
 _C = ModelTrainerErrorCode
@@ -214,3 +215,19 @@ def test_failed_events_with_a_newer_code_still_decode() -> None:
     body["code"] = 7
     with pytest.raises(ModelTrainerError):
         decode_event(json.dumps(body).encode())
+
+
+def test_tolerant_decode_skips_unknown_event_types_only() -> None:
+    future = json.loads(encode(CONFIG))
+    future["type"] = "trainer.metrics.future.v9"
+    assert decode_event_tolerant(json.dumps(future).encode()) is None
+    assert decode_event_tolerant(encode(SUBMIT)) is None  # a command is no event
+    assert decode_event_tolerant(encode(CONFIG)) == CONFIG
+    assert decode_event_tolerant(encode(QUEUED)) == QUEUED
+    broken = json.loads(encode(CONFIG))
+    broken["vocab_size"] = 0
+    for data in (b"\xff", b"[]", b'{"job_id": "j"}', b'{"type": 7}', json.dumps(broken).encode()):
+        with pytest.raises(ModelTrainerError):
+            decode_event_tolerant(data)
+    with pytest.raises(ModelTrainerError):
+        decode_event(json.dumps(future).encode())

@@ -23,6 +23,7 @@ from model_trainer_contracts import (
     ModelTrainerErrorCode,
     ProgressEventV1,
     ProgressSpec,
+    QueuedEventV1,
     SubmitJobV1,
     TrainingSpec,
     decode_command,
@@ -168,6 +169,13 @@ envelope = {
     "labels": labels,
 }
 _counts = st.integers(0, 2**53)
+queueds = st.builds(
+    QueuedEventV1,
+    **envelope,
+    position=_counts,
+    queue=st.text(),
+    reason=st.sampled_from(["submitted", "preempted", "retry"]) | st.text(),
+)
 configs = st.builds(
     ConfigEventV1,
     **envelope,
@@ -232,7 +240,7 @@ failures = st.builds(
     stage=st.sampled_from(["validate", "prepare", "train", "evaluate", "save"]),
     details=st.dictionaries(st.text(), json_values, max_size=4),
 )
-events = configs | progresses | completions | failures
+events = queueds | configs | progresses | completions | failures
 
 
 _settings = settings(max_examples=200, deadline=None)
