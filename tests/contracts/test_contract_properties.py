@@ -60,7 +60,7 @@ char_lstm = st.builds(
     hidden_size=st.integers(1, 8192),
     num_layers=st.integers(1, 16),
     dropout=_unit(),
-    seq_len=st.integers(2, 4096),
+    block_size=st.integers(2, 4096),
 )
 
 
@@ -108,7 +108,10 @@ def training_specs(draw: st.DrawFn) -> TrainingSpec:
         grad_accum_steps=draw(st.integers(1, 1024)),
         learning_rate=learning_rate,
         schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
-        warmup_steps=draw(st.integers(0, 1_000_000)),
+        **draw(
+            st.fixed_dictionaries({"warmup_steps": st.integers(0, 1_000_000)})
+            | st.fixed_dictionaries({"warmup_ratio": st.floats(0.0, 1.0)})
+        ),
         min_lr=draw(st.floats(0.0, learning_rate)),
         optimizer=draw(st.sampled_from(["adamw", "sgd"])),
         betas=(draw(_unit()), draw(_unit())),

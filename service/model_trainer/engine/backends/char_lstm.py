@@ -59,7 +59,7 @@ class CharLstmBackend(Backend):
     )
 
     def context_length(self, spec: ModelSpec) -> int:
-        return _spec(spec).seq_len
+        return _spec(spec).block_size
 
     def core_parameters(self, spec: ModelSpec) -> int:
         s = _spec(spec)
