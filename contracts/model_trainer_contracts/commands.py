@@ -157,7 +157,11 @@ class DataSpec(_Strict):
     )
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="Held out for evaluation.")
     test_fraction: float = Field(
-        0.0, ge=0.0, le=0.5, description="Held out for the final test; 0 for none."
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="Held out for the final test, whose loss is the completed event's "
+        "test_loss; 0 for no test split (test_loss is then null).",
     )
 
     @model_validator(mode="after")
