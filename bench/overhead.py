@@ -36,7 +36,7 @@ from model_trainer.logs import configure_logging
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
 MODELS: dict[str, dict[str, object]] = {
-    "char_lstm": {"embedding_dim": 64, "hidden_size": 256, "num_layers": 2, "seq_len": 64},
+    "char_lstm": {"embedding_dim": 64, "hidden_size": 256, "num_layers": 2, "block_size": 64},
     "gpt2": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
 }
 

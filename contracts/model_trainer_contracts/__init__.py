@@ -6,6 +6,7 @@ from .codec import (
     ce_headers,
     decode_command,
     decode_event,
+    decode_event_tolerant,
     encode,
     salvage_job_id,
     salvage_user_id,
@@ -31,6 +32,7 @@ from .events import (
     EventBase,
     FailedEventV1,
     ProgressEventV1,
+    QueuedEventV1,
     TerminalEvent,
 )
 from .state import JobStateV1, JobStatus
@@ -77,6 +79,7 @@ __all__ = [
     "ModelTrainerErrorCode",
     "ProgressEventV1",
     "ProgressSpec",
+    "QueuedEventV1",
     "Stage",
     "SubmitJobV1",
     "TerminalEvent",
@@ -84,6 +87,7 @@ __all__ = [
     "ce_headers",
     "decode_command",
     "decode_event",
+    "decode_event_tolerant",
     "encode",
     "salvage_job_id",
     "salvage_user_id",

@@ -6,17 +6,19 @@ anything else, whatever the bytes.
 
 from __future__ import annotations
 
+import difflib
 import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import get_args
 
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, from_json
 
-from .commands import JOB_ID_PATTERN, CancelJobV1, Command, SubmitJobV1
+from .commands import JOB_ID_PATTERN, CancelJobV1, Command, SubmitJobV1, aliases_of
 from .errors import ModelTrainerError, ModelTrainerErrorCode
-from .events import Event, EventBase
+from .events import EVENT_TYPES, Event, EventBase
 
 MAX_COMMAND_BYTES = 2_000_000
 CE_SOURCE = "model-trainer"
@@ -39,8 +41,9 @@ _DISCRIMINATORS = ("type", "backend", "kind")
 _TAGS = frozenset(
     {"trainer.job.submit.v1", "trainer.job.cancel.v1", "char_lstm", "gpt2", "char", "bpe", "job"}
     | {"trainer.metrics.config.v1", "trainer.metrics.progress.v1"}
-    | {"trainer.metrics.completed.v1", "trainer.job.failed.v1"}
+    | {"trainer.metrics.completed.v1", "trainer.job.failed.v1", "trainer.job.queued.v1"}
 )
+_COMMAND_MODELS: tuple[type[BaseModel], ...] = (SubmitJobV1, CancelJobV1)
 
 
 def _field_path(loc: Sequence[int | str], data: JsonValue) -> list[str]:
@@ -64,12 +67,56 @@ def _field_path(loc: Sequence[int | str], data: JsonValue) -> list[str]:
     return path
 
 
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    """The models a field's annotation holds (through unions, optionals and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _is_tagged(model: type[BaseModel], tag: str) -> bool:
+    fields = model.model_fields
+    return any(name in fields and fields[name].default == tag for name in _DISCRIMINATORS)
+
+
+def _models_at(loc: Sequence[int | str], roots: Sequence[type[BaseModel]]) -> list[type[BaseModel]]:
+    """The models that may hold the object at ``loc`` (an error's location, tags included)."""
+    models = list(roots)
+    for part in loc:
+        if isinstance(part, int):  # an item of a list or tuple: the same item type
+            continue
+        tagged = [model for model in models if _is_tagged(model, part)]
+        models = tagged or [
+            inner
+            for model in models
+            if (name := aliases_of(model).get(part, part)) in model.model_fields
+            for inner in _models_in(model.model_fields[name].annotation)
+        ]
+    return models
+
+
+def _unknown_field(key: str, parent: Sequence[int | str], message: str) -> str:
+    """``message`` for a refused ``key``, saying when it is another name for a field that is
+    also given, or naming the known field it is closest to (a misspelling)."""
+    models = _models_at(parent, _COMMAND_MODELS)
+    for model in models:
+        canonical = aliases_of(model).get(key)
+        if canonical is not None:
+            return f"{key} is another name for {canonical}, which is also given: give one"
+    known = {name for model in models for name in [*model.model_fields, *aliases_of(model)]}
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"{message}; did you mean {close[0]}?" if close else message
+
+
 def _violation(err: ErrorDetails, data: JsonValue) -> JsonValue:
     path = _field_path(err["loc"], data)
+    message = err["msg"]
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         # the offending field is the discriminator itself, e.g. ``model.backend``
         path.append(str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
-    return {"field": ".".join(path) or "(root)", "error": err["msg"]}
+    elif err["type"] == "extra_forbidden" and err["loc"] and isinstance(err["loc"][-1], str):
+        message = _unknown_field(err["loc"][-1], err["loc"][:-1], message)
+    return {"field": ".".join(path) or "(root)", "error": message}
 
 
 def _violations(exc: ValidationError, data: JsonValue) -> list[JsonValue]:
@@ -129,7 +176,23 @@ def decode_command(data: bytes, *, max_bytes: int = MAX_COMMAND_BYTES) -> Comman
 def decode_event(data: bytes) -> Event:
     """Decode an event; unknown fields are ignored. Raises ModelTrainerError (COMMAND_INVALID
     for a body that is JSON but not a known event, COMMAND_UNDECODABLE for one that is not)."""
+    return _validate_event(_parse_json(data, ModelTrainerErrorCode.COMMAND_UNDECODABLE))
+
+
+def decode_event_tolerant(data: bytes) -> Event | None:
+    """Like :func:`decode_event`, but None for a JSON object whose ``type`` is a string naming
+    no event this reader knows (an event type newer than this contract, or a message that is
+    not an event), so a reader skips what it cannot know. Still raises ModelTrainerError for
+    bytes that are not a JSON object, a missing ``type``, and a known type that fails
+    validation."""
     parsed = _parse_json(data, ModelTrainerErrorCode.COMMAND_UNDECODABLE)
+    kind = parsed.get("type")
+    if isinstance(kind, str) and kind not in EVENT_TYPES:
+        return None
+    return _validate_event(parsed)
+
+
+def _validate_event(parsed: dict[str, JsonValue]) -> Event:
     try:
         return _events.validate_python(parsed)
     except ValidationError as exc:

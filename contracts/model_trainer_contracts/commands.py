@@ -1,10 +1,24 @@
-"""Commands: what publishers put on the commands topic. Strict: unknown fields are refused."""
+"""Commands: what publishers put on the commands topic. Strict: unknown fields are refused.
+
+A few fields also answer to the name other trainers give them (Hugging Face's
+``gradient_accumulation_steps`` for ``grad_accum_steps``, ...): an alias is accepted on input,
+the canonical name is what every message and artifact writes back.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.config import JsonDict, JsonValue
 
 # Starts with a letter or digit: ids name folders, so ".", ".." and hidden names are refused.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -20,8 +34,50 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
+def aliases_of(model: type[BaseModel]) -> dict[str, str]:
+    """The other names ``model``'s fields accept on input, each mapped to its canonical name."""
+    found: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        alias = info.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        found |= {c: name for c in choices if isinstance(c, str) and c != name}
+    return found
+
+
+def _schema_aliases(schema: JsonDict, model: type[BaseModel]) -> None:
+    """Add each alias to a model's JSON Schema as a property of its own, marked
+    ``x-alias-of``, and forbid giving it together with its canonical name.
+
+    Validation mode (what publishers may send): pydantic names each property by the first
+    of its ``AliasChoices``, the canonical name, and leaves the other choices out.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return
+    exclusive: list[JsonValue] = []
+    for alias, name in aliases_of(model).items():
+        canonical = properties.get(name)
+        if not isinstance(canonical, dict):
+            continue
+        same = {k: copy.deepcopy(v) for k, v in canonical.items() if k not in ("default", "title")}
+        properties[alias] = {
+            **same,
+            "description": f"Alias of `{name}`; give one or the other.",
+            "x-alias-of": name,
+        }
+        exclusive.append({"not": {"required": [name, alias]}})
+    if exclusive:
+        schema["allOf"] = exclusive
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
+        json_schema_extra=_schema_aliases,
+    )
 
 
 class CharLstmModel(_Strict):
@@ -32,7 +88,13 @@ class CharLstmModel(_Strict):
     hidden_size: int = Field(128, ge=1, le=8192)
     num_layers: int = Field(2, ge=1, le=16)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    seq_len: int = Field(64, ge=2, le=4096, description="Tokens per training sequence.")
+    block_size: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        validation_alias=AliasChoices("block_size", "seq_len"),
+        description="Context length: tokens per training sequence.",
+    )
 
 
 class Gpt2Model(_Strict):
@@ -42,7 +104,7 @@ class Gpt2Model(_Strict):
     n_layer: int = Field(4, ge=1, le=48)
     n_head: int = Field(4, ge=1, le=64)
     n_embd: int = Field(128, ge=8, le=8192)
-    block_size: int = Field(64, ge=2, le=8192)
+    block_size: int = Field(64, ge=2, le=8192, description="Context length (n_positions).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -95,7 +157,11 @@ class DataSpec(_Strict):
     )
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="Held out for evaluation.")
     test_fraction: float = Field(
-        0.0, ge=0.0, le=0.5, description="Held out for the final test; 0 for none."
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="Held out for the final test, whose loss is the completed event's "
+        "test_loss; 0 for no test split (test_loss is then null).",
     )
 
     @model_validator(mode="after")
@@ -113,10 +179,27 @@ class TrainingSpec(_Strict):
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
     epochs: float | None = Field(None, gt=0.0, le=10_000.0)
     batch_size: int = Field(16, ge=1, le=4096)
-    grad_accum_steps: int = Field(1, ge=1, le=1024)
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        validation_alias=AliasChoices("grad_accum_steps", "gradient_accumulation_steps"),
+        description="Micro-batches per optimizer step.",
+    )
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine",
+        validation_alias=AliasChoices("schedule", "lr_scheduler_type"),
+        description="Decay after warmup, down to min_lr.",
+    )
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Steps of linear warmup.")
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Warmup as a fraction of the total steps, rounded up; instead of "
+        "warmup_steps, not with it.",
+    )
     min_lr: float = Field(0.0, ge=0.0, le=10.0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     betas: tuple[
@@ -127,11 +210,23 @@ class TrainingSpec(_Strict):
     )
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD only.")
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
-    grad_clip: float | None = Field(1.0, gt=0.0, le=1_000.0)
+    grad_clip: float | None = Field(
+        1.0,
+        gt=0.0,
+        le=1_000.0,
+        validation_alias=AliasChoices("grad_clip", "max_grad_norm"),
+        description="Clip the gradient's global norm to this; null for no clipping.",
+    )
     seed: int = Field(1337, ge=0, le=2**32 - 1)
     device: Device = "auto"
     precision: Precision = "auto"
-    eval_every: int = Field(100, ge=1, le=10_000_000, description="Evaluate every N steps.")
+    eval_every: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        validation_alias=AliasChoices("eval_every", "eval_steps"),
+        description="Evaluate every N steps.",
+    )
     eval_batches: int = Field(20, ge=1, le=10_000, description="Batches per evaluation.")
     early_stopping_patience: int | None = Field(
         None, ge=1, le=10_000, description="Stop after N evaluations without improvement."
@@ -146,6 +241,8 @@ class TrainingSpec(_Strict):
             raise ValueError("give max_steps or epochs, not both")
         if self.min_lr > self.learning_rate:
             raise ValueError("min_lr must not exceed learning_rate")
+        if self.warmup_ratio > 0 and self.warmup_steps > 0:
+            raise ValueError("give warmup_steps or warmup_ratio, not both")
         return self
 
 

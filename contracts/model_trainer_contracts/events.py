@@ -64,6 +64,26 @@ class EventBase(BaseModel):
         return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+class QueuedEventV1(EventBase):
+    """The job waits for a worker: published with its queued state, whenever it (re)enters the
+    queue. ``attempt`` is the run it waits for; ``position`` counts the jobs ahead of it."""
+
+    type: Literal["trainer.job.queued.v1"] = "trainer.job.queued.v1"
+    position: int = Field(
+        ge=0, description="Jobs ahead of it in its queue when published; 0: it runs next."
+    )
+    queue: str = Field(
+        description="Where it waits: the commands topic and partition that own it, e.g. "
+        "'trainer.jobs[2]'."
+    )
+    reason: str = Field(
+        description="Why it is queued: 'submitted' (a new job), 'preempted' (its worker was "
+        "stopped; it resumes from its checkpoint) or 'retry' (its run ended in an "
+        "infrastructure failure, such as its worker dying, and runs again). "
+        "A plain string, so readers keep decoding when a reason is added."
+    )
+
+
 class ConfigEventV1(EventBase):
     """What will actually run, resolved: published once per attempt, before the first step."""
 
@@ -90,7 +110,9 @@ class ConfigEventV1(EventBase):
     memory_gb: NonNegative
     batch_size: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0)
-    queue: str = Field(description="Where the job came from: commands topic and partition.")
+    queue: str = Field(
+        description="Where the job came from: commands topic and partition, e.g. 'trainer.jobs[2]'."
+    )
 
 
 class ProgressEventV1(EventBase):
@@ -163,7 +185,12 @@ class FailedEventV1(EventBase):
 
 
 Event = Annotated[
-    ConfigEventV1 | ProgressEventV1 | CompletedEventV1 | FailedEventV1,
+    QueuedEventV1 | ConfigEventV1 | ProgressEventV1 | CompletedEventV1 | FailedEventV1,
     Field(discriminator="type"),
 ]
 TerminalEvent = CompletedEventV1 | FailedEventV1
+EVENT_TYPES = frozenset(
+    str(model.model_fields["type"].default)
+    for model in (QueuedEventV1, ConfigEventV1, ProgressEventV1, CompletedEventV1, FailedEventV1)
+)
+"""The ``type`` of every event this version of the contract defines."""

@@ -17,10 +17,22 @@ from .commands import (
     TrainingSpec,
 )
 from .errors import ERROR_INFO, ModelTrainerErrorCode
-from .events import CompletedEventV1, ConfigEventV1, FailedEventV1, ProgressEventV1
+from .events import (
+    CompletedEventV1,
+    ConfigEventV1,
+    FailedEventV1,
+    ProgressEventV1,
+    QueuedEventV1,
+)
 
 Message = (
-    SubmitJobV1 | CancelJobV1 | ConfigEventV1 | ProgressEventV1 | CompletedEventV1 | FailedEventV1
+    SubmitJobV1
+    | CancelJobV1
+    | QueuedEventV1
+    | ConfigEventV1
+    | ProgressEventV1
+    | CompletedEventV1
+    | FailedEventV1
 )
 """Every message type of the contract."""
 
@@ -58,12 +70,25 @@ SUBMIT = SubmitJobV1(
 
 CANCEL = CancelJobV1(job_id=_JOB, reason="superseded by tinyshakespeare-gpt2-0008")
 
+QUEUED = QueuedEventV1(
+    event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de000",
+    ts=datetime(2025, 3, 14, 9, 26, 41, 377000, tzinfo=UTC),
+    seq=0,
+    job_id=_JOB,
+    user_id=_USER,
+    attempt=1,
+    labels=_LABELS,
+    position=2,
+    queue="trainer.jobs[3]",
+    reason="submitted",
+)
+
 _T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
 
 CONFIG = ConfigEventV1(
     event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de001",
     ts=_T0,
-    seq=0,
+    seq=1,
     job_id=_JOB,
     user_id=_USER,
     attempt=1,
@@ -87,13 +112,13 @@ CONFIG = ConfigEventV1(
     memory_gb=125.7,
     batch_size=32,
     learning_rate=6e-4,
-    queue="trainer.jobs:3",
+    queue="trainer.jobs[3]",
 )
 
 PROGRESS = ProgressEventV1(
     event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de01b",
     ts=datetime(2025, 3, 14, 9, 31, 2, 114000, tzinfo=UTC),
-    seq=26,
+    seq=27,
     job_id=_JOB,
     user_id=_USER,
     attempt=1,
@@ -117,7 +142,7 @@ PROGRESS = ProgressEventV1(
 COMPLETED = CompletedEventV1(
     event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de06a",
     ts=datetime(2025, 3, 14, 9, 43, 40, 902000, tzinfo=UTC),
-    seq=86,
+    seq=87,
     job_id=_JOB,
     user_id=_USER,
     attempt=1,
@@ -136,7 +161,7 @@ _OOM = ERROR_INFO[ModelTrainerErrorCode.CUDA_OOM]
 FAILED = FailedEventV1(
     event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de003",
     ts=datetime(2025, 3, 14, 9, 27, 11, 40000, tzinfo=UTC),
-    seq=1,
+    seq=2,
     job_id="tinyshakespeare-gpt2-0009",
     user_id=_USER,
     attempt=1,
@@ -149,5 +174,5 @@ FAILED = FailedEventV1(
     details={"step": 1, "batch_size": 256, "device": "cuda:0", "allocated_gb": 139.2},
 )
 
-EXAMPLES: tuple[Message, ...] = (SUBMIT, CANCEL, CONFIG, PROGRESS, COMPLETED, FAILED)
+EXAMPLES: tuple[Message, ...] = (SUBMIT, CANCEL, QUEUED, CONFIG, PROGRESS, COMPLETED, FAILED)
 """One example per message type, commands first, in catalogue order."""

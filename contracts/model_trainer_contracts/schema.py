@@ -18,8 +18,14 @@ from pydantic.json_schema import models_json_schema
 from .codec import CONTENT_TYPE, ce_headers, encode
 from .commands import JOB_ID_PATTERN, CancelJobV1, SubmitJobV1
 from .errors import ModelTrainerErrorCode
-from .events import CompletedEventV1, ConfigEventV1, FailedEventV1, ProgressEventV1
-from .examples import CANCEL, COMPLETED, CONFIG, FAILED, PROGRESS, SUBMIT, Message
+from .events import (
+    CompletedEventV1,
+    ConfigEventV1,
+    FailedEventV1,
+    ProgressEventV1,
+    QueuedEventV1,
+)
+from .examples import CANCEL, COMPLETED, CONFIG, FAILED, PROGRESS, QUEUED, SUBMIT, Message
 from .topics import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
@@ -60,6 +66,7 @@ class MessageSpec:
 MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("trainer.job.submit.v1", SubmitJobV1, COMMANDS_TOPIC, "command", SUBMIT),
     MessageSpec("trainer.job.cancel.v1", CancelJobV1, COMMANDS_TOPIC, "command", CANCEL),
+    MessageSpec("trainer.job.queued.v1", QueuedEventV1, EVENTS_TOPIC, "event", QUEUED),
     MessageSpec("trainer.metrics.config.v1", ConfigEventV1, EVENTS_TOPIC, "event", CONFIG),
     MessageSpec("trainer.metrics.progress.v1", ProgressEventV1, EVENTS_TOPIC, "event", PROGRESS),
     MessageSpec("trainer.metrics.completed.v1", CompletedEventV1, EVENTS_TOPIC, "event", COMPLETED),
@@ -364,7 +371,10 @@ def asyncapi_document() -> JsonObject:
                 "receive", "jobs", commands, "The service consumes job commands."
             ),
             "sendEvents": _operation(
-                "send", "metrics", events, "The service reports config, progress and outcome."
+                "send",
+                "metrics",
+                events,
+                "The service reports queueing, config, progress and outcome.",
             ),
             "sendDeadLetters": _operation(
                 "send", "deadLetters", [dead_letter], "The service dead-letters bad commands."

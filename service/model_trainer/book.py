@@ -40,6 +40,7 @@ from model_trainer_contracts import (
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
+    QueuedEventV1,
     SubmitJobV1,
     ce_headers,
     decode_command,
@@ -392,9 +393,27 @@ class JobBook:
             self.jobs[spec.job_id] = job
             return self._end(job, failed_event(job.envelope(), error), now)
         self.jobs[spec.job_id] = job
-        self.queue.append(spec.job_id)
         bound.info("job accepted", attempt=job.attempt, queued=len(self.queue))
-        return [Publish((self._state(job, JobStatus.QUEUED, now),), {}), *self._dispatch(now)]
+        reason = "preempted" if resumed else "submitted"
+        return [self._enqueue(job, reason, now, first=False), *self._dispatch(now)]
+
+    def _enqueue(self, job: Job, reason: str, now: float, *, first: bool) -> Publish:
+        """Queue the job (at the front when ``first``); its queued event and state go out."""
+        job.phase = Phase.QUEUED
+        if first:
+            self.queue.appendleft(job.job_id)
+        else:
+            self.queue.append(job.job_id)
+        envelope = job.envelope()
+        envelope["attempt"] = job.attempt + 1  # the run it waits for
+        event = QueuedEventV1(
+            **envelope,
+            position=self.queue.index(job.job_id),
+            queue=f"{job.record.topic}[{job.record.partition}]",
+            reason=reason,
+        )
+        records = (self._event_record(event), self._state(job, JobStatus.QUEUED, now))
+        return Publish(records, {}, (event,))
 
     def _cancel(self, cancel: CancelJobV1, record: Record, now: float) -> list[Effect]:
         bound = log.bind(job_id=cancel.job_id)
@@ -537,10 +556,7 @@ class JobBook:
                 else "worker died; retrying the job from its checkpoint",
                 failures=job.failures,
             )
-            job.phase = Phase.QUEUED
-            self.queue.appendleft(job.job_id)
-            record = self._state(job, JobStatus.QUEUED, now)
-            return [*effects, Publish((record,), {}), *self._dispatch(now)]
+            return [*effects, self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
         if stalled:
             error = ModelTrainerError(
                 _C.TRAINING_STALLED,
@@ -570,9 +586,7 @@ class JobBook:
         if job.cancel_reason is not None:
             return self._end(job, self._cancelled(job, "train"), now)
         if job.record in self.assigned and job.record not in self.releasing and not self.stopping:
-            job.phase = Phase.QUEUED
-            self.queue.appendleft(job.job_id)
-            return [Publish((self._state(job, JobStatus.QUEUED, now),), {}), *self._dispatch(now)]
+            return [self._enqueue(job, "preempted", now, first=True), *self._dispatch(now)]
         self.jobs.pop(job.job_id, None)  # its command stays uncommitted: the next owner runs it
         return self._dispatch(now)
 

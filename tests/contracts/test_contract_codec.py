@@ -17,11 +17,12 @@ from model_trainer_contracts import (
     ce_headers,
     decode_command,
     decode_event,
+    decode_event_tolerant,
     encode,
     salvage_job_id,
     salvage_user_id,
 )
-from model_trainer_contracts.examples import CONFIG, EXAMPLES, FAILED, SUBMIT
+from model_trainer_contracts.examples import CONFIG, EXAMPLES, FAILED, QUEUED, SUBMIT
 from pydantic import JsonValue
 
 _C = ModelTrainerErrorCode
@@ -214,3 +215,81 @@ def test_failed_events_with_a_newer_code_still_decode() -> None:
     body["code"] = 7
     with pytest.raises(ModelTrainerError):
         decode_event(json.dumps(body).encode())
+
+
+def test_an_unknown_field_names_the_closest_known_one() -> None:
+    training = _submit()["training"]
+    assert isinstance(training, dict)
+    err = _refusal(_submit(training={**training, "lerning_rate": 0.01}))
+    assert _fields(err) == ["training.lerning_rate"]
+    assert "did you mean learning_rate" in err.message
+    body = _submit(trainng={}, model={"backend": "gpt2", "n_layers": 2})
+    errors = {v["field"]: v["error"] for v in _violations(_refusal(body))}
+    assert errors["trainng"].endswith("did you mean training?")
+    assert errors["model.n_layers"].endswith("did you mean n_layer?")
+    assert "did you mean" not in str(_violations(_refusal(_submit(zzz_qqq=1))))
+
+
+def _violations(err: ModelTrainerError) -> list[dict[str, str]]:
+    found = err.details["violations"]
+    assert isinstance(found, list)
+    return [{k: str(v) for k, v in item.items()} for item in found if isinstance(item, dict)]
+
+
+def test_common_names_from_other_trainers_are_aliases() -> None:
+    body = _submit(
+        backend="char_lstm",
+        model={"seq_len": 32},
+        tokenizer={"kind": "char"},
+        training={
+            "max_steps": 10,
+            "gradient_accumulation_steps": 4,
+            "lr_scheduler_type": "linear",
+            "max_grad_norm": 0.5,
+            "eval_steps": 5,
+            "warmup_ratio": 0.1,
+        },
+    )
+    job = decode_command(json.dumps(body).encode())
+    assert isinstance(job, SubmitJobV1)
+    tr = job.training
+    assert (tr.grad_accum_steps, tr.schedule, tr.grad_clip, tr.eval_every) == (4, "linear", 0.5, 5)
+    assert tr.warmup_ratio == 0.1
+    assert job.model.block_size == 32
+    written = json.loads(encode(job))
+    assert written["model"]["block_size"] == 32
+    assert "seq_len" not in written["model"]
+    assert "gradient_accumulation_steps" not in written["training"]
+    assert written["training"]["grad_accum_steps"] == 4
+    assert decode_command(encode(job)) == job
+
+
+def test_an_alias_and_its_field_together_are_refused() -> None:
+    err = _refusal(_submit(training={"grad_accum_steps": 2, "gradient_accumulation_steps": 4}))
+    assert _fields(err) == ["training.gradient_accumulation_steps"]
+    assert "another name for grad_accum_steps" in err.message
+    err = _refusal(_submit(backend="char_lstm", model={"block_size": 8, "seq_len": 8}))
+    assert _fields(err) == ["model.seq_len"]
+
+
+def test_warmup_is_steps_or_a_ratio() -> None:
+    err = _refusal(_submit(training={"warmup_steps": 10, "warmup_ratio": 0.1}))
+    assert _fields(err) == ["training"]
+    assert "warmup_steps or warmup_ratio" in err.message
+    assert _fields(_refusal(_submit(training={"warmup_ratio": 1.5}))) == ["training.warmup_ratio"]
+
+
+def test_tolerant_decode_skips_unknown_event_types_only() -> None:
+    future = json.loads(encode(CONFIG))
+    future["type"] = "trainer.metrics.future.v9"
+    assert decode_event_tolerant(json.dumps(future).encode()) is None
+    assert decode_event_tolerant(encode(SUBMIT)) is None  # a command is no event
+    assert decode_event_tolerant(encode(CONFIG)) == CONFIG
+    assert decode_event_tolerant(encode(QUEUED)) == QUEUED
+    broken = json.loads(encode(CONFIG))
+    broken["vocab_size"] = 0
+    for data in (b"\xff", b"[]", b'{"job_id": "j"}', b'{"type": 7}', json.dumps(broken).encode()):
+        with pytest.raises(ModelTrainerError):
+            decode_event_tolerant(data)
+    with pytest.raises(ModelTrainerError):
+        decode_event(json.dumps(future).encode())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from model_trainer.schema_docs import REGENERATE, render_schema_docs, write_schema_docs
 from model_trainer_contracts import decode_command, decode_event, encode
-from model_trainer_contracts.examples import EXAMPLES
+from model_trainer_contracts.examples import EXAMPLES, SUBMIT
 from model_trainer_contracts.schema import (
     CONTRACTS_VERSION,
     MESSAGES,
@@ -174,7 +174,7 @@ def test_asyncapi_describes_three_topics_keys_and_headers() -> None:
     }
     assert actions == {
         "receiveCommands": ("receive", 2),
-        "sendEvents": ("send", 4),
+        "sendEvents": ("send", 5),
         "sendDeadLetters": ("send", 1),
     }
     for spec in MESSAGES:
@@ -204,3 +204,35 @@ def test_asyncapi_schemas_use_no_openapi_only_keywords() -> None:
 def test_contracts_version_matches_the_distribution() -> None:
     meta = tomllib.loads((ROOT / "contracts" / "pyproject.toml").read_text())
     assert meta["project"]["version"] == CONTRACTS_VERSION
+
+
+def test_aliases_are_in_the_schema_and_the_catalogue() -> None:
+    schema = json_schemas()["trainer.job.submit.v1"]
+    defs = schema["$defs"]
+    assert isinstance(defs, dict)
+    training = defs["TrainingSpec"]
+    assert isinstance(training, dict)
+    properties = training["properties"]
+    assert isinstance(properties, dict)
+    alias = properties["gradient_accumulation_steps"]
+    assert isinstance(alias, dict)
+    assert alias["x-alias-of"] == "grad_accum_steps"
+    assert (alias["minimum"], alias["maximum"]) == (1, 1024)
+    exclusive = {"not": {"required": ["grad_accum_steps", "gradient_accumulation_steps"]}}
+    all_of = training["allOf"]
+    assert isinstance(all_of, list)
+    assert exclusive in all_of
+    body = json.loads(encode(SUBMIT))
+    body["training"] = {"gradient_accumulation_steps": 2, "lr_scheduler_type": "linear"}
+    _check(body, schema, defs, "submit")  # the schema accepts what the decoder accepts
+    catalogue = render_schema_docs()["catalogue.md"]
+    for canonical, other in [
+        ("training.grad_accum_steps", "gradient_accumulation_steps"),
+        ("training.schedule", "lr_scheduler_type"),
+        ("training.grad_clip", "max_grad_norm"),
+        ("training.eval_every", "eval_steps"),
+        ("model.block_size", "seq_len"),
+    ]:
+        rows = [line for line in catalogue.splitlines() if line.startswith(f"| `{canonical}`")]
+        assert any(f"alias: `{other}`" in row for row in rows), canonical
+        assert f"`training.{other}`" not in catalogue

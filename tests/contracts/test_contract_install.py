@@ -14,14 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SNIPPET = """
 import importlib.util, json, sys
-from model_trainer_contracts import decode_command, decode_event, encode
-from model_trainer_contracts.examples import EXAMPLES
+from model_trainer_contracts import decode_command, decode_event, decode_event_tolerant, encode
+from model_trainer_contracts.examples import CONFIG, EXAMPLES
 from model_trainer_contracts.schema import MESSAGES, asyncapi_document, dumps
+from model_trainer_contracts.seed import decode_trainer_metrics_event, is_config
 
 for spec in MESSAGES:
     decode = decode_command if spec.kind == "command" else decode_event
     assert decode(encode(spec.example)) == spec.example, spec.type
-assert len(EXAMPLES) == len(MESSAGES) == 6
+assert len(EXAMPLES) == len(MESSAGES) == 7
+assert decode_event_tolerant(b'{"type": "trainer.metrics.future.v9"}') is None
+assert is_config(decode_trainer_metrics_event(encode(CONFIG)))
 assert json.loads(dumps(asyncapi_document()))["asyncapi"] == "3.0.0"
 heavy = ("torch", "transformers", "aiokafka")
 loaded = [name for name in heavy if name in sys.modules]

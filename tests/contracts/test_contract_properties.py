@@ -23,6 +23,7 @@ from model_trainer_contracts import (
     ModelTrainerErrorCode,
     ProgressEventV1,
     ProgressSpec,
+    QueuedEventV1,
     SubmitJobV1,
     TrainingSpec,
     decode_command,
@@ -59,7 +60,7 @@ char_lstm = st.builds(
     hidden_size=st.integers(1, 8192),
     num_layers=st.integers(1, 16),
     dropout=_unit(),
-    seq_len=st.integers(2, 4096),
+    block_size=st.integers(2, 4096),
 )
 
 
@@ -107,7 +108,10 @@ def training_specs(draw: st.DrawFn) -> TrainingSpec:
         grad_accum_steps=draw(st.integers(1, 1024)),
         learning_rate=learning_rate,
         schedule=draw(st.sampled_from(["constant", "linear", "cosine"])),
-        warmup_steps=draw(st.integers(0, 1_000_000)),
+        **draw(
+            st.fixed_dictionaries({"warmup_steps": st.integers(0, 1_000_000)})
+            | st.fixed_dictionaries({"warmup_ratio": st.floats(0.0, 1.0)})
+        ),
         min_lr=draw(st.floats(0.0, learning_rate)),
         optimizer=draw(st.sampled_from(["adamw", "sgd"])),
         betas=(draw(_unit()), draw(_unit())),
@@ -168,6 +172,13 @@ envelope = {
     "labels": labels,
 }
 _counts = st.integers(0, 2**53)
+queueds = st.builds(
+    QueuedEventV1,
+    **envelope,
+    position=_counts,
+    queue=st.text(),
+    reason=st.sampled_from(["submitted", "preempted", "retry"]) | st.text(),
+)
 configs = st.builds(
     ConfigEventV1,
     **envelope,
@@ -232,7 +243,7 @@ failures = st.builds(
     stage=st.sampled_from(["validate", "prepare", "train", "evaluate", "save"]),
     details=st.dictionaries(st.text(), json_values, max_size=4),
 )
-events = configs | progresses | completions | failures
+events = queueds | configs | progresses | completions | failures
 
 
 _settings = settings(max_examples=200, deadline=None)

@@ -47,7 +47,7 @@ _WORDS = [
 ]
 
 TINY_MODELS: dict[str, dict[str, object]] = {
-    "char_lstm": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "seq_len": 16},
+    "char_lstm": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "block_size": 16},
     "gpt2": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
 }
 

@@ -86,7 +86,7 @@ def test_jsonl_directory_and_inline_corpora_train(env: Env) -> None:
     (docs / ".hidden.jsonl").write_text("ignored, not JSON")
     cases: list[tuple[str, dict[str, object]]] = [
         ("jsonl", {"corpus_path": "docs", "format": "jsonl", "test_fraction": 0.1}),
-        ("inline", {"inline_text": make_text(3000)}),
+        ("inline", {"inline_text": make_text(3000), "test_fraction": 0.0}),
     ]
     for job_id, data in cases:
         events: list[Event] = []

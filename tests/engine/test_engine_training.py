@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from model_trainer.engine import run_job
-from model_trainer.engine.optim import lr_at
-from model_trainer_contracts import ConfigEventV1, ProgressEventV1, TrainingSpec
+from model_trainer.engine.artifact import read_manifest
+from model_trainer.engine.optim import lr_at, warmup_steps
+from model_trainer_contracts import (
+    ConfigEventV1,
+    ProgressEventV1,
+    SubmitJobV1,
+    TrainingSpec,
+    decode_command,
+)
 
 from tests.engine.engine_helpers import Env, Event, losses
 
@@ -34,6 +42,57 @@ def test_schedule_shapes() -> None:
     assert lr_at(60, linear, 110) == pytest.approx(0.55)
     constant = spec.model_copy(update={"schedule": "constant"})
     assert lr_at(100, constant, 110) == 1.0
+
+
+def test_warmup_ratio_is_a_fraction_of_the_total_steps() -> None:
+    spec = TrainingSpec(learning_rate=1.0, warmup_ratio=0.25, schedule="constant")
+    assert [warmup_steps(spec, total) for total in (1, 8, 10, 40)] == [1, 2, 3, 10]
+    assert lr_at(0, spec, 40) == pytest.approx(1 / 11)
+    assert lr_at(9, spec, 40) == pytest.approx(10 / 11)
+    assert lr_at(10, spec, 40) == 1.0
+    by_steps = TrainingSpec(learning_rate=1.0, warmup_steps=10, schedule="cosine")
+    by_ratio = TrainingSpec(learning_rate=1.0, warmup_ratio=0.25, schedule="cosine")
+    assert [lr_at(s, by_ratio, 40) for s in range(40)] == [
+        lr_at(s, by_steps, 40) for s in range(40)
+    ]
+    assert warmup_steps(by_steps, 40) == 10
+
+
+def test_a_spec_in_hugging_face_names_decodes_and_trains(env: Env) -> None:
+    body = env.job().model_dump(mode="json")
+    body["training"] = {
+        "max_steps": 8,
+        "batch_size": 4,
+        "device": "cpu",
+        "eval_batches": 2,
+        "learning_rate": 0.01,
+        "gradient_accumulation_steps": 2,
+        "warmup_ratio": 0.5,
+        "lr_scheduler_type": "linear",
+        "max_grad_norm": 0.5,
+        "eval_steps": 4,
+    }
+    body["model"] = {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "seq_len": 16}
+    job = decode_command(json.dumps(body).encode())
+    assert isinstance(job, SubmitJobV1)
+    events: list[Event] = []
+    done = run_job(env.ctx(job, events))
+    progress = [e for e in events if isinstance(e, ProgressEventV1)]
+    assert done.steps == 8
+    assert [e.step for e in progress if e.val_loss is not None] == [4, 8]
+    lrs = [e.learning_rate for e in progress]
+    assert lrs[:4] == pytest.approx([0.01 * k / 5 for k in range(1, 5)])  # 4 warmup steps
+    assert lrs[4] == pytest.approx(0.01)
+    assert lrs[4:] == sorted(lrs[4:], reverse=True)
+    written = SubmitJobV1.model_validate(read_manifest(env.artifacts_root / job.job_id)["job"])
+    assert written == job
+    tr = written.training
+    assert (tr.grad_accum_steps, tr.grad_clip, tr.schedule, written.model.block_size) == (
+        2,
+        0.5,
+        "linear",
+        16,
+    )
 
 
 def test_epochs_accumulation_and_progress_fields(env: Env) -> None:

@@ -90,7 +90,7 @@ class Stack:
             "job_id": job_id,
             "user_id": 7,
             "backend": "char_lstm",
-            "model": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "seq_len": 32},
+            "model": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "block_size": 32},
             "data": {"corpus_path": "corpus.txt", "val_fraction": 0.1, "test_fraction": 0.05},
             "training": {"max_steps": steps, "batch_size": 8, "eval_every": 10, "eval_batches": 2},
             "progress": {"every_steps": 2},

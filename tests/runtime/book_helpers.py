@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from model_trainer.book import JobBook, Policy, Publish
@@ -42,8 +43,22 @@ BASE = Policy(
 )
 
 
-def policy(**changes: object) -> Policy:
-    return dataclasses.replace(BASE, **changes)
+def policy(
+    *,
+    slots: int = 1,
+    max_attempts: int = 2,
+    cancel_grace_s: float = 3.0,
+    handback_grace_s: float = 10.0,
+    stall_timeout_s: float = 600.0,
+) -> Policy:
+    return dataclasses.replace(
+        BASE,
+        slots=slots,
+        max_attempts=max_attempts,
+        cancel_grace_s=cancel_grace_s,
+        handback_grace_s=handback_grace_s,
+        stall_timeout_s=stall_timeout_s,
+    )
 
 
 def refuse_bad(job: SubmitJobV1) -> None:
@@ -52,8 +67,22 @@ def refuse_bad(job: SubmitJobV1) -> None:
         raise ModelTrainerError(ModelTrainerErrorCode.INVALID_MODEL_SIZE, "too big for the test")
 
 
-def new_book(**changes: object) -> JobBook:
-    book = JobBook(policy(**changes), refuse_bad)
+def new_book(
+    *,
+    slots: int = 1,
+    max_attempts: int = 2,
+    cancel_grace_s: float = 3.0,
+    handback_grace_s: float = 10.0,
+    stall_timeout_s: float = 600.0,
+) -> JobBook:
+    rules = policy(
+        slots=slots,
+        max_attempts=max_attempts,
+        cancel_grace_s=cancel_grace_s,
+        handback_grace_s=handback_grace_s,
+        stall_timeout_s=stall_timeout_s,
+    )
+    book = JobBook(rules, refuse_bad)
     book.assign([TP(TOPIC, p) for p in range(PARTITIONS)])
     return book
 
@@ -133,7 +162,7 @@ def user_failure(job_id: str) -> FailedEventV1:
     )
 
 
-def published(effects: list[object], topic: str = "events") -> list[EventBase]:
+def published(effects: Sequence[object], topic: str = "events") -> list[EventBase]:
     """The events among the effects' records, decoded."""
     return [
         decode_event(r.value)
@@ -144,7 +173,7 @@ def published(effects: list[object], topic: str = "events") -> list[EventBase]:
     ]
 
 
-def states(effects: list[object]) -> list[JobStateV1]:
+def states(effects: Sequence[object]) -> list[JobStateV1]:
     return [
         JobStateV1.model_validate_json(r.value)
         for e in effects
@@ -154,7 +183,7 @@ def states(effects: list[object]) -> list[JobStateV1]:
     ]
 
 
-def commits(effects: list[object]) -> dict[TP, int]:
+def commits(effects: Sequence[object]) -> dict[TP, int]:
     out: dict[TP, int] = {}
     for e in effects:
         if isinstance(e, Publish):

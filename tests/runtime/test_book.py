@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from model_trainer.book import Kill, Publish, Run, Stop
 from model_trainer.core.stop import StopReason
 from model_trainer.records import TP
@@ -10,6 +12,7 @@ from model_trainer_contracts import (
     JobStateV1,
     JobStatus,
     ModelTrainerErrorCode,
+    QueuedEventV1,
 )
 
 from .book_helpers import (
@@ -31,7 +34,7 @@ P0 = TP(TOPIC, 0)
 C = ModelTrainerErrorCode
 
 
-def runs(effects: list[object]) -> list[Run]:
+def runs(effects: Sequence[object]) -> list[Run]:
     return [e for e in effects if isinstance(e, Run)]
 
 
@@ -39,12 +42,15 @@ def test_accepted_job_is_queued_then_dispatched_and_its_events_numbered() -> Non
     book = new_book()
     effects = book.command(record(submit("a"), 0), now=0)
     assert [s.status for s in states(effects)] == [JobStatus.QUEUED, JobStatus.RUNNING]
+    (queued,) = published(effects)
+    assert isinstance(queued, QueuedEventV1)
+    assert (queued.seq, queued.position, queued.reason, queued.attempt) == (0, 0, "submitted", 1)
     (run,) = runs(effects)
     assert run.order.attempt == 1
     out = book.progress("a", 1, progress("a", 1), now=1)
     out += book.progress("a", 1, progress("a", 2), now=2)
     out += book.ended("a", 1, completed("a"), now=3)
-    assert [e.seq for e in published(out)] == [0, 1, 2]
+    assert [e.seq for e in published(out)] == [1, 2, 3]
     assert commits(out) == {P0: 1}  # committed only with the terminal event
     assert states(out)[-1].status is JobStatus.COMPLETED
     assert book.jobs == {}
@@ -79,7 +85,7 @@ def test_duplicate_is_settled_and_conflict_rejected_with_the_next_seq() -> None:
     assert rejection.code is C.JOB_ID_CONFLICT
     assert rejection.details["command_rejected"] is True
     later = published(book.progress("a", 1, progress("a", 1), now=3))
-    assert [rejection.seq, later[0].seq] == [0, 1]  # a rejection takes a seq of its own
+    assert [rejection.seq, later[0].seq] == [1, 2]  # a rejection takes a seq of its own
 
 
 def test_resubmit_of_an_ended_job_is_a_duplicate() -> None:
@@ -111,8 +117,8 @@ def test_undecodable_command_gets_a_dead_letter_and_a_numbered_rejection() -> No
     assert states(effects)[0].status is JobStatus.REJECTED
     # a job submitted later under that id continues the numbering
     later = book.command(record(submit("x"), 1), now=1)
-    assert states(later)[0].last_seq == 0
-    assert published(book.progress("x", 1, progress("x", 1), now=2))[0].seq == 1
+    assert [e.seq for e in published(later)] == [1]  # queued
+    assert published(book.progress("x", 1, progress("x", 1), now=2))[0].seq == 2
 
 
 def test_cancel_of_a_queued_job_ends_it_at_once() -> None:
@@ -200,9 +206,13 @@ def test_resumes_do_not_spend_the_failure_budget() -> None:
     effects = book.command(record(submit("a"), 0), now=0)
     (run,) = runs(effects)
     assert run.order.attempt == 4  # runs keep counting across restarts
+    assert [(e.seq, e.type) for e in published(effects)] == [(8, "trainer.job.queued.v1")]
     retry = book.died("a", 4, -9, now=1)
     assert runs(retry), "one death after resumes is retried"
-    assert published(book.progress("a", 5, progress("a", 1), now=2))[0].seq == 8
+    (requeued,) = published(retry)
+    assert isinstance(requeued, QueuedEventV1)
+    assert (requeued.seq, requeued.reason) == (9, "retry")
+    assert published(book.progress("a", 5, progress("a", 1), now=2))[0].seq == 10
 
 
 def test_silent_run_is_killed_retried_then_stalled() -> None:

@@ -54,7 +54,7 @@ CAPABILITIES: dict[str, Capabilities] = {
 def context_length(spec: ModelSpec) -> int:
     """Tokens per training window."""
     if isinstance(spec, CharLstmModel):
-        return spec.seq_len
+        return spec.block_size
     return spec.block_size
 
 

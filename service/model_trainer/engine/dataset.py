@@ -103,7 +103,9 @@ def split(tokens: Tokens, spec: DataSpec, context: int, key: str) -> Splits:
     if short:
         raise ModelTrainerError(
             _C.CORPUS_HOLDOUT_UNSATISFIABLE,
-            f"{n} tokens leave {', '.join(short)} shorter than one window of {need}",
+            f"{n} tokens leave {', '.join(short)} shorter than one window of {need}: give "
+            "more text, a shorter context, or smaller val_fraction/test_fraction (test_fraction "
+            "0 for no test split)",
             details={"tokens": n, "train": n_train, "val": n_val, "test": n_test, "need": need},
         )
     return Splits(

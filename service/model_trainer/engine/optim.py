@@ -26,14 +26,23 @@ def build_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=spec.betas)
 
 
+def warmup_steps(spec: TrainingSpec, total_steps: int) -> int:
+    """Steps of linear warmup: ``warmup_steps``, or ``warmup_ratio`` of ``total_steps``
+    rounded up (as Hugging Face does); the contract allows only one of them to be set."""
+    if spec.warmup_ratio > 0:
+        return math.ceil(spec.warmup_ratio * total_steps)
+    return spec.warmup_steps
+
+
 def lr_at(step: int, spec: TrainingSpec, total_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
-    if step < spec.warmup_steps:
-        return spec.learning_rate * (step + 1) / (spec.warmup_steps + 1)
+    warmup = warmup_steps(spec, total_steps)
+    if step < warmup:
+        return spec.learning_rate * (step + 1) / (warmup + 1)
     if spec.schedule == "constant":
         return spec.learning_rate
-    span = max(1, total_steps - spec.warmup_steps)
-    progress = min(1.0, (step - spec.warmup_steps) / span)
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     if spec.schedule == "linear":
         weight = 1.0 - progress
     else:

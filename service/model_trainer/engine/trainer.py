@@ -30,7 +30,7 @@ from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext, stopped
 from model_trainer.engine.dataset import Tokens, batch, derive_seed
-from model_trainer.engine.optim import lr_at
+from model_trainer.engine.optim import lr_at, warmup_steps
 from model_trainer.engine.prepare import Prepared, prepare
 from model_trainer.engine.stages import stage
 
@@ -180,7 +180,7 @@ class BaseTrainer:
                 raise self._nan(p, "the gradient became NaN or infinite")
             grad_norm = 0.0  # fp16: the scaler skipped the step and lowers its scale
         loop.smooth_loss = loss if loop.smooth_loss is None else 0.9 * loop.smooth_loss + 0.1 * loss
-        if loop.step <= self.job.training.warmup_steps + SETTLE_STEPS:
+        if loop.step <= warmup_steps(self.job.training, p.total_steps) + SETTLE_STEPS:
             return grad_norm
         best = math.inf if loop.best_smooth is None else loop.best_smooth
         loop.best_smooth = min(best, loop.smooth_loss)
