@@ -44,6 +44,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
     ce_headers,
     decode_command,
+    decode_event,
     encode,
     salvage_job_id,
     salvage_user_id,
@@ -52,7 +53,7 @@ from model_trainer_contracts import (
 from .core.envelope import Envelope, failed_event
 from .core.stop import StopReason
 from .offsets import OffsetTracker
-from .protocol import RunOrder
+from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, WorkerDied
 from .records import TP, Outgoing, Record
 
 log = structlog.get_logger(__name__)
@@ -498,6 +499,21 @@ class JobBook:
     def _stamp(self, job: Job, event: EventBase) -> EventBase:
         envelope = job.envelope()
         return event.model_copy(update={"seq": envelope["seq"], "attempt": envelope["attempt"]})
+
+    def report(self, report: RunReport, now: float) -> list[Effect]:
+        """What the pool says of a run: an event, its end, its stop, or its worker's death."""
+        if isinstance(report, WorkerDied):
+            return self.died(report.job_id, report.attempt, report.exitcode, now)
+        if isinstance(report, JobPreempted):
+            return self.preempted(report.job_id, report.attempt, report.step, now)
+        try:
+            event = decode_event(report.data)
+        except ModelTrainerError as exc:
+            log.error("undecodable event from a worker", job_id=report.job_id, error=exc.message)
+            return []
+        if isinstance(report, JobEvent):
+            return self.progress(report.job_id, report.attempt, event, now)
+        return self.ended(report.job_id, report.attempt, event, now)
 
     def progress(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
         """A config or progress event from the job's worker."""

@@ -28,12 +28,13 @@ import structlog
 from .core.stop import NO_STOP, StopReason
 from .metrics import WORKER_RESTARTS
 from .protocol import (
-    JobEnded,
     JobEvent,
     JobPreempted,
     ParentEnd,
     RunOrder,
+    RunReport,
     StopFlag,
+    WorkerDied,
     WorkerMessage,
     WorkerReady,
     worker_entry,
@@ -42,18 +43,6 @@ from .protocol import (
 log = structlog.get_logger(__name__)
 _spawn = multiprocessing.get_context("spawn")
 READY_TIMEOUT_S = 180.0
-
-
-@dataclass(frozen=True)
-class WorkerDied:
-    """A worker process ended while running ``job_id``'s run ``attempt``."""
-
-    job_id: str
-    attempt: int
-    exitcode: int | None
-
-
-PoolMessage = JobEvent | JobEnded | JobPreempted | WorkerDied
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._pending: deque[tuple[str, RunOrder]] = deque()
         self._raw: asyncio.Queue[_Exited | tuple[int, WorkerMessage]] = asyncio.Queue()
-        self.messages: asyncio.Queue[PoolMessage] = asyncio.Queue()
+        self.messages: asyncio.Queue[RunReport] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.cuda = False  # whether the workers see a CUDA device (from their ready message)

@@ -71,6 +71,19 @@ class JobPreempted:
 WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted
 
 
+@dataclass(frozen=True)
+class WorkerDied:
+    """Reported by the pool, not a worker: the process running this run ended without its
+    end message (killed, crashed, out of memory)."""
+
+    job_id: str
+    attempt: int
+    exitcode: int | None
+
+
+RunReport = JobEvent | JobEnded | JobPreempted | WorkerDied  # what the pool tells the book
+
+
 # Strings: Connection is generic only to the type checker.
 ParentEnd: TypeAlias = "Connection[RunOrder, WorkerMessage]"
 WorkerEnd: TypeAlias = "Connection[WorkerMessage, RunOrder]"

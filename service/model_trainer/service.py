@@ -16,16 +16,15 @@ from collections.abc import Callable
 import anyio
 import structlog
 from aiokafka import TopicPartition
-from model_trainer_contracts import FailedEventV1, ModelTrainerError, SubmitJobV1, decode_event
+from model_trainer_contracts import SubmitJobV1
 
-from .book import Effect, JobBook, Kill, Policy, Publish, Run, Stop
+from .book import Effect, JobBook, Kill, Publish, Run, Stop
 from .consumer import CommandConsumer, ConsumerFactory, broker_answers, kafka_consumer, record_lag
 from .core.admission import admit
-from .core.layout import append_metrics
+from .journal import journal, policy_of
 from .kafka import ensure_topics, to_record, wait_for_broker
-from .metrics import DEAD_LETTERS, JOBS, JOBS_FINISHED
-from .pool import PoolMessage, WorkerDied, WorkerPool
-from .protocol import JobEnded, JobEvent
+from .metrics import JOBS
+from .pool import WorkerPool
 from .publisher import Publisher
 from .records import TP
 from .settings import Settings
@@ -33,24 +32,6 @@ from .state import StateReader
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
-
-
-def policy_of(settings: Settings) -> Policy:
-    return Policy(
-        events_topic=settings.events_topic,
-        state_topic=settings.state_topic,
-        dead_letter_topic=settings.dead_letter_topic,
-        slots=settings.workers,
-        max_attempts=settings.max_attempts,
-        cancel_grace_s=settings.cancel_grace_s,
-        handback_grace_s=settings.handback_grace_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        checkpoint_every=settings.checkpoint_every,
-        data_root=settings.data_root.resolve(),
-        artifacts_root=settings.artifacts_root.resolve(),
-        max_corpus_bytes=settings.max_corpus_bytes,
-        max_command_bytes=settings.max_command_bytes,
-    )
 
 
 class TrainerService:
@@ -83,10 +64,6 @@ class TrainerService:
             artifacts_root=settings.artifacts_root,
             cuda_available=self.pool.cuda or None,
         )
-
-    @property
-    def ready(self) -> bool:
-        return self.started.is_set() and self.publisher.healthy and not self.stopping
 
     async def run(self, stop: anyio.Event) -> None:
         settings = self.settings
@@ -148,7 +125,7 @@ class TrainerService:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
                 self.publisher.publish(list(effect.records), commits)
-                self._journal(effect)
+                journal(effect, self.settings)
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
             elif isinstance(effect, Stop):
@@ -158,22 +135,6 @@ class TrainerService:
         self._changed.set()
         JOBS.labels(state="running").set(len(self.book.running()))
         JOBS.labels(state="queued").set(self.book.queued())
-
-    def _journal(self, publish: Publish) -> None:
-        """Metrics, and each event in its job's metrics.jsonl (a refused job has no folder)."""
-        for record in publish.records:
-            if record.topic == self.settings.dead_letter_topic:
-                DEAD_LETTERS.labels(code=dict(record.headers)["error_code"].decode()).inc()
-        for event in publish.events:
-            folder = self.settings.artifacts_root / event.job_id
-            if isinstance(event, FailedEventV1):
-                if event.details.get("command_rejected") is not True:
-                    JOBS_FINISHED.labels(outcome="failed").inc()
-                if not folder.is_dir():
-                    continue
-            elif event.type == "trainer.metrics.completed.v1":
-                JOBS_FINISHED.labels(outcome="completed").inc()
-            append_metrics(folder, event)
 
     async def _consume(self, scope: anyio.CancelScope) -> None:
         consumer = self.consumer
@@ -197,22 +158,7 @@ class TrainerService:
 
     async def _pool_messages(self) -> None:
         while True:
-            self._apply(self._on_pool(await self.pool.messages.get(), time.time()))
-
-    def _on_pool(self, message: PoolMessage, now: float) -> list[Effect]:
-        book = self.book
-        if isinstance(message, WorkerDied):
-            return book.died(message.job_id, message.attempt, message.exitcode, now)
-        if not isinstance(message, JobEvent | JobEnded):
-            return book.preempted(message.job_id, message.attempt, message.step, now)
-        try:
-            event = decode_event(message.data)
-        except ModelTrainerError:
-            log.error("undecodable event from a worker", job_id=message.job_id)
-            return []
-        if isinstance(message, JobEvent):
-            return book.progress(message.job_id, message.attempt, event, now)
-        return book.ended(message.job_id, message.attempt, event, now)
+            self._apply(self.book.report(await self.pool.messages.get(), time.time()))
 
     async def _clock(self) -> None:
         probed = lagged = 0.0

@@ -1,0 +1,49 @@
+"""What the service records beside Kafka, and how its settings become the book's policy.
+
+:func:`journal` runs for every transaction the book asks for: Prometheus counters, and each
+job event appended to the job's ``metrics.jsonl`` (the artifact's own copy of its history).
+"""
+
+from __future__ import annotations
+
+from model_trainer_contracts import CompletedEventV1, FailedEventV1
+
+from .book import Policy, Publish
+from .core.layout import append_metrics
+from .metrics import DEAD_LETTERS, JOBS_FINISHED
+from .settings import Settings
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(
+        events_topic=settings.events_topic,
+        state_topic=settings.state_topic,
+        dead_letter_topic=settings.dead_letter_topic,
+        slots=settings.workers,
+        max_attempts=settings.max_attempts,
+        cancel_grace_s=settings.cancel_grace_s,
+        handback_grace_s=settings.handback_grace_s,
+        stall_timeout_s=settings.stall_timeout_s,
+        checkpoint_every=settings.checkpoint_every,
+        data_root=settings.data_root.resolve(),
+        artifacts_root=settings.artifacts_root.resolve(),
+        max_corpus_bytes=settings.max_corpus_bytes,
+        max_command_bytes=settings.max_command_bytes,
+    )
+
+
+def journal(publish: Publish, settings: Settings) -> None:
+    """Metrics, and each event in its job's metrics.jsonl (a refused job has no folder)."""
+    for record in publish.records:
+        if record.topic == settings.dead_letter_topic:
+            DEAD_LETTERS.labels(code=dict(record.headers)["error_code"].decode()).inc()
+    for event in publish.events:
+        folder = settings.artifacts_root / event.job_id
+        if isinstance(event, FailedEventV1):
+            if event.details.get("command_rejected") is not True:
+                JOBS_FINISHED.labels(outcome="failed").inc()
+            if not folder.is_dir():
+                continue
+        elif isinstance(event, CompletedEventV1):
+            JOBS_FINISHED.labels(outcome="completed").inc()
+        append_metrics(folder, event)
