@@ -53,7 +53,7 @@ from model_trainer_contracts import (
 from .core.envelope import Envelope, failed_event
 from .core.stop import StopReason
 from .offsets import OffsetTracker
-from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, WorkerDied
+from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, RunStarted, WorkerDied
 from .records import TP, Outgoing, Record
 
 log = structlog.get_logger(__name__)
@@ -160,7 +160,7 @@ class Job:
     failures: int  # infrastructure failures so far
     next_seq: int
     phase: Phase = Phase.QUEUED
-    last_heard: float = 0.0
+    last_heard: float | None = None  # None until a worker has the run
     deadline: float | None = None  # of the current run
     kill_at: float | None = None  # when to kill the current run if it has not ended
     stop_sent: StopReason | None = None
@@ -469,7 +469,7 @@ class JobBook:
             job = self.jobs[ready]
             job.attempt += 1
             job.phase = Phase.RUNNING
-            job.last_heard = now
+            job.last_heard = None
             job.stop_sent, job.kill_at = None, None
             timeout = job.spec.timeout_s
             job.deadline = now + timeout if timeout is not None else None
@@ -502,6 +502,11 @@ class JobBook:
 
     def report(self, report: RunReport, now: float) -> list[Effect]:
         """What the pool says of a run: an event, its end, its stop, or its worker's death."""
+        if isinstance(report, RunStarted):
+            job = self._current(report.job_id, report.attempt)
+            if job is not None:
+                job.last_heard = now  # the stall clock starts when a worker has the run
+            return []
         if isinstance(report, WorkerDied):
             return self.died(report.job_id, report.attempt, report.exitcode, now)
         if isinstance(report, JobPreempted):
@@ -647,7 +652,7 @@ class JobBook:
                 why = Killed.CANCEL if job.cancel_reason is not None else Killed.HANDBACK
             elif job.deadline is not None and now >= job.deadline + self.policy.cancel_grace_s:
                 why = Killed.TIMEOUT
-            elif now - job.last_heard >= self._stall_timeout(job):
+            elif job.last_heard is not None and now - job.last_heard >= self._stall_timeout(job):
                 why = Killed.STALL
             if why is None:
                 continue

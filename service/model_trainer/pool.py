@@ -33,6 +33,7 @@ from .protocol import (
     ParentEnd,
     RunOrder,
     RunReport,
+    RunStarted,
     StopFlag,
     WorkerDied,
     WorkerMessage,
@@ -170,6 +171,7 @@ class WorkerPool:
                 self._pending.appendleft((job_id, order))
                 continue
             worker.run = (job_id, order.attempt)
+            self.messages.put_nowait(RunStarted(job_id, order.attempt))
 
     def run(self, job_id: str, order: RunOrder) -> None:
         """Run the order on the next free worker (it waits here until there is one)."""

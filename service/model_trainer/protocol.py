@@ -72,6 +72,14 @@ WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted
 
 
 @dataclass(frozen=True)
+class RunStarted:
+    """Reported by the pool: a worker took the run (it may have waited for a free one)."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class WorkerDied:
     """Reported by the pool, not a worker: the process running this run ended without its
     end message (killed, crashed, out of memory)."""
@@ -81,7 +89,7 @@ class WorkerDied:
     exitcode: int | None
 
 
-RunReport = JobEvent | JobEnded | JobPreempted | WorkerDied  # what the pool tells the book
+RunReport = RunStarted | JobEvent | JobEnded | JobPreempted | WorkerDied  # pool → book
 
 
 # Strings: Connection is generic only to the type checker.

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from model_trainer.book import Kill, Publish, Run, Stop
 from model_trainer.core.stop import StopReason
+from model_trainer.protocol import RunStarted
 from model_trainer.records import TP
 from model_trainer_contracts import (
     FailedEventV1,
@@ -218,13 +219,16 @@ def test_resumes_do_not_spend_the_failure_budget() -> None:
 def test_silent_run_is_killed_retried_then_stalled() -> None:
     book = new_book(stall_timeout_s=60, max_attempts=2)
     book.command(record(submit("a"), 0), now=0)
-    book.progress("a", 1, progress("a", 1), now=30)
-    assert book.tick(now=89) == []
-    assert Kill("a", 1) in book.tick(now=90)
-    retry = book.died("a", 1, -9, now=91)
+    assert book.tick(now=100) == []  # no worker has the run yet: waiting is not stalling
+    book.report(RunStarted("a", 1), now=100)
+    book.progress("a", 1, progress("a", 1), now=130)
+    assert book.tick(now=189) == []
+    assert Kill("a", 1) in book.tick(now=190)
+    retry = book.died("a", 1, -9, now=191)
     assert runs(retry)
-    assert Kill("a", 2) in book.tick(now=151)
-    (event,) = published(book.died("a", 2, -9, now=152))
+    book.report(RunStarted("a", 2), now=191)
+    assert Kill("a", 2) in book.tick(now=251)
+    (event,) = published(book.died("a", 2, -9, now=252))
     assert isinstance(event, FailedEventV1)
     assert event.code is C.TRAINING_STALLED
 
@@ -233,7 +237,8 @@ def test_per_job_stall_timeout_wins() -> None:
     book = new_book(stall_timeout_s=600)
     spec = submit("a").model_copy(update={"stall_timeout_s": 5.0})
     book.command(record(spec, 0), now=0)
-    assert Kill("a", 1) in book.tick(now=5)
+    book.report(RunStarted("a", 1), now=1)
+    assert Kill("a", 1) in book.tick(now=6)
 
 
 def test_run_past_its_deadline_and_grace_is_killed_with_timeout() -> None:

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 from model_trainer.book import Effect, JobBook, Kill, Publish, Run, Stop, request_digest
 from model_trainer.core.stop import StopReason
+from model_trainer.protocol import RunStarted
 from model_trainer.records import TP, Record
 from model_trainer_contracts import (
     CancelJobV1,
@@ -139,6 +140,7 @@ class BookMachine(RuleBasedStateMachine):
             if slot not in world.runs and world.orders:
                 order = world.orders.pop(0)
                 world.runs[slot] = WorkerRun(order.job_id, order.order.attempt)
+                world.inbox.append(("started", order.job_id, order.order.attempt, None))
 
     def _slot_of(self, job_id: str, attempt: int | None = None) -> int | None:
         for slot, run in self.world.runs.items():
@@ -181,6 +183,8 @@ class BookMachine(RuleBasedStateMachine):
                 effects = self.book.progress(job_id, attempt, payload, self.now)
             elif kind == "ended" and isinstance(payload, EventBase):
                 effects = self.book.ended(job_id, attempt, payload, self.now)
+            elif kind == "started":
+                effects = self.book.report(RunStarted(job_id, attempt), self.now)
             elif kind == "preempted" and isinstance(payload, int):
                 effects = self.book.preempted(job_id, attempt, payload, self.now)
             else:
