@@ -15,65 +15,16 @@ from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
     ConfigEventV1,
-    Event,
     FailedEventV1,
     ModelTrainerErrorCode,
     ProgressEventV1,
     SubmitJobV1,
 )
 
+from .flows import assert_seq_contiguous, long_job, of, send, wait_for_step, wait_readiness
 from .harness import ServiceProcess, Stack, alive
 
 pytestmark = pytest.mark.kafka
-
-
-def long_job(stack: Stack, job_id: str, steps: int = 400) -> SubmitJobV1:
-    spec = stack.job(job_id, steps=steps)
-    spec["training"] = {
-        "max_steps": steps,
-        "batch_size": 8,
-        "eval_every": 50,
-        "eval_batches": 2,
-        "checkpoint_every": 10,
-    }
-    return SubmitJobV1.model_validate(spec)
-
-
-async def send(stack: Stack, *commands: SubmitJobV1 | CancelJobV1) -> None:
-    async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
-        for command in commands:
-            await sender.send(command)
-
-
-async def wait_for_step(watcher: EventWatcher, job_id: str, step: int, timeout_s: float) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if any(
-                isinstance(e, ProgressEventV1) and e.job_id == job_id and e.step >= step
-                for e in watcher.seen
-            ):
-                return
-            await watcher.poll()
-
-
-async def wait_readiness(svc: ServiceProcess, *, ready: bool, timeout_s: float) -> bool:
-    """Wait until the service's /readyz says ``ready``; False when it never did."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if await asyncio.to_thread(svc.ready) == ready:
-            return True
-        await asyncio.sleep(0.5)
-    return False
-
-
-def of(watcher: EventWatcher, job_id: str) -> list[Event]:
-    return [e for e in watcher.seen if e.job_id == job_id]
-
-
-def assert_seq_contiguous(events: list[Event]) -> None:
-    seqs = sorted({e.seq for e in events})
-    assert seqs == list(range(len(seqs))), f"seq gaps: {seqs}"
 
 
 async def test_service_killed_mid_job_resumes_from_checkpoint(stack: Stack) -> None:
@@ -343,7 +294,7 @@ async def test_busy_pool_pauses_partitions_and_resumes(stack: Stack) -> None:
     finally:
         svc.stop()
     said = [line.get("event") for line in svc.log_lines()]
-    assert "pool busy and queue full: partitions paused" in said
+    assert "partitions paused: queue full" in said
     assert "partitions resumed" in said
     starts = [line for line in svc.log_lines() if line.get("event") == "job accepted"]
     assert max(int(str(line["queued"])) for line in starts) <= 2
