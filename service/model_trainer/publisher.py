@@ -104,10 +104,15 @@ class Publisher:
             assert producer is not None
             try:
                 async with producer.transaction():
-                    for record in records:
+                    deliveries: list[asyncio.Future[object]] = [
                         await producer.send(
                             record.topic, record.value, key=record.key, headers=record.headers
                         )
+                        for record in records
+                    ]
+                    # A record the broker refused fails its own future only: wait for every
+                    # delivery, so such a transaction aborts instead of committing without it.
+                    await asyncio.gather(*deliveries)
                     if offsets:
                         await producer.send_offsets_to_transaction(offsets, self._settings.group_id)
                 self.healthy = True
