@@ -19,14 +19,10 @@ The promise this module keeps:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
 
 import structlog
 from model_trainer_contracts import (
@@ -52,6 +48,8 @@ from model_trainer_contracts import (
 
 from .core.envelope import Envelope, failed_event
 from .core.stop import StopReason
+from .effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
+from .jobs import Job, Killed, Phase, RunSlot
 from .offsets import OffsetTracker
 from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, RunStarted, WorkerDied
 from .records import TP, Outgoing, Record
@@ -61,135 +59,9 @@ _C = ModelTrainerErrorCode
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 
 
-# ------------------------------------------------------------------------------ effects
-
-
-@dataclass(frozen=True)
-class Publish:
-    """Records to publish in one transaction, committing ``commits`` with them.
-
-    ``events`` are the job events among ``records`` (for the job's metrics.jsonl)."""
-
-    records: tuple[Outgoing, ...]
-    commits: dict[TP, int]
-    events: tuple[EventBase, ...] = ()
-
-
-@dataclass(frozen=True)
-class Run:
-    job_id: str
-    order: RunOrder
-
-
-@dataclass(frozen=True)
-class Stop:
-    job_id: str
-    reason: StopReason
-
-
-@dataclass(frozen=True)
-class Kill:
-    job_id: str
-    attempt: int
-
-
-Effect = Publish | Run | Stop | Kill
-
-
-# ------------------------------------------------------------------------------ policy
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The settings the book decides with (see :class:`~.settings.Settings`)."""
-
-    events_topic: str
-    state_topic: str
-    dead_letter_topic: str
-    slots: int  # worker processes
-    max_attempts: int  # infrastructure failures (worker death, stall) a job may have
-    cancel_grace_s: float  # a cancelled or timed-out run still going after this is killed
-    handback_grace_s: float  # a revoked or shut-down run still going after this is killed
-    stall_timeout_s: float  # a run silent this long is killed and retried
-    checkpoint_every: int
-    data_root: Path
-    artifacts_root: Path
-    max_corpus_bytes: int
-    max_command_bytes: int
-
-
-def request_digest(job: SubmitJobV1) -> str:
-    """What the job asks for, independent of field order and formatting (for conflicts)."""
-    canonical = json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def _time(now: float) -> datetime:
     """Wall-clock seconds as an aware datetime (for the state record)."""
     return datetime.fromtimestamp(now, UTC)
-
-
-# ------------------------------------------------------------------------------ jobs
-
-
-class Phase(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"  # a worker has it (or will, once one is free)
-    HANDING_BACK = "handing_back"  # asked to checkpoint and stop: revoke or shutdown
-
-
-class Killed(StrEnum):
-    """Why the book killed a run: decides what its death means."""
-
-    CANCEL = "cancel"
-    TIMEOUT = "timeout"
-    HANDBACK = "handback"
-    STALL = "stall"
-
-
-@dataclass
-class Job:
-    """A job this instance owns and has not ended."""
-
-    spec: SubmitJobV1
-    digest: str
-    record: TP
-    offset: int
-    submitted_at: float
-    attempt: int  # runs started so far
-    failures: int  # infrastructure failures so far
-    next_seq: int
-    phase: Phase = Phase.QUEUED
-    last_heard: float | None = None  # None until a worker has the run
-    deadline: float | None = None  # of the current run
-    kill_at: float | None = None  # when to kill the current run if it has not ended
-    stop_sent: StopReason | None = None
-    cancel_reason: str | None = None  # set once a cancel arrived: never lost
-
-    @property
-    def job_id(self) -> str:
-        return self.spec.job_id
-
-    def envelope(self) -> Envelope:
-        """The envelope of the job's next event; takes its seq."""
-        seq = self.next_seq
-        self.next_seq += 1
-        return Envelope(
-            job_id=self.job_id,
-            user_id=self.spec.user_id,
-            seq=seq,
-            attempt=max(1, self.attempt),
-            labels=dict(self.spec.labels),
-        )
-
-
-@dataclass
-class _RunSlot:
-    """A worker busy with one run, until the pool reports that run over."""
-
-    job_id: str
-    attempt: int
-    killed: Killed | None = None
 
 
 @dataclass
@@ -201,7 +73,7 @@ class JobBook:
     jobs: dict[str, Job] = field(default_factory=dict)
     states: dict[str, JobStateV1] = field(default_factory=dict)
     queue: deque[str] = field(default_factory=deque)
-    runs: dict[str, _RunSlot] = field(default_factory=dict)  # by job_id
+    runs: dict[str, RunSlot] = field(default_factory=dict)  # by job_id
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
     assigned: set[TP] = field(default_factory=set)
     releasing: set[TP] = field(default_factory=set)
@@ -483,7 +355,7 @@ class JobBook:
                 max_corpus_bytes=self.policy.max_corpus_bytes,
                 deadline=job.deadline,
             )
-            self.runs[job.job_id] = _RunSlot(job.job_id, job.attempt)
+            self.runs[job.job_id] = RunSlot(job.job_id, job.attempt)
             effects.append(Run(job.job_id, order))
             effects.append(Publish((self._state(job, JobStatus.RUNNING, now),), {}))
             log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from model_trainer_contracts import CompletedEventV1, FailedEventV1
 
-from .book import Policy, Publish
 from .core.layout import append_metrics
+from .effects import Policy, Publish
 from .metrics import DEAD_LETTERS, JOBS_FINISHED
 from .settings import Settings
 

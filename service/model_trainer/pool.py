@@ -36,13 +36,24 @@ from .protocol import (
     RunStarted,
     StopFlag,
     WorkerDied,
+    WorkerEnd,
     WorkerMessage,
     WorkerReady,
-    worker_entry,
 )
 
 log = structlog.get_logger(__name__)
 _spawn = multiprocessing.get_context("spawn")
+
+
+def worker_entry(
+    conn: WorkerEnd, stop_flag: StopFlag, threads: int, log_level: str, log_format: str
+) -> None:
+    """Process target; imports the worker (and torch) only inside the child."""
+    from .worker import worker_main
+
+    worker_main(conn, stop_flag, threads, log_level, log_format)
+
+
 READY_TIMEOUT_S = 180.0
 
 

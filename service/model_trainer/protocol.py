@@ -95,12 +95,3 @@ RunReport = RunStarted | JobEvent | JobEnded | JobPreempted | WorkerDied  # pool
 # Strings: Connection is generic only to the type checker.
 ParentEnd: TypeAlias = "Connection[RunOrder, WorkerMessage]"
 WorkerEnd: TypeAlias = "Connection[WorkerMessage, RunOrder]"
-
-
-def worker_entry(
-    conn: WorkerEnd, stop_flag: StopFlag, threads: int, log_level: str, log_format: str
-) -> None:
-    """Process target; imports the worker (and torch) only inside the child."""
-    from .worker import worker_main
-
-    worker_main(conn, stop_flag, threads, log_level, log_format)

@@ -18,9 +18,10 @@ import structlog
 from aiokafka import TopicPartition
 from model_trainer_contracts import SubmitJobV1
 
-from .book import Effect, JobBook, Kill, Publish, Run, Stop
+from .book import JobBook
 from .consumer import CommandConsumer, ConsumerFactory, broker_answers, kafka_consumer, record_lag
 from .core.admission import admit
+from .effects import Effect, Kill, Publish, Run, Stop
 from .journal import journal, policy_of
 from .kafka import ensure_topics, to_record, wait_for_broker
 from .metrics import JOBS

@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from model_trainer.book import JobBook, Policy, Publish
+from model_trainer.book import JobBook
+from model_trainer.effects import Policy, Publish
 from model_trainer.records import TP, Record
 from model_trainer_contracts import (
     CancelJobV1,

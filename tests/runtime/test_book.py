@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from model_trainer.book import Kill, Publish, Run, Stop
 from model_trainer.core.stop import StopReason
+from model_trainer.effects import Kill, Publish, Run, Stop
 from model_trainer.protocol import RunStarted
 from model_trainer.records import TP
 from model_trainer_contracts import (

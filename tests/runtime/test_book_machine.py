@@ -27,8 +27,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from model_trainer.book import Effect, JobBook, Kill, Publish, Run, Stop, request_digest
+from model_trainer.book import JobBook
 from model_trainer.core.stop import StopReason
+from model_trainer.effects import Effect, Kill, Publish, Run, Stop, request_digest
 from model_trainer.protocol import RunStarted
 from model_trainer.records import TP, Record
 from model_trainer_contracts import (

@@ -1,0 +1,72 @@
+"""What the job book decides: the effects the service carries out, and the policy it
+decides with. Plain data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_trainer_contracts import EventBase, SubmitJobV1
+
+from .core.stop import StopReason
+from .protocol import RunOrder
+from .records import TP, Outgoing
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Records to publish in one transaction, committing ``commits`` with them.
+
+    ``events`` are the job events among ``records`` (for the job's metrics.jsonl)."""
+
+    records: tuple[Outgoing, ...]
+    commits: dict[TP, int]
+    events: tuple[EventBase, ...] = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    job_id: str
+    order: RunOrder
+
+
+@dataclass(frozen=True)
+class Stop:
+    job_id: str
+    reason: StopReason
+
+
+@dataclass(frozen=True)
+class Kill:
+    job_id: str
+    attempt: int
+
+
+Effect = Publish | Run | Stop | Kill
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the book decides with (see :class:`~.settings.Settings`)."""
+
+    events_topic: str
+    state_topic: str
+    dead_letter_topic: str
+    slots: int  # worker processes
+    max_attempts: int  # infrastructure failures (worker death, stall) a job may have
+    cancel_grace_s: float  # a cancelled or timed-out run still going after this is killed
+    handback_grace_s: float  # a revoked or shut-down run still going after this is killed
+    stall_timeout_s: float  # a run silent this long is killed and retried
+    checkpoint_every: int
+    data_root: Path
+    artifacts_root: Path
+    max_corpus_bytes: int
+    max_command_bytes: int
+
+
+def request_digest(job: SubmitJobV1) -> str:
+    """What the job asks for, independent of field order and formatting (for conflicts)."""
+    canonical = json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

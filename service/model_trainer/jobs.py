@@ -1,0 +1,72 @@
+"""A job the book owns, and the worker slot its current run holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from model_trainer_contracts import SubmitJobV1
+
+from .core.envelope import Envelope
+from .core.stop import StopReason
+from .records import TP
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"  # a worker has it (or will, once one is free)
+    HANDING_BACK = "handing_back"  # asked to checkpoint and stop: revoke or shutdown
+
+
+class Killed(StrEnum):
+    """Why the book killed a run: decides what its death means."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    HANDBACK = "handback"
+    STALL = "stall"
+
+
+@dataclass
+class Job:
+    """A job this instance owns and has not ended."""
+
+    spec: SubmitJobV1
+    digest: str
+    record: TP
+    offset: int
+    submitted_at: float
+    attempt: int  # runs started so far
+    failures: int  # infrastructure failures so far
+    next_seq: int
+    phase: Phase = Phase.QUEUED
+    last_heard: float | None = None  # None until a worker has the run
+    deadline: float | None = None  # of the current run
+    kill_at: float | None = None  # when to kill the current run if it has not ended
+    stop_sent: StopReason | None = None
+    cancel_reason: str | None = None  # set once a cancel arrived: never lost
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    def envelope(self) -> Envelope:
+        """The envelope of the job's next event; takes its seq."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return Envelope(
+            job_id=self.job_id,
+            user_id=self.spec.user_id,
+            seq=seq,
+            attempt=max(1, self.attempt),
+            labels=dict(self.spec.labels),
+        )
+
+
+@dataclass
+class RunSlot:
+    """A worker busy with one run, until the pool reports that run over."""
+
+    job_id: str
+    attempt: int
+    killed: Killed | None = None
