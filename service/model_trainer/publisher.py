@@ -22,6 +22,7 @@ from .settings import Settings
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 500
+TRANSACTION_TIMEOUT_S = 30.0
 
 
 class PublisherFencedError(RuntimeError):
@@ -98,23 +99,15 @@ class Publisher:
                 offsets[tp] = max(offset, offsets.get(tp, 0))
         if not records and not offsets:
             return
-        backoff = 0.2
+        backoff, failures = 0.2, 0
         while True:
-            producer = self._producer
-            assert producer is not None
             try:
-                async with producer.transaction():
-                    deliveries: list[asyncio.Future[object]] = [
-                        await producer.send(
-                            record.topic, record.value, key=record.key, headers=record.headers
-                        )
-                        for record in records
-                    ]
-                    # A record the broker refused fails its own future only: wait for every
-                    # delivery, so such a transaction aborts instead of committing without it.
-                    await asyncio.gather(*deliveries)
-                    if offsets:
-                        await producer.send_offsets_to_transaction(offsets, self._settings.group_id)
+                # Bounded: a transaction whose commit waits on a broker that went away
+                # would otherwise wait for ever; a fresh producer aborts it and retries.
+                async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
+                    await self._transaction(records, offsets)
+                if failures:
+                    log.warning("publishing again", failed_attempts=failures)
                 self.healthy = True
                 EVENTS_PUBLISHED.inc(len(records))
                 return
@@ -124,31 +117,51 @@ class Publisher:
             except Exception as exc:  # any failure: the batch stays and is sent again
                 self.healthy = False
                 PUBLISH_RETRIES.inc()
-                log.warning(
-                    "publish failed; retrying",
-                    error=repr(exc),
-                    records=len(records),
-                    backoff=backoff,
-                )
-                await self._restart_producer()
-                await asyncio.sleep(backoff)
+                failures += 1
+                if failures == 1:  # one line per outage, not one per attempt
+                    log.warning("publish failed; retrying", error=repr(exc), records=len(records))
+                await self._replace_producer(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _restart_producer(self) -> None:
-        # A transactional producer that saw an error may be stuck in an abortable state;
-        # a fresh one with the same transactional id aborts the open transaction and goes on.
-        old = self._producer
+    async def _transaction(
+        self, records: list[Outgoing], offsets: dict[TopicPartition, int]
+    ) -> None:
+        producer = self._producer
+        assert producer is not None
+        async with producer.transaction():
+            deliveries: list[asyncio.Future[object]] = [
+                await producer.send(
+                    record.topic, record.value, key=record.key, headers=record.headers
+                )
+                for record in records
+            ]
+            # A record the broker refused fails its own future only: wait for every
+            # delivery, so such a transaction aborts instead of committing without it.
+            await asyncio.gather(*deliveries)
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self._settings.group_id)
+
+    async def _replace_producer(self, backoff: float) -> None:
+        """Swap in a started producer with the same transactional id (which aborts the old
+        one's open transaction); waits, retrying, while the broker is away. A producer that
+        failed to start is never used."""
+        old, self._producer = self._producer, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=5)
-        fresh = self._new_producer()
-        try:
-            await fresh.start()
-        except (KafkaError, OSError) as exc:
-            log.warning("producer restart failed", error=repr(exc))
-            with contextlib.suppress(Exception):
-                await fresh.stop()
-        self._producer = fresh
+        while True:
+            await asyncio.sleep(backoff)
+            fresh = self._new_producer()
+            try:
+                async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
+                    await fresh.start()
+            except (KafkaError, OSError, TimeoutError):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fresh.stop(), timeout=5)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._producer = fresh
+            return
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Close the producer (after :meth:`run` has stopped), within ``timeout_s``."""
