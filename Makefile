@@ -29,8 +29,10 @@ kafka-fetch:
 demo: install kafka-fetch
 	deploy/demo.sh
 
+# Branch coverage of the service and the contracts, subprocesses and workers included.
+COVERAGE_FLOOR ?= 80
 test: install kafka-fetch
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
 lint: install
 	$(VENV)/bin/ruff check .

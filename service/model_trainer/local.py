@@ -19,6 +19,8 @@ from .core.stop import stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import RunContext
 
+LOCAL_CHECKPOINT_EVERY = 200  # as the service's default
+
 
 def run_local(
     job: SubmitJobV1, data_root: Path, artifacts_root: Path, stream: TextIO, *, now: float
@@ -42,6 +44,7 @@ def run_local(
         job=job,
         data_root=data_root,
         artifacts_root=artifacts_root,
+        checkpoint_every=job.training.checkpoint_every or LOCAL_CHECKPOINT_EVERY,
         emit=publish,
         stop_requested=stop_at_deadline(deadline),
     )

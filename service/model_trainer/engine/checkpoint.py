@@ -45,14 +45,14 @@ def save(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     loop: LoopState,
-    spec_digest: str,
+    run_digest: str,
     data_key: str,
 ) -> Path:
     """Write the checkpoint (temp file, fsync, rename); returns its path."""
     np_state = np.random.get_state(legacy=False)
     state = {
         "format": FORMAT,
-        "spec_digest": spec_digest,
+        "spec_digest": run_digest,  # on-disk name kept: older checkpoints still resume
         "data_key": data_key,
         "loop": asdict(loop),
         "data_position": loop.step,
@@ -79,7 +79,7 @@ def restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
-    spec_digest: str,
+    run_digest: str,
     data_key: str,
 ) -> LoopState | None:
     """Load the checkpoint into ``model``, ``optimizer``, ``scaler`` and the global RNGs and
@@ -94,7 +94,7 @@ def restore(
         raise _corrupt(path, f"unreadable: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise _corrupt(path, "not a checkpoint of this format")
-    if raw.get("spec_digest") != spec_digest or raw.get("data_key") != data_key:
+    if raw.get("spec_digest") != run_digest or raw.get("data_key") != data_key:
         raise ModelTrainerError(
             _C.CHECKPOINT_CONFIG_MISMATCH,
             "the checkpoint was written for a different job spec or corpus",

@@ -62,7 +62,7 @@ class RunContext:
     attempt: int = 1
     queue: str = "local"
     threads: int = 1
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # the job's own, or the runner's default: resolved already
     max_corpus_bytes: int = 1 << 30
     emit: Callable[[ConfigEventV1 | ProgressEventV1], None] = _discard
     stop_requested: Callable[[], StopReason | None] = _never_stop

@@ -57,10 +57,10 @@ class Prepared:
     total_epochs: int
     tokens_per_step: int
     num_parameters: int
-    spec_digest: str
+    run_digest: str
 
 
-def spec_digest(job: SubmitJobV1) -> str:
+def run_digest(job: SubmitJobV1) -> str:
     """Digest of what determines the training run (not labels, progress cadence or timeout)."""
     fields = {"backend", "model", "tokenizer", "data", "training", "init_from"}
     body = json.dumps(job.model_dump(mode="json", include=fields), sort_keys=True)
@@ -85,7 +85,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     model.to(placement.device)
     optimizer = build_optimizer(model, tr)
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
-    digest = spec_digest(job)
+    digest = run_digest(job)
     if (
         ctx.job_dir / CHECKPOINTS / checkpoint.FILE
     ).exists() and not backend.capabilities.can_resume:
@@ -97,7 +97,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         model=model,
         optimizer=optimizer,
         scaler=scaler,
-        spec_digest=digest,
+        run_digest=digest,
         data_key=splits.cache_key,
     )
     if loop is not None:
@@ -118,7 +118,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         total_epochs=max(1, math.ceil(total_steps * tokens_per_step / len(splits.train))),
         tokens_per_step=tokens_per_step,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        spec_digest=digest,
+        run_digest=digest,
     )
 
 

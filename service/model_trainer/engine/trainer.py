@@ -116,7 +116,7 @@ class BaseTrainer:
     def _train(self, p: Prepared) -> bool:
         """Run steps until the total, an early stop (returns True) or a stop request (raises)."""
         tr, loop, meter = self.job.training, p.loop, Meter()
-        checkpoint_every = tr.checkpoint_every or self.ctx.checkpoint_every
+        checkpoint_every = self.ctx.checkpoint_every  # resolved by whoever runs the job
         while loop.step < p.total_steps:
             self._obey_stop(p)
             lr = lr_at(loop.step, tr, p.total_steps)
@@ -246,7 +246,7 @@ class BaseTrainer:
             optimizer=p.optimizer,
             scaler=p.scaler,
             loop=p.loop,
-            spec_digest=p.spec_digest,
+            run_digest=p.run_digest,
             data_key=p.splits.cache_key,
         )
         log.info("engine.checkpoint", job_id=self.job.job_id, step=p.loop.step)
@@ -326,7 +326,7 @@ class BaseTrainer:
         return {
             "format": 1,
             "job": self.job.model_dump(mode="json"),
-            "spec_digest": p.spec_digest,
+            "spec_digest": p.run_digest,  # the run digest (name kept for readers)
             "resolved": {
                 "backend": self.backend.name,
                 "model_family": self.backend.family,
