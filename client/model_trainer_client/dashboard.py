@@ -85,7 +85,7 @@ def sse(event: str, data: dict[str, JsonValue]) -> bytes:
     return f"event: {event}\ndata: {body}\n\n".encode()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Subscriber:
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=QUEUE_LIMIT)

@@ -4,7 +4,7 @@ broker: what the service publishes, without the service."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +39,8 @@ class Job:
     total_steps: int = 10
     seq: int = 0
     t0: datetime = T0
+    loss_at: Callable[[int], float] = lambda step: 4.0 - 0.2 * step
+    lr_at: Callable[[int, int], float] = lambda step, total: 6e-4 * (1 - step / (2 * total))
 
     def _envelope(self) -> dict[str, object]:
         envelope: dict[str, object] = {
@@ -85,7 +87,7 @@ class Job:
         )
 
     def progress(self, step: int, *, val: bool = False) -> ProgressEventV1:
-        loss = 4.0 - 0.2 * step
+        loss = self.loss_at(step)
         return ProgressEventV1.model_validate(
             {
                 **self._envelope(),
@@ -96,7 +98,7 @@ class Job:
                 "train_loss": loss,
                 "train_ppl": 2.718281828**loss,
                 "grad_norm": 1.0 + step / 10,
-                "learning_rate": 6e-4 * (1 - step / (2 * self.total_steps)),
+                "learning_rate": self.lr_at(step, self.total_steps),
                 "samples_per_sec": 100.0,
                 "tokens_per_sec": 1000.0 + 10 * step,
                 "elapsed_s": float(step),

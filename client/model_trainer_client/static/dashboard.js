@@ -38,13 +38,19 @@ function apply(message, isSnapshot) {
   for (const [jobId, payload] of Object.entries(message.series)) {
     mergeSeries(jobId, payload);
   }
-  if (!state.selected || !state.jobs.has(state.selected)) state.selected = pickDefault();
+  // the job named in the address (#job=ID) once it is known, else the current one, else the
+  // newest running job, else the newest
+  const wanted = hashJob();
+  if (wanted && state.jobs.has(wanted)) state.selected = wanted;
+  else if (!state.selected || !state.jobs.has(state.selected)) state.selected = pickDefault();
   render();
 }
 
+function hashJob() {
+  return decodeURIComponent((location.hash.match(/job=([^&]+)/) || [])[1] || "");
+}
+
 function pickDefault() {
-  const fromHash = decodeURIComponent((location.hash.match(/job=([^&]+)/) || [])[1] || "");
-  if (fromHash && state.jobs.has(fromHash)) return fromHash;
   const rows = sortedRows();
   const running = rows.find((row) => row.status === "running");
   return (running || rows[0] || {}).job_id || null;
@@ -205,7 +211,7 @@ function svg(tag, attrs = {}, text = null) {
 
 function drawChart(root, lines) {
   const [width, height] = [640, 240];
-  const margin = { left: 64, right: 14, top: 22, bottom: 28 };
+  const margin = { left: 72, right: 16, top: 30, bottom: 30 };
   const all = lines.flatMap((line) => line.points);
   root.replaceChildren();
   if (!all.length) {
@@ -231,11 +237,11 @@ function drawChart(root, lines) {
   const yt = niceTicks(y0, y1, 5);
   for (const t of yt.ticks) {
     axis.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: sy(t), y2: sy(t) }));
-    axis.append(svg("text", { x: margin.left - 6, y: sy(t) + 4, "text-anchor": "end" }, fmtTick(t, yt.step)));
+    axis.append(svg("text", { x: margin.left - 8, y: sy(t) + 5, "text-anchor": "end" }, fmtTick(t, yt.step)));
   }
   const xt = niceTicks(x0, x1, 6);
   for (const t of xt.ticks) {
-    axis.append(svg("text", { x: sx(t), y: height - 8, "text-anchor": "middle" }, String(Math.round(t))));
+    axis.append(svg("text", { x: sx(t), y: height - 6, "text-anchor": "middle" }, String(Math.round(t))));
   }
   axis.append(svg("line", { class: "grid", x1: margin.left, x2: margin.left, y1: margin.top, y2: height - margin.bottom }));
   root.append(axis);
@@ -250,9 +256,9 @@ function drawChart(root, lines) {
         root.append(svg("circle", { class: line.name, cx: sx(p[0]).toFixed(1), cy: sy(p[1]).toFixed(1), r: 3 }));
       }
     }
-    legend.append(svg("line", { class: `line ${line.name}`, x1: lx, x2: lx + 16, y1: 10, y2: 10 }));
-    legend.append(svg("text", { x: lx + 20, y: 14 }, line.label));
-    lx += 36 + line.label.length * 7;
+    legend.append(svg("line", { class: `line ${line.name}`, x1: lx, x2: lx + 20, y1: 12, y2: 12 }));
+    legend.append(svg("text", { x: lx + 26, y: 17 }, line.label));
+    lx += 44 + line.label.length * 9;
   }
   root.append(legend);
 }
