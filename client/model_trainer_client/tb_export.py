@@ -14,10 +14,14 @@ protobuf alone, no TensorFlow, no torch.
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
 import importlib.util
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 from model_trainer_contracts import (
@@ -48,17 +52,40 @@ class ScalarWriter(Protocol):
     def close(self) -> object: ...
 
 
-WriterFactory = Callable[[Path, int | None], ScalarWriter]
+# (run folder, purge_step, file name suffix) -> writer
+WriterFactory = Callable[[Path, int | None, str], ScalarWriter]
 
 
 def writer_available() -> bool:
     return importlib.util.find_spec("tensorboardX") is not None
 
 
-def tensorboardx_writer(logdir: Path, purge_step: int | None) -> ScalarWriter:
+class _WithoutTorch(importlib.abc.MetaPathFinder):
+    """Makes ``import torch`` fail. tensorboardX imports torch when it is installed, only to
+    accept torch tensors; the export writes floats, so it need not pay torch's seconds-long
+    import (in the service's environment, where torch is installed)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None, /
+    ) -> ModuleSpec | None:
+        if fullname == "torch" or fullname.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+def tensorboardx_writer(logdir: Path, purge_step: int | None, suffix: str) -> ScalarWriter:
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        blocker = _WithoutTorch()
+        sys.meta_path.insert(0, blocker)
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            sys.meta_path.remove(blocker)
     from tensorboardX import SummaryWriter
 
-    writer: ScalarWriter = SummaryWriter(logdir=str(logdir), purge_step=purge_step)
+    writer: ScalarWriter = SummaryWriter(
+        logdir=str(logdir), purge_step=purge_step, filename_suffix=suffix
+    )
     return writer
 
 
@@ -84,10 +111,14 @@ class TensorBoardExport:
         self._runs: dict[str, _Run] = {}
         self._ended: dict[str, int] = {}  # job -> seq of its terminal event
 
-    def _run(self, job_id: str, purge_step: int | None = None) -> _Run:
-        run = self._runs.get(job_id)
+    def _run(self, event: EventBase, purge_step: int | None = None) -> _Run:
+        run = self._runs.get(event.job_id)
         if run is None:
-            run = self._runs[job_id] = _Run(self._factory(self.logdir / job_id, purge_step))
+            # Event files are named by the second they are opened in and read in name order:
+            # the suffix keeps a run reopened within the same second apart, and after.
+            suffix = f".seq{event.seq:012d}"
+            writer = self._factory(self.logdir / event.job_id, purge_step, suffix)
+            run = self._runs[event.job_id] = _Run(writer)
         return run
 
     def apply(self, update: Update) -> None:
@@ -105,9 +136,9 @@ class TensorBoardExport:
         ):  # a resumed attempt: its steps replace the earlier attempt's from start_step on
             known.writer.close()
             del self._runs[update.job_id]
-            run = self._run(update.job_id, purge_step=update.start_step + 1)
+            run = self._run(update, purge_step=update.start_step + 1)
         else:
-            run = known or self._run(update.job_id)
+            run = known or self._run(update)
         run.last_seq = update.seq
         self._write(run, update, update.ts.timestamp())
 
