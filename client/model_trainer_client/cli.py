@@ -202,7 +202,7 @@ def export_tensorboard(
     if not writer_available():
         console.print(
             "[red]export tensorboard needs tensorboardX[/red]: "
-            "install model-trainer-client[tensorboard]"
+            "install model-trainer-client\\[tensorboard]"
         )
         raise typer.Exit(EXIT_BAD_INPUT)
     settings = ClientSettings.from_env(bootstrap_servers)

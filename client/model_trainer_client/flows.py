@@ -269,7 +269,7 @@ async def status(settings: ClientSettings, job_id: str, *, console: Console, out
     if view is None:
         console.print(f"[red]no job {job_id}[/red] on {settings.events_topic}")
         return EXIT_BAD_INPUT
-    out.print(render_status(view, _now()))
+    out.print(render_status(view, _now()), soft_wrap=True)
     return EXIT_FAILED if view.status is JobStatus.FAILED else 0
 
 

@@ -84,41 +84,43 @@ def render_board(views: Sequence[JobView], now: datetime, *, title: str = "jobs"
     return table
 
 
-def render_status(view: JobView, now: datetime) -> RenderableType:
-    """``status JOB_ID``: everything known of one job."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("job", view.job_id)
-    grid.add_row("status", status_text(view.status))
-    grid.add_row("user", str(view.user_id))
-    grid.add_row("labels", fmt_labels(view.labels))
-    grid.add_row("attempt", str(view.attempt or "-"))
+def render_status(view: JobView, now: datetime) -> Text:
+    """``status JOB_ID``: everything known of one job, a ``key  value`` line each (print it
+    with ``soft_wrap=True`` so that paths and messages stay whole on one line)."""
+    lines: list[tuple[str, str | Text]] = [
+        ("job", view.job_id),
+        ("status", status_text(view.status)),
+        ("user", str(view.user_id)),
+        ("labels", fmt_labels(view.labels)),
+        ("attempt", str(view.attempt or "-")),
+    ]
     if view.failures:
-        grid.add_row("failures", str(view.failures))
+        lines.append(("failures", str(view.failures)))
     if view.model is not None:
-        grid.add_row("model", f"{view.model} on {view.device}")
+        lines.append(("model", f"{view.model} on {view.device}"))
     if view.status is JobStatus.QUEUED and view.queue_position is not None:
-        grid.add_row("queue", f"position {view.queue_position} {view.queue_reason or ''}".strip())
+        where = f"position {view.queue_position} {view.queue_reason or ''}"
+        lines.append(("queue", where.strip()))
     if view.total_steps:
-        grid.add_row("step", f"{view.step}/{view.total_steps}")
-    grid.add_row("train loss", fmt_float(view.train_loss))
-    grid.add_row("val loss", fmt_float(view.val_loss))
+        lines.append(("step", f"{view.step}/{view.total_steps}"))
+    lines.append(("train loss", fmt_float(view.train_loss)))
+    lines.append(("val loss", fmt_float(view.val_loss)))
     if view.status is JobStatus.RUNNING:
-        grid.add_row("tok/s", fmt_rate(view.tokens_per_sec))
-        grid.add_row("eta", fmt_duration(view.eta_at(now)))
+        lines.append(("tok/s", fmt_rate(view.tokens_per_sec)))
+        lines.append(("eta", fmt_duration(view.eta_at(now))))
     if view.status is JobStatus.COMPLETED:
-        grid.add_row("best val loss", fmt_float(view.best_val_loss))
-        grid.add_row("test loss", fmt_float(view.test_loss))
-        grid.add_row("duration", fmt_duration(view.duration_s))
-        grid.add_row("artifact", view.artifact_path or "-")
+        lines.append(("best val loss", fmt_float(view.best_val_loss)))
+        lines.append(("test loss", fmt_float(view.test_loss)))
+        lines.append(("duration", fmt_duration(view.duration_s)))
+        lines.append(("artifact", view.artifact_path or "-"))
     if view.status is JobStatus.FAILED:
         stage = f" at {view.error_stage}" if view.error_stage else ""
-        grid.add_row("error", Text(f"{view.error_code or '-'}{stage}", style="red"))
-        grid.add_row("message", view.error_message or "-")
-    grid.add_row("submitted", _when(view.submitted_at))
-    grid.add_row("updated", _when(view.updated_at))
-    return grid
+        lines.append(("error", Text(f"{view.error_code or '-'}{stage}", style="red")))
+        lines.append(("message", view.error_message or "-"))
+    lines.append(("submitted", _when(view.submitted_at)))
+    lines.append(("updated", _when(view.updated_at)))
+    width = max(len(key) for key, _ in lines) + 2
+    return Text("\n").join(Text.assemble((key.ljust(width), "bold"), value) for key, value in lines)
 
 
 def render_states(states: Sequence[JobStateV1]) -> Table:
