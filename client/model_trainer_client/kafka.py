@@ -105,11 +105,16 @@ async def assign_whole_topic(
 
 
 async def topic_partitions(connection: KafkaConnection | str, topic: str) -> list[int]:
-    """The partition ids of ``topic`` (empty when it does not exist)."""
+    """The partition ids of ``topic`` (empty when it does not exist).
+
+    Asks for every topic's metadata: a metadata request naming a missing topic makes a broker
+    with ``auto.create.topics.enable`` create it (one partition, default config), and a reader
+    must never create the service's topics.
+    """
     admin = AIOKafkaAdminClient(**client_kwargs(connection))
     await admin.start()
     try:
-        described = await admin.describe_topics([topic])
+        described = await admin.describe_topics()
     finally:
         await admin.close()
     found: list[int] = []

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from model_trainer_client import flows
 from model_trainer_client.cli import app
 from model_trainer_client.decode import QueuedNotice
-from model_trainer_client.readers import JobFollower, LiveTail, TopicReader
+from model_trainer_client.readers import JobFollower, LiveTail, TopicReader, read_states
 from model_trainer_client.settings import ClientSettings
 from model_trainer_contracts import (
     CancelJobV1,
@@ -92,6 +93,22 @@ async def test_follower_reads_only_the_jobs_partition_from_the_beginning(topics:
     assert [event.seq for event in history] == [event.seq for event in expected]
     assert isinstance(history[0], QueuedNotice)
     assert history == expected
+
+
+async def test_readers_never_create_the_topics_they_look_for(kafka_bootstrap: str) -> None:
+    absent = Topics(kafka_bootstrap)  # never created
+    settings = settings_of(absent)
+    assert await flows.job_view(settings, "nobody") is None
+    assert await read_states(settings) == {}
+    async with LiveTail(settings) as tail:
+        assert await tail.poll() == []
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    assert not {absent.events, absent.state} & existing
 
 
 async def test_submit_follow_of_a_running_job_shows_history_then_follows(topics: Topics) -> None:
