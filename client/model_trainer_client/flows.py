@@ -343,21 +343,19 @@ async def _since(settings: ClientSettings, active: list[JobStateV1]) -> dict[int
     return since
 
 
-def shown(board: JobBoard, started: datetime, ended_rows: int = 10) -> list[JobView]:
-    """``watch``'s rows: every active job, then the jobs that ended since it started."""
+def shown(board: JobBoard, watched: set[str], ended_rows: int = 10) -> list[JobView]:
+    """``watch``'s rows: every active job, then those of ``watched`` (jobs seen active while
+    watching) that have ended since, newest first. Adds the active jobs to ``watched``."""
     views = board.views()
     active = [view for view in views if view.active]
-    ended = [
-        view
-        for view in views
-        if not view.active and view.updated_at is not None and view.updated_at >= started
-    ]
+    watched.update(view.job_id for view in active)
+    ended = [view for view in views if not view.active and view.job_id in watched]
     return active + ended[:ended_rows]
 
 
 async def watch_all(settings: ClientSettings, *, console: Console, refresh_s: float = 0.5) -> int:
     """A live view of every active job (and those that end meanwhile), until interrupted."""
-    started = _now()
+    watched: set[str] = set()
     board = JobBoard()
     states = await read_states(settings)
     board.apply_all(states.values())
@@ -366,7 +364,7 @@ async def watch_all(settings: ClientSettings, *, console: Console, refresh_s: fl
     async with LiveTail(settings, events_since_ms=since) as tail:
 
         def frame() -> RenderableType:
-            return render_board(shown(board, started), _now(), title="active jobs")
+            return render_board(shown(board, watched), _now(), title="active jobs")
 
         with Live(get_renderable=frame, console=console, refresh_per_second=1 / refresh_s):
             while True:

@@ -163,15 +163,19 @@ def test_render_board_one_refresh() -> None:
     assert "no active jobs" in text(render_board([], now))
 
 
-def test_watch_shows_active_jobs_and_those_ended_since_it_started() -> None:
+def test_watch_shows_active_jobs_and_those_that_ended_while_watched() -> None:
     board = JobBoard()
-    old = Job("old-1", t0=T0 - timedelta(hours=1))
-    board.apply_all(old.run(steps=2))
-    fresh = Job("fresh-1")
-    board.apply_all(fresh.run(steps=2))
+    board.apply_all(Job("old-1").run(steps=2))
     live = Job("live-1")
     board.apply(live.queued())
-    assert [view.job_id for view in shown(board, T0)] == ["live-1", "fresh-1"]
+    ending = Job("ending-1")
+    board.apply_all([ending.queued(), ending.config()])
+    watched: set[str] = set()
+    assert [view.job_id for view in shown(board, watched)] == ["live-1", "ending-1"]
+    board.apply(ending.completed())
+    assert [view.job_id for view in shown(board, watched)] == ["live-1", "ending-1"]
+    rows = shown(board, watched)
+    assert [view.status for view in rows] == [JobStatus.QUEUED, JobStatus.COMPLETED]
 
 
 def test_render_status_of_completed_and_failed_jobs() -> None:
