@@ -15,9 +15,9 @@ $(CACHE)/tools/bin/uv:
 	$(PYTHON) -m venv $(CACHE)/tools
 	$(CACHE)/tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-# Both distributions (service + contracts) into .venv, exactly as uv.lock pins them.
+# The three distributions (service, client, contracts) into .venv, exactly as uv.lock pins them.
 # Wheels (torch included) come from uv's cache after the first run.
-$(VENV)/.installed: pyproject.toml uv.lock contracts/pyproject.toml | $(UV)
+$(VENV)/.installed: pyproject.toml uv.lock contracts/pyproject.toml client/pyproject.toml | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 

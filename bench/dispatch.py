@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
-from model_trainer.client import CommandSender, EventWatcher  # noqa: E402
+from model_trainer_client import CommandSender, EventWatcher  # noqa: E402
 from model_trainer_contracts import ConfigEventV1, SubmitJobV1  # noqa: E402
 
 from tests.integration.harness import ServiceProcess, Stack  # noqa: E402

@@ -1,48 +1,54 @@
-"""The few Kafka operations the service needs, typed, over aiokafka.
+"""The Kafka operations only the service needs (topic creation, waiting for the broker).
 
-aiokafka ships no type information; this module is where its untyped values become ours.
+The typed helpers it shares with the client (records, committed readers, partition lookup)
+live in :mod:`model_trainer_client.kafka`, re-exported here; every aiokafka client takes its
+connection arguments from :func:`model_trainer_client.settings.client_kwargs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from model_trainer_client.kafka import (
+    assign_whole_topic,
+    committed_reader,
+    partition_for_key,
+    partitions,
+    to_record,
+    topic_partitions,
+)
+from model_trainer_client.settings import client_kwargs
 
-from .records import Headers, Record
+from .records import Record
 from .settings import Settings
 
+__all__ = [
+    "assign_whole_topic",
+    "command_record",
+    "committed_reader",
+    "ensure_topics",
+    "partition_for_key",
+    "partitions",
+    "to_record",
+    "topic_partitions",
+    "wait_for_broker",
+]
 log = structlog.get_logger(__name__)
 
 
-def to_record(message: object) -> Record:
-    topic = getattr(message, "topic", "")
-    partition = getattr(message, "partition", -1)
-    offset = getattr(message, "offset", -1)
-    key = getattr(message, "key", None)
-    value = getattr(message, "value", None)
-    raw_headers = getattr(message, "headers", ()) or ()
-    headers: Headers = [
-        (str(name), bytes(val or b"")) for name, val in raw_headers if isinstance(name, str)
-    ]
-    return Record(
-        topic=str(topic),
-        partition=int(partition),
-        offset=int(offset),
-        key=bytes(key) if isinstance(key, bytes | bytearray) else None,
-        value=bytes(value) if isinstance(value, bytes | bytearray) else b"",
-        headers=headers,
-    )
+def command_record(message: object) -> Record:
+    """A consumed command as the job book's plain record."""
+    got = to_record(message)
+    return Record(got.topic, got.partition, got.offset, got.key, got.value, got.headers)
 
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the service's topics when missing; the state topic is compacted."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.bootstrap_servers))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -72,7 +78,7 @@ async def wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
     """Return once the broker answers metadata requests; raise TimeoutError after timeout_s."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**client_kwargs(bootstrap_servers), request_timeout_ms=5000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -83,54 +89,3 @@ async def wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
-
-
-def partitions(topic: str, ids: Iterable[int]) -> list[TopicPartition]:
-    return [TopicPartition(topic, partition) for partition in ids]
-
-
-def committed_reader(bootstrap_servers: str) -> AIOKafkaConsumer:
-    """A consumer outside any group that sees committed records only (transactions)."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-    )
-
-
-async def assign_whole_topic(
-    consumer: AIOKafkaConsumer, bootstrap_servers: str, topic: str, *, from_end: bool = False
-) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` to a started consumer, at its beginning or end.
-
-    Returns the partitions; an empty list (and nothing assigned) when the topic is missing.
-    """
-    tps = partitions(topic, await topic_partitions(bootstrap_servers, topic))
-    if not tps:
-        return tps
-    consumer.assign(tps)
-    if from_end:
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve positions now, so nothing published later is missed
-            await consumer.position(tp)
-    else:
-        await consumer.seek_to_beginning(*tps)
-    return tps
-
-
-async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
-    """The partition ids of ``topic`` (empty when it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found: list[int] = []
-    for entry in described:
-        if isinstance(entry, dict) and entry.get("topic") == topic:
-            for part in entry.get("partitions", []):
-                if isinstance(part, dict) and isinstance(part.get("partition"), int):
-                    found.append(part["partition"])
-    return sorted(found)

@@ -23,7 +23,7 @@ from .consumer import CommandConsumer, ConsumerFactory, broker_answers, kafka_co
 from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
 from .journal import journal, policy_of
-from .kafka import ensure_topics, to_record, wait_for_broker
+from .kafka import command_record, ensure_topics, wait_for_broker
 from .metrics import JOBS
 from .pool import WorkerPool
 from .publisher import Publisher
@@ -147,7 +147,7 @@ class TrainerService:
                 batches = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 100)))
                 for messages in batches.values():
                     for message in messages:
-                        self._apply(self.book.command(to_record(message), time.time()))
+                        self._apply(self.book.command(command_record(message), time.time()))
                 self._backpressure(consumer)
 
     def _backpressure(self, consumer: CommandConsumer) -> None:

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from model_trainer.client import CommandSender, EventWatcher
-from model_trainer.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_client import CommandSender, EventWatcher
+from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from model_trainer.client import CommandSender, EventWatcher, is_terminal
+from model_trainer_client import CommandSender, EventWatcher, is_terminal
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
