@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .metrics import REGISTRY
 
@@ -25,11 +25,6 @@ def _readyz(
     return handler
 
 
-async def _metrics(_request: web.Request) -> web.Response:
-    body = generate_latest(REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
 async def start_http(
     host: str, port: int, readiness: Callable[[], dict[str, bool]]
 ) -> web.AppRunner:
@@ -38,7 +33,7 @@ async def start_http(
     ready = _readyz(readiness)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", ready)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -54,8 +54,19 @@ async def ensure_topics(settings: Settings) -> None:
         existing = set(await admin.list_topics())
         wanted = [
             NewTopic(name, settings.topic_partitions, settings.replication_factor, None, None)
-            for name in (settings.commands_topic, settings.events_topic, settings.dead_letter_topic)
+            for name in (settings.commands_topic, settings.dead_letter_topic)
         ]
+        # Kept long enough that a dashboard started later rebuilds every job of the window.
+        retention = {"retention.ms": str(settings.events_retention_ms)}
+        wanted.append(
+            NewTopic(
+                settings.events_topic,
+                settings.topic_partitions,
+                settings.replication_factor,
+                None,
+                retention,
+            )
+        )
         wanted.append(
             NewTopic(
                 settings.state_topic,

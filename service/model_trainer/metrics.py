@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 REGISTRY = CollectorRegistry()
+REGISTRY.register(PROCESS_COLLECTOR)  # memory, CPU, open files of the service process
+REGISTRY.register(PLATFORM_COLLECTOR)
 
 JOBS = Gauge("model_trainer_jobs", "Jobs on this instance by state.", ["state"], registry=REGISTRY)
 JOBS_FINISHED = Counter(

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         "transactional id, so a restart fences its predecessor at once. Unique per instance.",
     )
     create_topics: bool = Field(True, description="Create missing topics at start-up.")
+    events_retention_ms: int = Field(
+        30 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the events topic it creates (-1: for ever); dashboards "
+        "and exports rebuild every job of this window.",
+    )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
     replication_factor: int = Field(1, ge=1, description="Replicas of topics it creates.")
 
