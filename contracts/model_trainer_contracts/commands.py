@@ -281,6 +281,12 @@ class SubmitJobV1(_Strict):
     labels: Labels = Field(
         default_factory=dict, description="Free-form tags, copied into every event of the job."
     )
+    priority: int = Field(
+        0,
+        ge=-100,
+        le=100,
+        description="Higher runs first among the same user's queued jobs; users take turns.",
+    )
 
     @model_validator(mode="before")
     @classmethod

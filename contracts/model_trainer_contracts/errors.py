@@ -48,6 +48,7 @@ class ModelTrainerErrorCode(StrEnum):
     COMMAND_TOO_LARGE = "COMMAND_TOO_LARGE"
     JOB_ID_CONFLICT = "JOB_ID_CONFLICT"
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_FORBIDDEN = "JOB_FORBIDDEN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -112,6 +113,9 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
         409, False, "That job_id was already submitted with a different spec."
     ),
     _C.JOB_NOT_FOUND: ErrorInfo(404, False, "No queued or running job has that job_id."),
+    _C.JOB_FORBIDDEN: ErrorInfo(
+        403, False, "The job uses another user's artifact (init_from or a job tokenizer)."
+    ),
     _C.INTERNAL_ERROR: ErrorInfo(500, True, "An unexpected error; the details say where."),
 }
 

@@ -49,6 +49,7 @@ from model_trainer_contracts import (
 from .core.envelope import Envelope, failed_event
 from .core.stop import StopReason
 from .effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
+from .fairshare import Waiting, run_order
 from .jobs import Job, Killed, Phase, RunSlot
 from .offsets import OffsetTracker
 from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, RunStarted, WorkerDied
@@ -76,6 +77,8 @@ class JobBook:
     runs: dict[str, RunSlot] = field(default_factory=dict)  # by job_id
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
     assigned: set[TP] = field(default_factory=set)
+    last_served: dict[int, int] = field(default_factory=dict)  # user -> dispatch count
+    dispatched: int = 0
     releasing: set[TP] = field(default_factory=set)
     stopping: bool = False
 
@@ -281,7 +284,7 @@ class JobBook:
         envelope["attempt"] = job.attempt + 1  # the run it waits for
         event = QueuedEventV1(
             **envelope,
-            position=self.queue.index(job.job_id),
+            position=[w.job_id for w in self._waiting()].index(job.job_id),
             queue=f"{job.record.topic}[{job.record.partition}]",
             reason=reason,
         )
@@ -332,16 +335,16 @@ class JobBook:
     def _dispatch(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         while self.free_slots() > 0 and not self.stopping:
-            # A job whose last run is still dying (killed, not yet reported) waits for it:
-            # a job never runs twice at once.
-            ready = next((j for j in self.queue if j not in self.runs), None)
+            ready = self._next_ready()
             if ready is None:
                 break
             self.queue.remove(ready)
             job = self.jobs[ready]
+            self.dispatched += 1
+            self.last_served[job.spec.user_id] = self.dispatched
             job.attempt += 1
             job.phase = Phase.RUNNING
-            job.last_heard = None
+            job.last_heard, job.held = None, None
             job.stop_sent, job.kill_at = None, None
             timeout = job.spec.timeout_s
             job.deadline = now + timeout if timeout is not None else None
@@ -360,6 +363,29 @@ class JobBook:
             effects.append(Publish((self._state(job, JobStatus.RUNNING, now),), {}))
             log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)
         return effects
+
+    def _waiting(self) -> list[Waiting]:
+        """The queue in the order it runs (users take turns, priority within a user)."""
+        queued = [self.jobs[job_id].spec for job_id in self.queue]
+        waiting = [Waiting(spec.job_id, spec.user_id, spec.priority) for spec in queued]
+        return run_order(waiting, self.last_served)
+
+    def _next_ready(self) -> str | None:
+        """The next job to run: not still dying from an earlier run (a job never runs twice
+        at once), and of a user under the per-user limit of running jobs."""
+        limit = self.policy.max_running_per_user
+        running: dict[int, int] = {}
+        for slot in self.runs.values():
+            owner = self.jobs.get(slot.job_id)
+            if owner is not None:
+                running[owner.spec.user_id] = running.get(owner.spec.user_id, 0) + 1
+        for waiting in self._waiting():
+            if waiting.job_id in self.runs:
+                continue
+            if limit is not None and running.get(waiting.user_id, 0) >= limit:
+                continue
+            return waiting.job_id
+        return None
 
     def _current(self, job_id: str, attempt: int) -> Job | None:
         """The job whose current run sent this message, or None for a stale message."""
@@ -398,6 +424,25 @@ class JobBook:
         if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1):
             return []
         job.last_heard = now
+        if (
+            isinstance(event, ProgressEventV1)
+            and event.val_loss is None
+            and self._too_soon(job, now)
+        ):
+            job.held = event  # coalesced: the latest values win
+            return []
+        return self._publish_progress(job, event, now)
+
+    def _too_soon(self, job: Job, now: float) -> bool:
+        last = job.last_progress_at
+        return last is not None and now - last < 1.0 / self.policy.max_progress_per_s
+
+    def _publish_progress(
+        self, job: Job, event: ConfigEventV1 | ProgressEventV1, now: float
+    ) -> list[Effect]:
+        job.held = None
+        if isinstance(event, ProgressEventV1):
+            job.last_progress_at = now
         stamped = self._stamp(job, event)
         records = (self._event_record(stamped), self._state(job, JobStatus.RUNNING, now))
         return [Publish(records, {}, (stamped,))]
@@ -408,6 +453,8 @@ class JobBook:
         job = self._current(job_id, attempt)
         if job is None:
             return effects + self._dispatch(now)
+        if job.held is not None:  # the run's last progress goes out before its end
+            effects += self._publish_progress(job, job.held, now)
         if isinstance(event, CompletedEventV1 | FailedEventV1):
             final = self._stamp(job, event)
         else:
@@ -516,6 +563,8 @@ class JobBook:
         """Kill runs past their grace, deadline or silence; start what can start."""
         effects: list[Effect] = []
         for job in list(self.jobs.values()):
+            if job.held is not None and not self._too_soon(job, now):
+                effects += self._publish_progress(job, job.held, now)
             slot = self.runs.get(job.job_id)
             if job.phase is Phase.QUEUED or slot is None or slot.killed is not None:
                 continue

@@ -55,6 +55,8 @@ class Policy:
     state_topic: str
     dead_letter_topic: str
     slots: int  # worker processes
+    max_running_per_user: int | None  # None: no limit
+    max_progress_per_s: float  # progress events a job may publish a second
     max_attempts: int  # infrastructure failures (worker death, stall) a job may have
     cancel_grace_s: float  # a cancelled or timed-out run still going after this is killed
     handback_grace_s: float  # a revoked or shut-down run still going after this is killed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from model_trainer_contracts import SubmitJobV1
+from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
 from .core.envelope import Envelope
 from .core.stop import StopReason
@@ -45,6 +45,8 @@ class Job:
     kill_at: float | None = None  # when to kill the current run if it has not ended
     stop_sent: StopReason | None = None
     cancel_reason: str | None = None  # set once a cancel arrived: never lost
+    last_progress_at: float | None = None  # when a progress event last went out
+    held: ConfigEventV1 | ProgressEventV1 | None = None  # the newest progress not yet out
 
     @property
     def job_id(self) -> str:

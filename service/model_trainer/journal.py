@@ -20,6 +20,8 @@ def policy_of(settings: Settings) -> Policy:
         state_topic=settings.state_topic,
         dead_letter_topic=settings.dead_letter_topic,
         slots=settings.workers,
+        max_running_per_user=settings.max_running_per_user,
+        max_progress_per_s=settings.max_progress_per_s,
         max_attempts=settings.max_attempts,
         cancel_grace_s=settings.cancel_grace_s,
         handback_grace_s=settings.handback_grace_s,

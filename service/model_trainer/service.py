@@ -64,6 +64,7 @@ class TrainerService:
             data_root=settings.data_root,
             artifacts_root=settings.artifacts_root,
             cuda_available=self.pool.cuda or None,
+            shared_artifacts=settings.shared_artifacts,
         )
 
     async def run(self, stop: anyio.Event) -> None:

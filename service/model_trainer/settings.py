@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch threads per worker (default: cores / workers)."
     )
+    max_running_per_user: int | None = Field(
+        None, ge=1, description="Jobs of one user_id running at once (unset: no limit)."
+    )
+    max_progress_per_s: float = Field(
+        2.0,
+        gt=0,
+        description="Progress events a job publishes a second, at most: more are coalesced, "
+        "the latest values winning; evaluations and terminal events are never held back.",
+    )
+    shared_artifacts: bool = Field(
+        False,
+        description="Let a job fine-tune from (init_from) or reuse the tokenizer of another "
+        "user's job; otherwise JOB_FORBIDDEN.",
+    )
     queue_size: int = Field(
         64, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
     )

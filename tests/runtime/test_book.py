@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from model_trainer.book import JobBook
 from model_trainer.core.stop import StopReason
 from model_trainer.effects import Kill, Publish, Run, Stop
-from model_trainer.protocol import RunStarted
+from model_trainer.protocol import JobEnded, JobEvent, RunStarted
 from model_trainer.records import TP
 from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,
     JobStatus,
     ModelTrainerErrorCode,
+    ProgressEventV1,
     QueuedEventV1,
+    SubmitJobV1,
+    encode,
 )
 
 from .book_helpers import (
@@ -23,9 +27,11 @@ from .book_helpers import (
     completed,
     is_terminal,
     new_book,
+    policy,
     progress,
     published,
     record,
+    refuse_bad,
     states,
     submit,
     user_failure,
@@ -312,3 +318,72 @@ def test_state_replay_never_steps_a_job_back_from_terminal() -> None:
     book.load(done)
     book.load(done.model_copy(update={"status": JobStatus.RUNNING, "last_seq": 2}))
     assert book.states["a"].status is JobStatus.COMPLETED
+
+
+def _of_user(job_id: str, user: int, priority: int = 0) -> SubmitJobV1:
+    return submit(job_id).model_copy(update={"user_id": user, "priority": priority})
+
+
+def _started(effects: Sequence[object]) -> list[str]:
+    return [r.job_id for r in runs(effects)]
+
+
+def test_users_take_turns_so_a_flood_does_not_starve_another_user() -> None:
+    book = new_book(slots=1)
+    order: list[str] = []
+    offset = 0
+    for i in range(20):
+        order += _started(book.command(record(_of_user(f"a{i}", 1), offset), now=0))
+        offset += 1
+    for i in range(2):
+        order += _started(book.command(record(_of_user(f"b{i}", 2), offset), now=0))
+        offset += 1
+    while len(order) < 22:
+        order += _started(book.ended(order[-1], 1, completed(order[-1]), now=1))
+    assert order.index("b0") < order.index("a2")
+    assert order[:5] == ["a0", "b0", "a1", "b1", "a2"]
+
+
+def test_priority_orders_a_users_own_jobs() -> None:
+    book = new_book(slots=1)
+    book.command(record(_of_user("first", 1), 0), now=0)
+    book.command(record(_of_user("low", 1, priority=-5), 1), now=0)
+    book.command(record(_of_user("high", 1, priority=9), 2), now=0)
+    assert _started(book.ended("first", 1, completed("first"), now=1)) == ["high"]
+
+
+def test_running_jobs_per_user_are_capped() -> None:
+    book = JobBook(policy(slots=3, max_running_per_user=1), refuse_bad)
+    book.assign([P0])
+    started = _started(book.command(record(_of_user("a0", 1), 0), now=0))
+    started += _started(book.command(record(_of_user("a1", 1), 1), now=0))
+    started += _started(book.command(record(_of_user("b0", 2), 2), now=0))
+    assert started == ["a0", "b0"]  # a1 waits although a worker is free
+
+
+def test_progress_is_coalesced_but_evaluations_and_the_end_are_not() -> None:
+    book = JobBook(policy(max_progress_per_s=2.0), refuse_bad)
+    book.assign([P0])
+    book.command(record(submit("a"), 0), now=0)
+    out: list[object] = []
+    for step in range(1, 11):  # ten progress events within one second
+        out += book.progress("a", 1, progress("a", step), now=0.1 * step)
+    evaluated = progress("a", 11).model_copy(update={"val_loss": 1.5})
+    out += book.progress("a", 1, evaluated, now=1.05)
+    out += book.progress("a", 1, progress("a", 12), now=1.06)  # held
+    out += book.tick(now=1.6)  # released: half a second since the evaluation
+    out += book.progress("a", 1, progress("a", 13), now=1.7)  # held
+    out += book.ended("a", 1, completed("a"), now=1.8)  # goes out before the end
+    steps = [(e.step, e.val_loss) for e in published(out) if isinstance(e, ProgressEventV1)]
+    assert steps == [(1, None), (6, None), (11, 1.5), (12, None), (13, None)]
+    assert [e.seq for e in published(out)] == list(range(1, 7))
+
+
+def test_report_decodes_what_the_pool_says() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    shown = book.report(JobEvent("a", 1, encode(progress("a", 1))), now=1)
+    assert [e.type for e in published(shown)] == ["trainer.metrics.progress.v1"]
+    assert book.report(JobEvent("a", 1, b"not json"), now=2) == []
+    ended = book.report(JobEnded("a", 1, encode(completed("a"))), now=3)
+    assert [e.type for e in published(ended)] == ["trainer.metrics.completed.v1"]

@@ -7,6 +7,7 @@ ones only they can make, such as CUDA) before any work.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from model_trainer_contracts import (
@@ -16,6 +17,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
     TrainingSpec,
 )
+from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
@@ -29,6 +31,7 @@ def admit(
     data_root: Path | None = None,
     artifacts_root: Path | None = None,
     cuda_available: bool | None = None,
+    shared_artifacts: bool = True,
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
@@ -37,7 +40,9 @@ def admit(
     device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
     UNSUPPORTED_BACKEND). Given ``data_root``: the corpus path stays inside it
     (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND). Given ``artifacts_root``: the init_from
-    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist.
+    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist, and, unless
+    ``shared_artifacts`` (the service passes its setting), belong to the job's own user
+    (JOB_FORBIDDEN).
     """
     caps = CAPABILITIES.get(job.backend)
     if caps is None:
@@ -81,6 +86,8 @@ def admit(
             )
     if artifacts_root is not None:
         _check_references(job, artifacts_root)
+        if not shared_artifacts:
+            _check_owners(job, artifacts_root)
 
 
 def resolve_device_precision(
@@ -131,6 +138,30 @@ def check_placement(spec: TrainingSpec, caps: Capabilities, *, cuda_available: b
             raise errors[0]
         return
     resolve_device_precision(spec, caps, cuda_available=cuda_available, bf16_supported=True)
+
+
+def _check_owners(job: SubmitJobV1, artifacts_root: Path) -> None:
+    """Each referenced artifact's manifest names the user whose job made it."""
+    tok = job.tokenizer
+    used = [job.init_from, tok.job_id if isinstance(tok, JobTokenizer) else None]
+    for job_id in [j for j in used if j is not None]:
+        owner = _owner(artifacts_root / job_id / MANIFEST)
+        if owner != job.user_id:
+            raise ModelTrainerError(
+                _C.JOB_FORBIDDEN,
+                f"job {job_id!r} belongs to another user; its artifact is not shared",
+                details={"job_id": job_id},
+            )
+
+
+def _owner(manifest: Path) -> int | None:
+    try:
+        made: JsonValue = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    spec = made.get("job") if isinstance(made, dict) else None
+    user = spec.get("user_id") if isinstance(spec, dict) else None
+    return user if isinstance(user, int) else None
 
 
 def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:
