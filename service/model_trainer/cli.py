@@ -37,7 +37,7 @@ def serve() -> None:
     configure_logging(settings.log_level, settings.log_format)
     from .runner import serve as run_service
 
-    asyncio.run(run_service(settings))
+    raise typer.Exit(asyncio.run(run_service(settings)))
 
 
 @app.command()

@@ -57,6 +57,35 @@ class _Listener:
 ConsumerRebalanceListener.register(_Listener)
 
 
+class _KafkaCommands:
+    """aiokafka's consumer behind :class:`CommandConsumer`: our partition type in and out."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.kafka = consumer
+
+    async def start(self) -> None:
+        await self.kafka.start()
+
+    async def stop(self) -> None:
+        await self.kafka.stop()
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TP, list[object]]:
+        batches = await self.kafka.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return {TP(tp.topic, tp.partition): list(records) for tp, records in batches.items()}
+
+    def assignment(self) -> set[TP]:
+        return {TP(tp.topic, tp.partition) for tp in self.kafka.assignment()}
+
+    def pause(self, *tps: TP) -> None:
+        self.kafka.pause(*(TopicPartition(*tp) for tp in tps))
+
+    def resume(self, *tps: TP) -> None:
+        self.kafka.resume(*(TopicPartition(*tp) for tp in tps))
+
+    async def topics(self) -> set[str]:
+        return set(await self.kafka.topics())
+
+
 def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
     """aiokafka's consumer of the commands topic, subscribed, not yet started."""
     raw = AIOKafkaConsumer(
@@ -73,8 +102,7 @@ def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
         max_partition_fetch_bytes=max(1 << 20, settings.max_command_bytes + 4096),
     )
     raw.subscribe([settings.commands_topic], listener=_Listener(rebalance))
-    consumer: CommandConsumer = raw
-    return consumer
+    return _KafkaCommands(raw)
 
 
 async def broker_answers(consumer: CommandConsumer) -> bool:
@@ -87,13 +115,13 @@ async def broker_answers(consumer: CommandConsumer) -> bool:
     return True
 
 
-async def record_lag(consumer: object) -> None:
+async def record_lag(consumer: CommandConsumer) -> None:
     """Set the lag gauge per partition (aiokafka's consumer only; others are skipped)."""
-    if not isinstance(consumer, AIOKafkaConsumer):
+    if not isinstance(consumer, _KafkaCommands):
         return
-    highwater: Callable[[TopicPartition], object] = consumer.highwater
-    position: Callable[[TopicPartition], Awaitable[object]] = consumer.position
-    for tp in consumer.assignment():
+    highwater: Callable[[TopicPartition], object] = consumer.kafka.highwater
+    position: Callable[[TopicPartition], Awaitable[object]] = consumer.kafka.position
+    for tp in consumer.kafka.assignment():
         with contextlib.suppress(Exception):
             end, at = highwater(tp), await position(tp)
             if isinstance(end, int) and isinstance(at, int):

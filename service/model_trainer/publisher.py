@@ -44,6 +44,7 @@ class Publisher:
         self._transactional_id = transactional_id
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._producer: AIOKafkaProducer | None = None
+        self._inflight = 0
         self.healthy = False
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -74,7 +75,8 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Batches not yet committed: queued, or in the transaction under way."""
+        return self._queue.qsize() + self._inflight
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -86,7 +88,9 @@ class Publisher:
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < MAX_BATCH:
                 items.append(self._queue.get_nowait())
+            self._inflight = len(items)
             await self._commit(items)
+            self._inflight = 0
             for item in items:
                 if not item.done.done():
                     item.done.set_result(None)

@@ -8,14 +8,19 @@ import anyio
 import structlog
 
 from .health import start_http
+from .publisher import PublisherFencedError
 from .service import TrainerService
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down within ``shutdown_grace_s``."""
+async def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down within ``shutdown_grace_s``.
+
+    Returns the exit code: 0 after a clean stop, 1 when batches were left unpublished (their
+    commands stay uncommitted, so the next owner resumes those jobs), 2 when another process
+    took over this instance's transactional id (fenced)."""
     stop = anyio.Event()
     service = TrainerService(settings)
 
@@ -38,11 +43,16 @@ async def serve(settings: Settings) -> None:
     if settings.http_port:
         runner = await start_http(settings.http_host, settings.http_port, readiness)
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
+    fenced = False
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(on_signals)
             await service.run(stop)
             tasks.cancel_scope.cancel()
+    except* PublisherFencedError:
+        log.error("fenced: another process runs with this instance id; stopping")
+        fenced = True
     finally:
         if runner is not None:
             await runner.cleanup()
+    return 2 if fenced else 1 if service.unpublished else 0

@@ -8,8 +8,6 @@ visibly, and shutdown is bounded by ``shutdown_grace_s``.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
 
@@ -40,22 +38,20 @@ class TrainerService:
 
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
-        # Without a stable instance id, a restart cannot fence its predecessor; the pid keeps
-        # two instances on one host from fencing each other.
-        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = WorkerPool(
             settings.workers, settings.torch_threads, settings.log_level, settings.log_format
         )
         self.book = JobBook(policy_of(settings), self._admit)
-        self.publisher = Publisher(settings, transactional_id=f"{settings.group_id}-{instance}")
+        self.publisher = Publisher(settings, transactional_id=settings.transactional_id)
         self.state = StateReader(settings, self.book.load)
         self._consumers = consumers
         self.consumer: CommandConsumer | None = None
         self.started = anyio.Event()
-        self.stopping = False
+        self.unpublished = 0
         self.broker_reachable = True
         self._changed = anyio.Event()
         self._paused = False
+        self._catching_up: set[TP] = set()
 
     def _admit(self, job: SubmitJobV1) -> None:
         settings = self.settings
@@ -95,18 +91,16 @@ class TrainerService:
                 consuming.cancel()
                 await self._drain()
                 tasks.cancel_scope.cancel()
-        finally:
-            with anyio.move_on_after(5, shield=True):
-                await self.consumer.stop()
+        finally:  # each step bounded: the broker may be away
             with anyio.CancelScope(shield=True):
                 await self.pool.stop(timeout_s=2)
-                await self.publisher.stop(timeout_s=2)
-                await self.state.stop()
-            log.info("service stopped")
+                for closing in (self.consumer.stop, self.publisher.stop, self.state.stop):
+                    with anyio.move_on_after(3):
+                        await closing()
+            log.info("service stopped", unpublished=self.unpublished)
 
     async def _drain(self) -> None:
         """Checkpoint running jobs (killed after the grace) and publish what they said."""
-        self.stopping = True
         grace = self.settings.shutdown_grace_s
         log.info("shutting down", running=self.book.running(), queued=self.book.queued())
         with anyio.move_on_after(max(1.0, grace - 3)):
@@ -114,8 +108,10 @@ class TrainerService:
             await self._until(lambda: not self.book.handing_back())
         with anyio.move_on_after(2):
             await self.publisher.flush()
-        if self.publisher.pending:
-            log.error("stopped with records unpublished", pending=self.publisher.pending)
+        # What is left stays unpublished, its commands uncommitted: the next owner resumes.
+        self.unpublished = self.publisher.pending
+        if self.unpublished:
+            log.error("stopping with batches unpublished", batches=self.unpublished)
 
     async def _until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -154,7 +150,9 @@ class TrainerService:
     def _backpressure(self, consumer: CommandConsumer) -> None:
         full = self.book.queued() >= self.settings.queue_size and self.book.free_slots() == 0
         if full != self._paused:
-            (consumer.pause if full else consumer.resume)(*consumer.assignment())
+            (consumer.pause if full else consumer.resume)(
+                *(consumer.assignment() - self._catching_up)
+            )
             self._paused = full
             log.info("partitions paused: queue full" if full else "partitions resumed")
 
@@ -189,6 +187,13 @@ class TrainerService:
         log.info("partitions revoked", partitions=sorted(tp.partition for tp in tps))
 
     async def on_assigned(self, tps: set[TP]) -> None:
-        await self.state.catch_up()  # the previous owner's last records first
+        # No command of these partitions before the previous owner's last state records.
+        self._catching_up |= tps
+        if self.consumer is not None:
+            self.consumer.pause(*tps)
+        await self.state.catch_up()
         self.book.assign(tps)
+        self._catching_up -= tps
+        if self.consumer is not None and not self._paused:
+            self.consumer.resume(*tps)
         log.info("partitions assigned", partitions=sorted(tp.partition for tp in tps))

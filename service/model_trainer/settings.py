@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(
         10_000, description="An unfinished transaction of a dead producer is aborted after."
     )
+
+    @property
+    def transactional_id(self) -> str:
+        """The producer's transactional id. Without a stable instance id a restart cannot
+        fence its predecessor; the pid keeps two instances on one host apart."""
+        instance = self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        return f"{self.group_id}-{instance}"
 
     @property
     def handback_grace_s(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka import AIOKafkaConsumer
 from model_trainer.client import CommandSender, EventWatcher
 from model_trainer_contracts import CancelJobV1, Event, ProgressEventV1, SubmitJobV1
 
@@ -57,3 +58,22 @@ def of(watcher: EventWatcher, job_id: str) -> list[Event]:
 def assert_seq_contiguous(events: list[Event]) -> None:
     seqs = sorted({e.seq for e in events})
     assert seqs == list(range(len(seqs))), f"seq gaps: {seqs}"
+
+
+async def join_group_briefly(stack: Stack) -> None:
+    """Join the service's consumer group with a plain consumer and leave again: every
+    member's partitions are revoked (eager rebalancing), then handed back to it."""
+    member = AIOKafkaConsumer(
+        stack.commands_topic,
+        bootstrap_servers=stack.bootstrap,
+        group_id=f"group-{stack.uid}",
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+    )
+    await member.start()
+    try:
+        async with asyncio.timeout(60):
+            while not member.assignment():
+                await member.getmany(timeout_ms=200)  # never commits: takes nothing over
+    finally:
+        await member.stop()

@@ -29,7 +29,14 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .flows import assert_seq_contiguous, long_job, of, send, wait_for_step
+from .flows import (
+    assert_seq_contiguous,
+    join_group_briefly,
+    long_job,
+    of,
+    send,
+    wait_for_step,
+)
 from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
@@ -101,59 +108,52 @@ async def test_cancel_during_data_preparation_ends_within_five_seconds(stack: St
 
 async def test_revoke_during_data_preparation_hands_the_job_back(stack: Stack) -> None:
     corpus = write_big_corpus(stack, 4)
-    settings = {"rebalance_timeout_ms": "10000", "session_timeout_ms": "10000"}
-    a = ServiceProcess(stack, "a", instance_id="a", **settings).start()
-    b = ServiceProcess(stack, "b", instance_id="b", **settings)
+    svc = ServiceProcess(stack, instance_id="a", rebalance_timeout_ms="10000").start()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, bpe_job(stack, "prep-rv", corpus))
-            await wait_log(a, "job started", timeout_s=60)
-            b.start()  # joins the group: a hands back its partitions while it tokenizes
+            await wait_log(svc, "job started", timeout_s=60)  # the worker is tokenizing
+            await join_group_briefly(stack)
             events = await watcher.until_terminal("prep-rv", timeout_s=400)
             await asyncio.sleep(2)  # a second terminal event would show up here
             await watcher.poll()
     finally:
-        a.stop()
-        b.stop()
+        svc.stop()
     mine = of(watcher, "prep-rv")
     assert [isinstance(e, CompletedEventV1) for e in mine if is_terminal(e)] == [True]
     assert isinstance(events[-1], CompletedEventV1)
-    assert logged(a, "partitions revoked"), a.tail()
+    queued = [e for e in mine if isinstance(e, QueuedEventV1)]
+    assert [q.reason for q in queued][:2] == ["submitted", "preempted"], "never handed back"
     configs = [e for e in mine if isinstance(e, ConfigEventV1)]
-    assert configs[-1].attempt >= 2, "the job was not handed back and resumed"
+    assert configs[-1].attempt >= 2
     assert_seq_contiguous(mine)
 
 
 async def test_revoke_during_evaluation_checkpoints_and_resumes(stack: Stack) -> None:
-    settings = {"rebalance_timeout_ms": "10000", "session_timeout_ms": "10000"}
-    a = ServiceProcess(stack, "a", instance_id="a", **settings).start()
-    b = ServiceProcess(stack, "b", instance_id="b", **settings)
+    svc = ServiceProcess(stack, instance_id="a", rebalance_timeout_ms="10000").start()
     job = long_job(stack, "eval-rv", steps=40)
-    # evaluations dominate the run: a rebalance lands in one
-    job = job.model_copy(
-        update={
-            "training": job.training.model_copy(update={"eval_every": 10, "eval_batches": 4000})
-        }
-    )
+    # evaluations dominate the run (thousands of batches each): the rebalance lands in one
+    slow_eval = job.training.model_copy(update={"eval_every": 10, "eval_batches": 4000})
+    job = job.model_copy(update={"training": slow_eval})
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, job)
             await wait_for_step(watcher, "eval-rv", 10, timeout_s=120)
-            b.start()
+            await join_group_briefly(stack)
             events = await watcher.until_terminal("eval-rv", timeout_s=400)
             await asyncio.sleep(2)
             await watcher.poll()
     finally:
-        a.stop()
-        b.stop()
+        svc.stop()
     mine = of(watcher, "eval-rv")
     assert [isinstance(e, CompletedEventV1) for e in mine if is_terminal(e)] == [True]
     assert isinstance(events[-1], CompletedEventV1)
     configs = [e for e in mine if isinstance(e, ConfigEventV1)]
-    assert [c.attempt for c in configs] == [1, 2]
+    assert [c.attempt for c in configs] == sorted({c.attempt for c in configs})
+    assert configs[-1].attempt >= 2
     assert configs[1].start_step >= 10, "resumed from scratch: the hand-back lost its checkpoint"
-    assert logged(a, "job handed back"), "the run was killed instead of stopping in its evaluation"
-    assert not logged(a, "killing a run")
+    assert logged(svc, "job handed back"), "the run did not stop in its evaluation"
+    assert not logged(svc, "killing a run"), "the run had to be killed"
     assert_seq_contiguous(mine)
 
 
