@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from .metrics import CONSUMER_LAG
@@ -39,6 +40,7 @@ class Rebalance(Protocol):
 
 
 ConsumerFactory = Callable[[Settings, Rebalance], CommandConsumer]
+log = structlog.get_logger(__name__)
 
 
 class _Listener:
@@ -105,14 +107,27 @@ def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
     return _KafkaCommands(raw)
 
 
-async def broker_answers(consumer: CommandConsumer) -> bool:
-    """True when the broker answers a metadata request within three seconds."""
-    try:
-        async with asyncio.timeout(3):
-            await consumer.topics()
-    except Exception:  # any failure means "not reachable now"
-        return False
-    return True
+class BrokerWatch:
+    """Whether the broker answers, checked now and then: one log line when it goes away,
+    one when it is back (with how long it was away)."""
+
+    def __init__(self) -> None:
+        self.reachable = True
+        self._away_since = 0.0
+
+    async def check(self, consumer: CommandConsumer, now: float) -> None:
+        try:
+            async with asyncio.timeout(3):
+                await consumer.topics()
+            reachable = True
+        except Exception:  # any failure means "not reachable now"
+            reachable = False
+        if reachable and not self.reachable:
+            log.warning("broker reachable again", outage_s=round(now - self._away_since, 1))
+        elif not reachable and self.reachable:
+            self._away_since = now
+            log.warning("broker unreachable")
+        self.reachable = reachable
 
 
 async def record_lag(consumer: CommandConsumer) -> None:

@@ -7,6 +7,36 @@ import sys
 
 import structlog
 
+from .metrics import CONNECTION_ERRORS
+
+# What aiokafka says on every reconnect attempt while the broker is away: counted, not
+# logged (the service logs one line when the broker goes and one when it is back).
+_CONNECTION_NOISE = (
+    "Unable connect to node",
+    "Unable to update metadata",
+    "Unable to request metadata",
+    "Failed fetch messages",
+    "Failed fetch offsets",
+    "Group Coordinator Request failed",
+    "Heartbeat failed",
+    "Error sending",
+    "Cannot send",
+    "NodeNotReadyError",
+    "KafkaConnectionError",
+)
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops aiokafka's per-attempt connection errors, counting them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(text in message for text in _CONNECTION_NOISE):
+            CONNECTION_ERRORS.inc()
+            return False
+        return True
+
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -37,6 +67,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
     )
+    handler.addFilter(_ConnectionNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))

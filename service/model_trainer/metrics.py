@@ -49,3 +49,8 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
+CONNECTION_ERRORS = Counter(
+    "model_trainer_kafka_connection_errors",
+    "Kafka client connection errors (retried by the client; not logged one by one).",
+    registry=REGISTRY,
+)

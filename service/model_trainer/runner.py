@@ -27,7 +27,7 @@ async def serve(settings: Settings) -> int:
     def readiness() -> dict[str, bool]:
         return {
             "started": service.started.is_set(),
-            "broker": service.broker_reachable,
+            "broker": service.broker.reachable,
             "publisher": service.publisher.healthy,
             "pool": service.pool.live() > 0,
             "not_stopping": not stop.is_set(),

@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from model_trainer_contracts import SubmitJobV1
 
 from .book import JobBook
-from .consumer import CommandConsumer, ConsumerFactory, broker_answers, kafka_consumer, record_lag
+from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
 from .journal import journal, policy_of
@@ -48,7 +48,7 @@ class TrainerService:
         self.consumer: CommandConsumer | None = None
         self.started = anyio.Event()
         self.unpublished = 0
-        self.broker_reachable = True
+        self.broker = BrokerWatch()
         self._changed = anyio.Event()
         self._paused = False
         self._catching_up: set[TP] = set()
@@ -168,10 +168,7 @@ class TrainerService:
             self._apply(self.book.tick(time.time()))
             if self.consumer is not None and now - probed > 5:
                 probed = now
-                reachable = await broker_answers(self.consumer)
-                if reachable != self.broker_reachable:
-                    log.warning("broker reachable again" if reachable else "broker unreachable")
-                self.broker_reachable = reachable
+                await self.broker.check(self.consumer, now)
             if self.consumer is not None and now - lagged > 10:
                 lagged = now
                 await record_lag(self.consumer)
