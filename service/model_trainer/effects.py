@@ -24,6 +24,7 @@ class Publish:
     records: tuple[Outgoing, ...]
     commits: dict[TP, int]
     events: tuple[EventBase, ...] = ()
+    completed: str | None = None  # a job whose checkpoints go once this is committed
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ job event appended to the job's ``metrics.jsonl`` (the artifact's own copy of it
 
 from __future__ import annotations
 
+import asyncio
+
 from model_trainer_contracts import CompletedEventV1, FailedEventV1
 
-from .core.layout import append_metrics
+from .core.layout import append_metrics, release_checkpoints
 from .effects import Policy, Publish
 from .metrics import DEAD_LETTERS, JOBS_FINISHED
 from .settings import Settings
@@ -34,8 +36,17 @@ def policy_of(settings: Settings) -> Policy:
     )
 
 
-def journal(publish: Publish, settings: Settings) -> None:
-    """Metrics, and each event in its job's metrics.jsonl (a refused job has no folder)."""
+def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None]) -> None:
+    """Metrics, each event in its job's metrics.jsonl (a refused job has no folder), and a
+    completed job's checkpoints removed once its completed event is committed."""
+    if publish.completed is not None:
+        folder = settings.artifacts_root / publish.completed
+
+        def release(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                release_checkpoints(folder)
+
+        committed.add_done_callback(release)
     for record in publish.records:
         if record.topic == settings.dead_letter_topic:
             DEAD_LETTERS.labels(code=dict(record.headers)["error_code"].decode()).inc()

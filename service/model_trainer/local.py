@@ -14,7 +14,7 @@ from model_trainer_contracts import (
 )
 
 from .core.envelope import failed_event
-from .core.layout import append_metrics
+from .core.layout import append_metrics, release_checkpoints
 from .core.stop import stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import RunContext
@@ -54,4 +54,5 @@ def run_local(
         publish(failed_event(ctx.envelope(), exc))
         return 1
     publish(completed)
+    release_checkpoints(job_dir)
     return 0

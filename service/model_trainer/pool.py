@@ -225,8 +225,10 @@ class WorkerPool:
     def idle(self) -> int:
         return sum(1 for w in self._workers if w.free)
 
-    def live(self) -> int:
-        return sum(1 for w in self._workers if w.ready.is_set() and not w.doomed)
+    @property
+    def serving(self) -> bool:
+        """Started and not closing: a worker being replaced is a gap, not an outage."""
+        return bool(self._workers) and not self._closing
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]

@@ -29,7 +29,7 @@ async def serve(settings: Settings) -> int:
             "started": service.started.is_set(),
             "broker": service.broker.reachable,
             "publisher": service.publisher.healthy,
-            "pool": service.pool.live() > 0,
+            "pool": service.pool.serving,
             "not_stopping": not stop.is_set(),
         }
 

@@ -122,8 +122,8 @@ class TrainerService:
         for effect in effects:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
-                self.publisher.publish(list(effect.records), commits)
-                journal(effect, self.settings)
+                committed = self.publisher.publish(list(effect.records), commits)
+                journal(effect, self.settings, committed)
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
             elif isinstance(effect, Stop):

@@ -36,7 +36,8 @@ def test_resumed_run_equals_uninterrupted(env: Env, backend: str) -> None:
     assert losses(first) == {k: v for k, v in losses(straight).items() if k <= 4}
     assert losses(second) == {k: v for k, v in losses(straight).items() if k > 4}
     assert resumed.best_val_loss == whole.best_val_loss
-    assert not (env.artifacts_root / "split" / CHECKPOINTS).exists()
+    # the final checkpoint stays until the completed event is published (then it goes)
+    assert checkpoint_step(env.artifacts_root / "split") == 10
 
 
 def test_checkpoint_for_another_spec_is_refused(env: Env) -> None:
@@ -57,3 +58,18 @@ def test_unreadable_checkpoint_is_corrupt(env: Env) -> None:
     with pytest.raises(ModelTrainerError) as err:
         run_job(env.ctx(job, []))
     assert err.value.code == ModelTrainerErrorCode.CHECKPOINT_CORRUPT
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(env: Env) -> None:
+    job = env.job(job_id="dmg", training={"max_steps": 10})
+    for step in (2, 4):  # two stops: checkpoints at step 2, then at step 4
+        with pytest.raises(Preempted):
+            run_job(env.ctx(job, [], stop_at_step=step, reason=StopReason.SHUTDOWN))
+    folder = env.artifacts_root / "dmg" / CHECKPOINTS
+    latest = folder / FILE
+    latest.write_bytes(latest.read_bytes()[:-64] + b"\0" * 64)  # same size, wrong content
+    events: list[Event] = []
+    run_job(env.ctx(job, events, attempt=3))
+    config = events[0]
+    assert isinstance(config, ConfigEventV1)
+    assert config.start_step == 2

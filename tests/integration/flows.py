@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer
-from model_trainer.client import CommandSender, EventWatcher
+from model_trainer.client import CommandSender, EventWatcher, is_terminal
 from model_trainer_contracts import CancelJobV1, Event, ProgressEventV1, SubmitJobV1
 
 from .harness import ServiceProcess, Stack
@@ -58,6 +58,16 @@ def of(watcher: EventWatcher, job_id: str) -> list[Event]:
 def assert_seq_contiguous(events: list[Event]) -> None:
     seqs = sorted({e.seq for e in events})
     assert seqs == list(range(len(seqs))), f"seq gaps: {seqs}"
+
+
+async def until_end(watcher: EventWatcher, job_id: str, timeout_s: float) -> list[Event]:
+    """The job's events up to its terminal event (refusals of its commands do not end it)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            mine = [e for e in watcher.seen if e.job_id == job_id]
+            if any(is_terminal(e) for e in mine):
+                return mine
+            await watcher.poll()
 
 
 async def join_group_briefly(stack: Stack) -> None:

@@ -35,6 +35,7 @@ from .flows import (
     long_job,
     of,
     send,
+    until_end,
     wait_for_step,
 )
 from .harness import ServiceProcess, Stack
@@ -179,7 +180,7 @@ async def test_conflicting_resubmit_and_a_second_key_while_running(stack: Stack)
             async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
                 await sender.send(conflicting)
                 await sender.send_raw(encode(job), key=_other_partition_key("twice", 4))
-            events = await watcher.until_terminal("twice", timeout_s=300)
+            events = await until_end(watcher, "twice", timeout_s=300)
             await asyncio.sleep(2)
             await watcher.poll()
         letters = await _dead_letters(stack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from model_trainer_contracts import EventBase, ModelTrainerError, ModelTrainerErrorCode
@@ -23,6 +24,11 @@ def resolve_inside(root: Path, relative: str) -> Path:
             details={"corpus_path": relative},
         )
     return target
+
+
+def release_checkpoints(job_dir: Path) -> None:
+    """Remove a completed job's checkpoints: call once its completed event is committed."""
+    shutil.rmtree(job_dir / CHECKPOINTS, ignore_errors=True)
 
 
 def append_metrics(job_dir: Path, event: EventBase) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 from importlib import metadata
@@ -27,6 +28,7 @@ from model_trainer.engine.backend import Backend
 from model_trainer.engine.files import atomic_write_bytes, sha256_file
 from model_trainer.engine.tokenizer import TextTokenizer
 
+STAGING = ".staging"
 NOT_DIGESTED = (MANIFEST, METRICS, CHECKPOINTS)
 _LIBRARIES = ("model-trainer", "model-trainer-contracts", "torch", "transformers", "tokenizers")
 _MORE_LIBRARIES = ("numpy", "safetensors")
@@ -50,10 +52,21 @@ def write_artifact(
     manifest: dict[str, JsonValue],
 ) -> str:
     """Write weights, tokenizer and ``manifest.json`` (extended with file digests and library
-    versions); remove the checkpoints, now redundant. Returns the manifest's sha256."""
+    versions); returns the manifest's sha256.
+
+    Files are written into a staging folder and renamed into place, the manifest last: a
+    folder with a manifest holds a complete artifact. The checkpoints stay: whoever publishes
+    the completed event removes them once it is committed (a crash before that resumes from
+    the final checkpoint instead of training again)."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    backend.save_weights(model, job_dir)
-    tokenizer.save_pretrained(job_dir)
+    staging = job_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    backend.save_weights(model, staging)
+    tokenizer.save_pretrained(staging)
+    for written in sorted(staging.iterdir()):
+        os.replace(written, job_dir / written.name)
+    staging.rmdir()
     files: dict[str, JsonValue] = {
         path.relative_to(job_dir).as_posix(): sha256_file(path)
         for path in sorted(job_dir.rglob("*"))
@@ -72,7 +85,6 @@ def write_artifact(
     }
     body = (json.dumps(full, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(job_dir / MANIFEST, body)
-    shutil.rmtree(job_dir / CHECKPOINTS, ignore_errors=True)
     return hashlib.sha256(body).hexdigest()
 
 

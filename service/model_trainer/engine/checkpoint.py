@@ -10,20 +10,27 @@ resume needs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
-from model_trainer.engine.files import atomic_write
+from model_trainer.engine.files import atomic_write, atomic_write_bytes, sha256_file
+
+log = structlog.get_logger()
 
 _C = ModelTrainerErrorCode
 FILE = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"  # the one before, kept in case the latest is damaged
+DIGEST = ".sha256"  # beside each file: its content digest, checked before loading
 FORMAT = 1
 
 
@@ -69,8 +76,17 @@ def save(
         },
     }
     path = folder / FILE
+    if path.is_file():
+        os.replace(path, folder / PREVIOUS)
+        with contextlib.suppress(OSError):
+            os.replace(_digest_path(path), _digest_path(folder / PREVIOUS))
     atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(_digest_path(path), sha256_file(path).encode())
     return path
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST)
 
 
 def restore(
@@ -83,11 +99,34 @@ def restore(
     data_key: str,
 ) -> LoopState | None:
     """Load the checkpoint into ``model``, ``optimizer``, ``scaler`` and the global RNGs and
-    return its loop state; None when there is none. CHECKPOINT_CONFIG_MISMATCH when it was
-    written for another spec or other data, CHECKPOINT_CORRUPT when it cannot be used."""
-    path = folder / FILE
-    if not path.is_file():
+    return its loop state; None when there is none. A damaged latest checkpoint (digest
+    mismatch, unreadable) falls back to the previous one; CHECKPOINT_CORRUPT when neither can
+    be used, CHECKPOINT_CONFIG_MISMATCH when it was written for another spec or other data."""
+    latest, previous = folder / FILE, folder / PREVIOUS
+    if not latest.is_file() and not previous.is_file():
         return None
+    try:
+        if not latest.is_file():
+            raise _corrupt(latest, "missing")
+        return _restore(latest, model, optimizer, scaler, run_digest, data_key)
+    except ModelTrainerError as damaged:
+        if damaged.code is not _C.CHECKPOINT_CORRUPT or not previous.is_file():
+            raise
+        log.warning("engine.checkpoint_damaged", error=damaged.message, using=PREVIOUS)
+        return _restore(previous, model, optimizer, scaler, run_digest, data_key)
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    run_digest: str,
+    data_key: str,
+) -> LoopState:
+    digest = _digest_path(path)
+    if digest.is_file() and digest.read_text().strip() != sha256_file(path):
+        raise _corrupt(path, "its content does not match its digest")
     try:
         raw: object = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:

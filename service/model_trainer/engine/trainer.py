@@ -96,6 +96,7 @@ class BaseTrainer:
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
         self.ctx.obey_stop("save", p.loop.step)
+        self._checkpoint(p)  # the final step: a crash from here on resumes without training
         with stage("save", device):
             digest = write_artifact(
                 self.ctx.job_dir, self.backend, p.model, p.tokenizer, self._manifest(p, test_loss)
