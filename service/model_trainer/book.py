@@ -57,6 +57,7 @@ from .records import TP, Outgoing, Record
 
 log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode
+EXPIRY_EVERY_S = 60.0
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 
 
@@ -78,6 +79,7 @@ class JobBook:
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
     assigned: set[TP] = field(default_factory=set)
     last_served: dict[int, int] = field(default_factory=dict)  # user -> dispatch count
+    expired_at: float = 0.0  # when ended jobs' states were last looked at for expiry
     dispatched: int = 0
     releasing: set[TP] = field(default_factory=set)
     stopping: bool = False
@@ -585,7 +587,31 @@ class JobBook:
                 effects += self._end(job, self._cancelled(job, "train", killed=True), now)
             elif why is Killed.TIMEOUT:
                 effects += self._end(job, self._timed_out(job), now)
+        if now - self.expired_at >= EXPIRY_EVERY_S:
+            effects += self._expire(now)
         return effects + self._dispatch(now)
+
+    def _expire(self, now: float) -> list[Effect]:
+        """Tombstone the state records of jobs that ended more than the retention ago, on
+        the partitions this instance owns (so each is deleted once, by its owner)."""
+        self.expired_at = now
+        owned = {tp.partition for tp in self.assigned}
+        cutoff = now - self.policy.state_retention_s
+        done = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
+        expired = [
+            state.job_id
+            for state in self.states.values()
+            if state.status in done
+            and state.partition in owned | {-1}
+            and state.updated_at.timestamp() < cutoff
+            and state.job_id not in self.jobs
+        ]
+        for job_id in expired:
+            del self.states[job_id]
+        tombstones = [Outgoing(self.policy.state_topic, j.encode(), None, []) for j in expired]
+        if expired:
+            log.info("ended jobs' states deleted", jobs=len(expired))
+        return [Publish(tuple(tombstones[i : i + 1000]), {}) for i in range(0, len(expired), 1000)]
 
     # -------------------------------------------------------------------- rebalance, shutdown
 

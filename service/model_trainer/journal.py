@@ -24,6 +24,7 @@ def policy_of(settings: Settings) -> Policy:
         slots=settings.workers,
         max_running_per_user=settings.max_running_per_user,
         max_progress_per_s=settings.max_progress_per_s,
+        state_retention_s=settings.state_retention_s,
         max_attempts=settings.max_attempts,
         cancel_grace_s=settings.cancel_grace_s,
         handback_grace_s=settings.handback_grace_s,

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     max_running_per_user: int | None = Field(
         None, ge=1, description="Jobs of one user_id running at once (unset: no limit)."
     )
+    state_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="An ended job's state record is deleted (a tombstone on the compacted "
+        "topic) this long after it ended; a resubmit of its job_id within it is a duplicate.",
+    )
     max_progress_per_s: float = Field(
         2.0,
         gt=0,

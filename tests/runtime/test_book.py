@@ -387,3 +387,24 @@ def test_report_decodes_what_the_pool_says() -> None:
     assert book.report(JobEvent("a", 1, b"not json"), now=2) == []
     ended = book.report(JobEnded("a", 1, encode(completed("a"))), now=3)
     assert [e.type for e in published(ended)] == ["trainer.metrics.completed.v1"]
+
+
+def test_ended_jobs_states_are_tombstoned_after_the_retention() -> None:
+    book = JobBook(policy(slots=2, state_retention_s=100.0), refuse_bad)
+    book.assign([P0])
+    book.command(record(submit("old"), 0), now=0)
+    book.ended("old", 1, completed("old"), now=10)
+    book.command(record(submit("new"), 1), now=50)
+    book.ended("new", 1, completed("new"), now=60)
+    book.command(record(submit("running"), 2), now=60)
+    gone = [
+        (r.key, r.value)
+        for e in book.tick(now=140)
+        if isinstance(e, Publish)
+        for r in e.records
+        if r.topic == "state"
+    ]
+    assert gone == [(b"old", None)]  # "new" ended 80 s ago; "running" has not ended
+    assert "old" not in book.states
+    again = book.command(record(submit("old"), 3), now=141)  # a new job after the retention
+    assert runs(again)
