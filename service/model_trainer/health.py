@@ -9,30 +9,24 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .metrics import REGISTRY
 
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+Checks = Callable[[], dict[str, bool]]
 
 
-def _readyz(
-    check: Callable[[], dict[str, bool]],
-) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _probe(check: Checks, key: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(_request: web.Request) -> web.Response:
         checks = check()
-        ready = all(checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        ok = all(checks.values())
+        return web.json_response({key: ok, "checks": checks}, status=200 if ok else 503)
 
     return handler
 
 
-async def start_http(
-    host: str, port: int, readiness: Callable[[], dict[str, bool]]
-) -> web.AppRunner:
-    """Serve the endpoints until the returned runner is cleaned up."""
+async def start_http(host: str, port: int, liveness: Checks, readiness: Checks) -> web.AppRunner:
+    """Serve the endpoints until the returned runner is cleaned up. ``/healthz`` fails only
+    when a restart would help (a wedged publisher), so a liveness probe can act on it."""
     app = web.Application()
-    ready = _readyz(readiness)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", ready)
+    app.router.add_get("/healthz", _probe(liveness, "alive"))
+    app.router.add_get("/readyz", _probe(readiness, "ready"))
     app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

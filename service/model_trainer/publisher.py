@@ -46,6 +46,7 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._inflight = 0
         self.healthy = False
+        self.failing_since: float | None = None  # monotonic time of the first failed commit
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -112,7 +113,7 @@ class Publisher:
                     await self._transaction(records, offsets)
                 if failures:
                     log.warning("publishing again", failed_attempts=failures)
-                self.healthy = True
+                self.healthy, self.failing_since = True, None
                 EVENTS_PUBLISHED.inc(len(records))
                 return
             except ProducerFenced as exc:
@@ -122,6 +123,8 @@ class Publisher:
                 self.healthy = False
                 PUBLISH_RETRIES.inc()
                 failures += 1
+                if self.failing_since is None:
+                    self.failing_since = asyncio.get_running_loop().time()
                 if failures == 1:  # one line per outage, not one per attempt
                     log.warning("publish failed; retrying", error=repr(exc), records=len(records))
                 await self._replace_producer(backoff)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import anyio
 import structlog
@@ -39,9 +40,14 @@ async def serve(settings: Settings) -> int:
                 log.info("signal received; stopping", signal=signal.Signals(signum).name)
                 stop.set()
 
+    def liveness() -> dict[str, bool]:
+        failing = service.publisher.failing_since
+        stalled = failing is not None and time.monotonic() - failing > settings.publish_stall_s
+        return {"publisher_commits": not stalled}
+
     runner = None
     if settings.http_port:
-        runner = await start_http(settings.http_host, settings.http_port, readiness)
+        runner = await start_http(settings.http_host, settings.http_port, liveness, readiness)
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
     fenced = False
     try:

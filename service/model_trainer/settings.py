@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "infrastructure failure (per job: the submit's stall_timeout_s).",
     )
     shutdown_grace_s: float = Field(30.0, gt=0, description="SIGTERM to exit, at most.")
+    publish_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="/healthz turns 503 once the publisher has been unable to commit for "
+        "this long, so a liveness probe restarts a wedged instance.",
+    )
     checkpoint_every: int = Field(200, ge=1, description="Default steps between checkpoints.")
 
     data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from model_trainer.book import JobBook
@@ -408,3 +409,20 @@ def test_ended_jobs_states_are_tombstoned_after_the_retention() -> None:
     assert "old" not in book.states
     again = book.command(record(submit("old"), 3), now=141)  # a new job after the retention
     assert runs(again)
+
+
+def test_a_rejection_for_a_huge_field_name_is_published_truncated() -> None:
+    book = JobBook(dataclasses.replace(policy(), max_command_bytes=1_000_000), refuse_bad)
+    book.assign([P0])
+    body = encode(submit("huge")).replace(b'"user_id"', b'"' + b"x" * 600_000 + b'":1,"user_id"')
+    effects = book.command(record(body, 0, key=b"huge"), now=0)
+    (rejection,) = [
+        r for e in effects if isinstance(e, Publish) for r in e.records if r.topic == "events"
+    ]
+    assert rejection.value is not None
+    assert len(rejection.value) < 100_000  # the dead letter keeps the bytes; the event is cut
+    (event,) = published(effects)
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.COMMAND_INVALID
+    assert "truncated_from_bytes" in event.details
+    assert commits(effects) == {P0: 1}
