@@ -87,3 +87,17 @@ async def join_group_briefly(stack: Stack) -> None:
                 await member.getmany(timeout_ms=200)  # never commits: takes nothing over
     finally:
         await member.stop()
+
+
+async def wait_log(svc: ServiceProcess, event: str, timeout_s: float, **fields: object) -> None:
+    """Wait for a log line of the service with this event name (and these fields)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            lines = [line for line in svc.log_lines() if line.get("event") == event]
+            if any(all(line.get(k) == v for k, v in fields.items()) for line in lines):
+                return
+            await asyncio.sleep(0.2)
+
+
+def logged(svc: ServiceProcess, event: str) -> list[dict[str, object]]:
+    return [line for line in svc.log_lines() if line.get("event") == event]

@@ -32,11 +32,13 @@ from model_trainer_contracts import (
 from .flows import (
     assert_seq_contiguous,
     join_group_briefly,
+    logged,
     long_job,
     of,
     send,
     until_end,
     wait_for_step,
+    wait_log,
 )
 from .harness import ServiceProcess, Stack
 
@@ -70,20 +72,6 @@ def bpe_job(stack: Stack, job_id: str, corpus: str, **training: object) -> Submi
         **training,
     }
     return SubmitJobV1.model_validate(spec)
-
-
-async def wait_log(svc: ServiceProcess, event: str, timeout_s: float, **fields: object) -> None:
-    """Wait for a log line of the service with this event name (and these fields)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            lines = [line for line in svc.log_lines() if line.get("event") == event]
-            if any(all(line.get(k) == v for k, v in fields.items()) for line in lines):
-                return
-            await asyncio.sleep(0.2)
-
-
-def logged(svc: ServiceProcess, event: str) -> list[dict[str, object]]:
-    return [line for line in svc.log_lines() if line.get("event") == event]
 
 
 async def test_cancel_during_data_preparation_ends_within_five_seconds(stack: Stack) -> None:

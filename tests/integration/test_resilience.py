@@ -225,7 +225,9 @@ async def test_two_instances_one_killed_all_jobs_end_once(stack: Stack) -> None:
         assert isinstance(terminal[0], CompletedEventV1), terminal[0]
 
 
-async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: object) -> None:
+async def test_broker_away_30s_loses_no_event_and_logs_little(
+    tmp_path: Path, local_broker: object
+) -> None:
     from local_kafka import LocalKafka
 
     assert isinstance(local_broker, LocalKafka)
@@ -235,8 +237,12 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, long_job(stack, "br-1", steps=300))
             await wait_for_step(watcher, "br-1", 20, timeout_s=120)
+        before = len(svc.log_path.read_text().splitlines())
         local_broker.stop()
+        stopped = asyncio.get_running_loop().time()
         unready = await wait_readiness(svc, ready=False, timeout_s=20)
+        await asyncio.sleep(max(0.0, 30 - (asyncio.get_running_loop().time() - stopped)))
+        outage_lines = svc.log_path.read_text().splitlines()[before:]
         local_broker.start()
         ready_again = await wait_readiness(svc, ready=True, timeout_s=60)
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
@@ -248,6 +254,7 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, local_broker: objec
     finally:
         svc.stop()
     assert unready, "/readyz stayed 200 while the broker was down"
+    assert len(outage_lines) < 20, "\n".join(outage_lines[:40])
     assert ready_again, "/readyz did not recover after the broker came back"
     assert isinstance(events[-1], CompletedEventV1), events[-1]
     assert_seq_contiguous(events)
