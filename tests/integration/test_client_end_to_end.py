@@ -3,16 +3,26 @@ the ended job, and ``jobs`` from the service's JobStateV1 records on the state t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from model_trainer.client import EventWatcher
 from model_trainer_client.cli import app
+from model_trainer_client.flows import job_view
+from model_trainer_client.render import render_board
+from model_trainer_client.settings import ClientSettings
+from model_trainer_contracts import CancelJobV1
+from rich.console import Console
 from typer.testing import CliRunner
 
+from .flows import long_job, send, until_end, wait_for_step
 from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
@@ -58,3 +68,73 @@ def test_client_follows_a_real_job_then_reads_its_status_and_the_job_list(
     finally:
         service.stop()
     assert os.path.isdir(artifact)
+
+
+async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
+    stack: Stack, tmp_path: Path
+) -> None:
+    service = ServiceProcess(stack).start()  # one worker: "waiting" queues behind "long"
+    client_env = {k: v for k, v in service.env.items() if k.startswith("MODEL_TRAINER_")}
+    settings = ClientSettings.from_env(stack.bootstrap)
+    runner = CliRunner()
+    try:
+        async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
+            await send(stack, long_job(stack, "done", steps=4))
+            await until_end(watcher, "done", timeout_s=180)
+            await send(stack, long_job(stack, "long", steps=100_000), long_job(stack, "waiting"))
+            await wait_for_step(watcher, "long", 2, timeout_s=120)
+            await asyncio.sleep(1)
+            waiting = [e for e in watcher.seen if e.job_id == "waiting"]
+            assert [e.type for e in waiting] == ["trainer.job.queued.v1"]
+
+            for job_id, shown in (
+                ("done", "completed"),
+                ("long", "running"),
+                ("waiting", "queued"),
+            ):
+                status = await asyncio.to_thread(
+                    runner.invoke, app, ["status", job_id], env=client_env
+                )
+                assert shown in status.stdout, status.output
+            listed = await asyncio.to_thread(runner.invoke, app, ["jobs"], env=client_env)
+            for job_id in ("done", "long", "waiting"):
+                assert job_id in listed.stdout, listed.stdout
+            views = [await job_view(settings, j) for j in ("done", "long", "waiting")]
+            console = Console(record=True, width=200)
+            console.print(render_board([v for v in views if v is not None], datetime.now(UTC)))
+            screen = console.export_text()
+            for word in ("completed", "running", "queued"):
+                assert word in screen, screen
+
+            spec = tmp_path / "done.json"
+            spec.write_text(json.dumps(long_job(stack, "done", steps=4).model_dump(mode="json")))
+            started = time.monotonic()
+            again = await asyncio.to_thread(_follow, spec, service.env)
+            assert again.returncode == 0, again.stderr
+            assert time.monotonic() - started < 10, "following an ended job took long"
+
+            running = tmp_path / "long.json"
+            running.write_text(
+                json.dumps(long_job(stack, "long", steps=100_000).model_dump(mode="json"))
+            )
+            started = time.monotonic()
+            follower = asyncio.create_task(asyncio.to_thread(_follow, running, service.env))
+            await asyncio.sleep(3)
+            await send(stack, CancelJobV1(job_id="long"))
+            ended = await follower
+            assert ended.returncode == 1, ended.stderr  # it failed: cancelled
+            assert "TRAINING_CANCELLED" in ended.stderr
+            assert time.monotonic() - started < 10 + 3
+    finally:
+        service.stop()
+
+
+def _follow(spec: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "model_trainer_client", "submit", str(spec), "--follow"],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

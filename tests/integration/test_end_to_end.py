@@ -16,6 +16,7 @@ from model_trainer_contracts import (
     FailedEventV1,
     ModelTrainerErrorCode,
     ProgressEventV1,
+    QueuedEventV1,
     SubmitJobV1,
 )
 
@@ -46,12 +47,15 @@ async def _submit(stack: Stack, spec: dict[str, object]) -> None:
 
 def _assert_in_order(events: list[Event], job_id: str) -> CompletedEventV1:
     assert all(e.job_id == job_id for e in events)
+    queued, events = events[0], events[1:]
+    assert isinstance(queued, QueuedEventV1), "no queued event before the config"
+    assert (queued.seq, queued.reason) == (0, "submitted")
     assert isinstance(events[0], ConfigEventV1), [e.type for e in events]
     assert isinstance(events[-1], CompletedEventV1), [e.type for e in events]
     middle = events[1:-1]
     assert middle, "no progress event between config and completed"
     assert all(isinstance(e, ProgressEventV1) for e in middle)
-    assert [e.seq for e in events] == list(range(len(events)))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
     return events[-1]
 
 
