@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from model_trainer_client.settings import client_kwargs
 
 from .metrics import CONSUMER_LAG
 from .records import TP
@@ -60,7 +61,7 @@ ConsumerRebalanceListener.register(_Listener)
 def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
     """aiokafka's consumer of the commands topic, subscribed, not yet started."""
     raw = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_kwargs(settings.connection),
         group_id=settings.group_id,
         group_instance_id=settings.instance_id,
         enable_auto_commit=False,

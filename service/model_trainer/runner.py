@@ -22,11 +22,18 @@ async def serve(settings: Settings) -> None:
     def readiness() -> dict[str, bool]:
         return {
             "started": service.started.is_set(),
-            "broker": service.broker_reachable,
+            "broker": service.broker_reachable and service.broker_problem is None,
             "publisher": service.publisher.healthy,
             "pool": service.pool.live() > 0,
             "not_stopping": not stop.is_set(),
         }
+
+    def reasons() -> dict[str, str]:
+        if service.broker_problem is not None:
+            return {"broker": service.broker_problem}
+        if not service.broker_reachable:
+            return {"broker": "no answer to a metadata request within 3 s"}
+        return {}
 
     async def on_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -36,7 +43,7 @@ async def serve(settings: Settings) -> None:
 
     runner = None
     if settings.http_port:
-        runner = await start_http(settings.http_host, settings.http_port, readiness)
+        runner = await start_http(settings.http_host, settings.http_port, readiness, reasons)
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
     try:
         async with anyio.create_task_group() as tasks:
