@@ -4,7 +4,11 @@ With a warm pool, submits tiny jobs one after another and measures the time from
 each submit to receiving its config event; then the service process's resident memory while
 idle. Last line: one JSON object with ``p50_ms``, ``p99_ms``, ``idle_rss_mb``.
 
-    .venv/bin/python bench/dispatch.py --jobs 50 [--bootstrap-servers HOST:PORT]
+    .venv/bin/python bench/dispatch.py --jobs 50 [--bootstrap-servers HOST:PORT] [--secure]
+
+With ``--bootstrap-servers`` the service and the bench's clients connect as the
+``MODEL_TRAINER_KAFKA_*`` variables say (SASL, TLS); without it the bench starts a local
+broker, secured (SASL_SSL, SCRAM-SHA-512, a CA made for the run) with ``--secure``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -24,6 +29,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
 from model_trainer_client import CommandSender, EventWatcher  # noqa: E402
+from model_trainer_client.settings import KAFKA_ENV_PREFIX  # noqa: E402
 from model_trainer_contracts import ConfigEventV1, SubmitJobV1  # noqa: E402
 
 from tests.integration.harness import ServiceProcess, Stack  # noqa: E402
@@ -45,8 +51,8 @@ def rss_mb(pid: int) -> float:
 async def measure(stack: Stack, jobs: int) -> list[float]:
     latencies: list[float] = []
     async with (
-        EventWatcher(stack.bootstrap, stack.events_topic) as watcher,
-        CommandSender(stack.bootstrap, stack.commands_topic) as sender,
+        EventWatcher(stack.connection, stack.events_topic) as watcher,
+        CommandSender(stack.connection, stack.commands_topic) as sender,
     ):
         for i in range(-3, jobs):  # three unmeasured jobs warm the pool and the token cache
             job = SubmitJobV1.model_validate(stack.job(f"dispatch-{i + 3}", steps=2))
@@ -69,16 +75,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--bootstrap-servers", default=None, help="default: a local broker")
     parser.add_argument("--idle-s", type=float, default=5.0, help="idle time before RSS")
+    parser.add_argument(
+        "--secure", action="store_true", help="the local broker listens with SASL_SSL"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         broker = None
         bootstrap = args.bootstrap_servers
+        security = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_ENV_PREFIX)}
         if bootstrap is None:
             print("starting a local Kafka broker", file=sys.stderr)
-            broker = LocalKafka(workdir=Path(tmp) / "kafka", port=free_port())
+            broker = LocalKafka(workdir=Path(tmp) / "kafka", port=free_port(), secure=args.secure)
             broker.start()
             bootstrap = broker.bootstrap_servers
-        stack = Stack(bootstrap, Path(tmp) / "stack")
+            security = broker.client_env()
+        stack = Stack(bootstrap, Path(tmp) / "stack", security=security)
         service = ServiceProcess(stack, log_level="warning")
         try:
             print("starting the service (warm pool)", file=sys.stderr)
@@ -95,6 +106,7 @@ def main() -> None:
         json.dumps(
             {
                 "jobs": len(latencies),
+                "security_protocol": stack.connection.security_protocol,
                 "p50_ms": round(percentile(latencies, 0.50), 1),
                 "p99_ms": round(percentile(latencies, 0.99), 1),
                 "mean_ms": round(statistics.fmean(latencies), 1),

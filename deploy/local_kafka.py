@@ -7,9 +7,18 @@ later runs start without the network. Storage is formatted on first start; the b
 as its own process session with a pid file, logs to ``<dir>/broker.log`` and is stopped
 with SIGTERM (SIGKILL after a grace), leaving no orphan behind.
 
-Standard library only: the test fixtures import it, and ``make`` runs it as a script::
+``--secure`` starts the same broker with a SASL_SSL client listener instead of PLAINTEXT:
+SCRAM-SHA-512 credentials created when the storage is formatted, and TLS from a CA and a
+broker certificate generated for the run (:mod:`local_tls`, which needs the ``cryptography``
+package). The listener between the broker and its controller stays PLAINTEXT on loopback.
+The client's settings (``MODEL_TRAINER_KAFKA_*``, the password included) are written to
+``<dir>/client.env``, readable by its owner only.
+
+Standard library only otherwise: the test fixtures import it, and ``make`` runs it as a
+script::
 
     python deploy/local_kafka.py start --dir .kafka --port 9092
+    .venv/bin/python deploy/local_kafka.py start --secure --dir .kafka-secure --port 9093
     python deploy/local_kafka.py stop --dir .kafka
 """
 
@@ -19,6 +28,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +45,10 @@ LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 20.0
+# The secured listener's SASL mechanism and its one user (the password is made per broker).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_USER = "model-trainer"
+SECURE_LISTENER = "SASL_SSL"
 
 
 class BrokerError(RuntimeError):
@@ -96,10 +110,35 @@ class LocalKafka:
     port: int = 9092
     controller_port: int = 0
     host: str = "127.0.0.1"
+    # A SASL_SSL (SCRAM-SHA-512 over TLS) client listener instead of PLAINTEXT.
+    secure: bool = False
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.workdir / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients of the secured listener trust."""
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def client_env_file(self) -> Path:
+        return self.workdir / "client.env"
+
+    def client_env(self) -> dict[str, str]:
+        """The ``MODEL_TRAINER_*`` variables that connect a client (service, CLI) to it."""
+        env = {"MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        if self.secure:
+            for line in self.client_env_file.read_text().splitlines():
+                name, sep, value = line.partition("=")
+                if sep and not name.startswith("#"):
+                    env[name.strip()] = value.strip()
+        return env
 
     @property
     def pid_file(self) -> Path:
@@ -109,19 +148,47 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.workdir / "broker.log"
 
-    def _properties(self, controller_port: int) -> str:
+    def _listeners(self, controller_port: int, internal_port: int) -> list[str]:
+        controller = f"CONTROLLER://{self.host}:{controller_port}"
+        if not self.secure:
+            return [
+                f"listeners=PLAINTEXT://{self.host}:{self.port},{controller}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+            ]
+        from local_tls import TlsFiles
+
+        tls = TlsFiles.under(self.tls_dir)
+        client = f"{SECURE_LISTENER}://{self.host}:{self.port}"
+        internal = f"INTERNAL://{self.host}:{internal_port}"
+        prefix = f"listener.name.{SECURE_LISTENER.lower()}"
+        return [
+            f"listeners={client},{internal},{controller}",
+            f"advertised.listeners={client},{internal}",
+            "listener.security.protocol.map="
+            f"CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,{SECURE_LISTENER}:{SECURE_LISTENER}",
+            "inter.broker.listener.name=INTERNAL",
+            f"{prefix}.sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"{prefix}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            # Kafka's PEM stores, the PEM text inline (a properties value, newlines escaped).
+            f"{prefix}.ssl.keystore.type=PEM",
+            f"{prefix}.ssl.keystore.certificate.chain={_inline(tls.broker_chain)}",
+            f"{prefix}.ssl.keystore.key={_inline(tls.broker_key)}",
+            f"{prefix}.ssl.truststore.type=PEM",
+            f"{prefix}.ssl.truststore.certificates={_inline(tls.ca_cert)}",
+        ]
+
+    def _properties(self, controller_port: int, internal_port: int) -> str:
         data = self.workdir / "data"
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers={self.host}:{controller_port}",
-                f"listeners=PLAINTEXT://{self.host}:{self.port},"
-                f"CONTROLLER://{self.host}:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                *self._listeners(controller_port, internal_port),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={data}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -138,12 +205,46 @@ class LocalKafka:
             ]
         )
 
-    def _stored_controller_port(self) -> int | None:
-        """The controller port of an earlier start: KRaft stores the voter's endpoint."""
+    def _stored_port(self, name: str) -> int | None:
+        """A port of an earlier start (KRaft stores the controller voter's endpoint)."""
         try:
-            return int((self.workdir / "controller.port").read_text())
+            return int((self.workdir / f"{name}.port").read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _secure_material(self, formatted: bool) -> list[str]:
+        """Make the TLS files and the client's settings once; the storage tool's arguments
+        that create the SCRAM user when the storage is still to be formatted."""
+        from local_tls import TlsFiles, issue
+
+        if formatted and not self.client_env_file.exists():
+            raise BrokerError(
+                f"{self.workdir} holds a broker formatted without --secure (no SCRAM user): "
+                "start it with --fresh"
+            )
+        if not TlsFiles.under(self.tls_dir).exist():
+            issue(self.tls_dir, [self.host])
+        # The password of the first start stays (the storage holds its SCRAM credential); the
+        # rest is written again, so that a start on another port is what the file says.
+        earlier = self.client_env() if self.client_env_file.exists() else {}
+        password = earlier.get("MODEL_TRAINER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
+        self.client_env_file.touch(mode=0o600)
+        self.client_env_file.write_text(
+            "".join(
+                f"{name}={value}\n"
+                for name, value in [
+                    ("MODEL_TRAINER_BOOTSTRAP_SERVERS", self.bootstrap_servers),
+                    ("MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL", SECURE_LISTENER),
+                    ("MODEL_TRAINER_KAFKA_SASL_MECHANISM", SCRAM_MECHANISM),
+                    ("MODEL_TRAINER_KAFKA_SASL_USERNAME", SCRAM_USER),
+                    ("MODEL_TRAINER_KAFKA_SASL_PASSWORD", password),
+                    ("MODEL_TRAINER_KAFKA_SSL_CAFILE", str(self.ca_file)),
+                ]
+            )
+        )
+        if formatted:
+            return []
+        return ["--add-scram", f"{SCRAM_MECHANISM}=[name={SCRAM_USER},password={password}]"]
 
     def running_pid(self) -> int | None:
         """The broker's pid when its pid file names a live process, else None."""
@@ -166,9 +267,17 @@ class LocalKafka:
         libs = ensure_jars()
         self.workdir.mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "server.properties"
-        controller_port = self.controller_port or self._stored_controller_port() or free_port()
+        controller_port = self.controller_port or self._stored_port("controller") or free_port()
         (self.workdir / "controller.port").write_text(str(controller_port))
-        properties.write_text(self._properties(controller_port))
+        internal_port = 0
+        formatted = (self.workdir / "data" / "meta.properties").exists()
+        scram: list[str] = []
+        if self.secure:
+            internal_port = self._stored_port("internal") or free_port()
+            (self.workdir / "internal.port").write_text(str(internal_port))
+            scram = self._secure_material(formatted)
+        properties.touch(mode=0o600)  # the broker's key is in it when secure
+        properties.write_text(self._properties(controller_port, internal_port))
         classpath = f"{libs}/*"
         java = shutil.which("java")
         if java is None:
@@ -184,7 +293,7 @@ class LocalKafka:
             "-cp",
             classpath,
         ]
-        if not (self.workdir / "data" / "meta.properties").exists():
+        if not formatted:
             fmt = subprocess.run(
                 [
                     *jvm,
@@ -195,6 +304,7 @@ class LocalKafka:
                     uuid.uuid4().hex[:22],
                     "-c",
                     str(properties),
+                    *scram,
                 ],
                 capture_output=True,
                 text=True,
@@ -240,6 +350,11 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
 
 
+def _inline(pem: Path) -> str:
+    """A PEM file as one properties value: its newlines escaped."""
+    return pem.read_text().strip().replace("\n", "\\n")
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; reaps it when it is our own exited child."""
     with contextlib.suppress(ChildProcessError):
@@ -259,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path(".kafka"), help="broker state and log")
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--fresh", action="store_true", help="wipe --dir before starting")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="a SASL_SSL listener (SCRAM-SHA-512, a CA made for the run) instead of PLAINTEXT",
+    )
     args = parser.parse_args(argv)
-    broker = LocalKafka(workdir=args.dir.resolve(), port=args.port)
+    broker = LocalKafka(workdir=args.dir.resolve(), port=args.port, secure=args.secure)
     try:
         if args.action == "fetch":
             print(f"kafka jars: {ensure_jars()}")
@@ -274,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"kafka broker up at {broker.bootstrap_servers} in "
                 f"{time.monotonic() - started:.1f}s (log: {broker.log_file})"
             )
+            if broker.secure:
+                print(
+                    f"SASL_SSL, {SCRAM_MECHANISM} user {SCRAM_USER}, CA {broker.ca_file}; "
+                    f"the client's settings: set -a; . {broker.client_env_file}; set +a"
+                )
         elif args.action == "stop":
             broker.stop()
             print("kafka broker stopped")

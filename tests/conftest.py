@@ -3,6 +3,7 @@
 The broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` when set; a testcontainers Kafka
 container when a Docker engine answers; otherwise the project's local KRaft broker
 (``deploy/local_kafka.py``), started here and stopped at the end of the session.
+``secure_kafka`` is a second local broker, SASL_SSL only, started when a test asks for it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A broker of our own that a test may stop and start (for broker-restart tests)."""
     broker = LocalKafka(workdir=tmp_path_factory.mktemp("kafka-own"), port=free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A local broker whose client listener is SASL_SSL: SCRAM-SHA-512 (user and password in
+    ``client_env()``) over TLS from a CA made for the session (``ca_file``)."""
+    broker = LocalKafka(
+        workdir=tmp_path_factory.mktemp("kafka-secure"), port=free_port(), secure=True
+    )
     broker.start()
     try:
         yield broker

@@ -35,10 +35,8 @@ ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 # the schemas know.
 KUBERNETES_VERSIONS = ("1.29", str(kubernetes_validate.latest_version()))
 SETTINGS = frozenset(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
-# Kafka security settings that a separate change adds to Settings. The manifests pass them
-# already (the password from a Secret); until Settings has them the service ignores them, and
-# these exact names, no others, are let through. Once they are settings this set is moot.
-PENDING_SETTINGS = frozenset(
+# The Kafka security settings the manifests give a place (the password from a Secret).
+KAFKA_SECURITY = frozenset(
     {
         "MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL",
         "MODEL_TRAINER_KAFKA_SASL_MECHANISM",
@@ -213,9 +211,9 @@ def test_every_variable_is_a_setting() -> None:
     # Keys commented out in the ConfigMap are the ones users uncomment: real names too.
     commented = set(re.findall(r"^\s*#\s*(MODEL_TRAINER_[A-Z0-9_]+):", configmap_text, re.M))
     names = set(_settings_map(base["ConfigMap"])) | set(_env(base["StatefulSet"])) | commented
-    unknown = names - SETTINGS - PENDING_SETTINGS
+    unknown = names - SETTINGS
     assert not unknown, f"manifests set variables the service never reads: {sorted(unknown)}"
-    assert names >= PENDING_SETTINGS, "every Kafka security setting has its place"
+    assert names >= KAFKA_SECURITY, "every Kafka security setting has its place"
 
 
 def test_settings_parse_the_configmap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ The service's ``model-trainer`` carries the same commands (:func:`register`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,10 +18,12 @@ from aiokafka.errors import KafkaConnectionError
 from model_trainer_contracts import JobStatus, ModelTrainerError, SubmitJobV1, decode_command
 from model_trainer_contracts.commands import JOB_ID_PATTERN
 from rich.console import Console
+from rich.markup import escape
 
 from . import flows
 from .board import EXIT_BAD_INPUT, EXIT_TIMED_OUT
-from .settings import ClientSettings
+from .kafka import probe_brokers
+from .settings import ClientSettings, ConnectionOverrides, KafkaConfigError
 
 console = Console(stderr=True)
 out = Console()
@@ -38,6 +41,57 @@ Bootstrap = Annotated[
     ),
 ]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the job before giving up.")]
+# How to connect, beyond the servers: each option wins over its MODEL_TRAINER_KAFKA_* variable.
+# The password has no option (a command line is visible to every user of the machine): it is
+# MODEL_TRAINER_KAFKA_SASL_PASSWORD.
+CONNECTION = "Kafka connection (default: the MODEL_TRAINER_KAFKA_* variables)"
+SecurityProtocolOption = Annotated[
+    str | None,
+    typer.Option(
+        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: PLAINTEXT).",
+        rich_help_panel=CONNECTION,
+    ),
+]
+SaslMechanismOption = Annotated[
+    str | None,
+    typer.Option(
+        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: PLAIN). The password: "
+        "MODEL_TRAINER_KAFKA_SASL_PASSWORD.",
+        rich_help_panel=CONNECTION,
+    ),
+]
+SaslUsernameOption = Annotated[
+    str | None, typer.Option(help="SASL user (or API key).", rich_help_panel=CONNECTION)
+]
+SslCafileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM CA certificate(s) to trust (default: the system's CAs).",
+        dir_okay=False,
+        rich_help_panel=CONNECTION,
+    ),
+]
+SslCertfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM client certificate (mutual TLS).", dir_okay=False, rich_help_panel=CONNECTION
+    ),
+]
+SslKeyfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM key of the client certificate.", dir_okay=False, rich_help_panel=CONNECTION
+    ),
+]
+SslCheckHostnameOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--ssl-check-hostname/--no-ssl-check-hostname",
+        help="Check that the broker's certificate names its host (default: on).",
+        show_default=False,
+        rich_help_panel=CONNECTION,
+    ),
+]
 
 _job_id = re.compile(JOB_ID_PATTERN)
 
@@ -65,18 +119,48 @@ def _check_job_id(job_id: str) -> str:
     return job_id
 
 
+def _say(title: str, text: object) -> None:
+    """An error on stderr: ``title`` in red, ``text`` as it is (no markup, not wrapped)."""
+    console.print(f"[red]{title}[/red]: {escape(str(text))}", highlight=False, soft_wrap=True)
+
+
+def _settings(overrides: ConnectionOverrides) -> ClientSettings:
+    """The settings from the environment and the options; inconsistent ones exit 2."""
+    try:
+        return ClientSettings.from_env(overrides=overrides)
+    except KafkaConfigError as exc:
+        _say("Kafka connection settings", exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _explain(settings: ClientSettings, exc: Exception) -> None:
+    """Say why Kafka could not be used: aiokafka's own error only says it could not
+    bootstrap, so ask the brokers (a refused password, an untrusted certificate)."""
+    probe = asyncio.run(probe_brokers(settings.connection, timeout_s=5))
+    if probe.refused is not None:
+        _say("Kafka refused the connection", probe.refused)
+    else:
+        where = settings.connection.describe()
+        _say(f"no Kafka broker answered at {escape(where)}", probe.problem or exc)
+
+
 def _run(
     settings: ClientSettings,
     main: Callable[[], Coroutine[object, object, int]],
     *,
     interrupted: int = 130,
 ) -> NoReturn:
-    """Run a flow and exit with its code; no broker is exit 3, Ctrl-C ``interrupted``."""
+    """Run a flow and exit with its code; no broker (or one that refuses us) is exit 3, a
+    TLS file that cannot be read exit 2, Ctrl-C ``interrupted``."""
     try:
         code = asyncio.run(main())
     except KafkaConnectionError as exc:
-        console.print(f"[red]no Kafka broker answered at {settings.bootstrap_servers}[/red]: {exc}")
+        with contextlib.suppress(KeyboardInterrupt):
+            _explain(settings, exc)
         code = EXIT_TIMED_OUT
+    except KafkaConfigError as exc:
+        _say("Kafka connection settings", exc)
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         code = interrupted
     raise typer.Exit(code)
@@ -88,6 +172,13 @@ def submit(
         bool, typer.Option("--follow", "-f", help="Show its history and progress until it ends.")
     ] = False,
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Timeout = 3600.0,
     job_id: Annotated[str | None, typer.Option(help="Override the file's job_id.")] = None,
 ) -> None:
@@ -95,7 +186,18 @@ def submit(
     job = load_job(job_file)
     if job_id is not None:
         job = SubmitJobV1.model_validate({**job.model_dump(), "job_id": _check_job_id(job_id)})
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(
         settings,
         lambda: flows.submit(settings, job, follow=follow, timeout_s=timeout, console=console),
@@ -109,11 +211,29 @@ def cancel(
         bool, typer.Option("--wait/--no-wait", help="Wait until the job has stopped.")
     ] = True,
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Timeout = 600.0,
 ) -> None:
     """Stop a queued or running job (it ends with TRAINING_CANCELLED); waits until it has."""
     _check_job_id(job_id)
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(
         settings,
         lambda: flows.cancel(
@@ -122,10 +242,31 @@ def cancel(
     )
 
 
-def status(job_id: JobIdArg, bootstrap_servers: Bootstrap = None) -> None:
+def status(
+    job_id: JobIdArg,
+    bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
+) -> None:
     """A job's state, progress, losses, and its artifact or error, read from Kafka."""
     _check_job_id(job_id)
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(settings, lambda: flows.status(settings, job_id, console=console, out=out))
 
 
@@ -149,10 +290,28 @@ def jobs(
         list[str] | None, typer.Option("--label", "-l", help="key=value; repeat to AND.")
     ] = None,
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """Every job of the compacted state topic, newest first, as a table."""
     labels = _labels(label or [])
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(
         settings,
         lambda: flows.jobs(settings, status=status, user_id=user, labels=labels, out=out),
@@ -164,9 +323,27 @@ def watch(
         str | None, typer.Argument(help="Only this job, until it ends (default: all).")
     ] = None,
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """A live terminal dashboard: every active job's state, progress, loss, tok/s and ETA."""
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     if job_id is None:
         _run(settings, lambda: flows.watch_all(settings, console=out), interrupted=0)
     one = _check_job_id(job_id)
@@ -177,11 +354,29 @@ def dashboard(
     port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0: any free).")] = 8765,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """A web dashboard of every job in the events topic's retention, live (server-sent events)."""
     from .dashboard import serve
 
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(settings, lambda: serve(settings, host, port, console), interrupted=0)
 
 
@@ -195,6 +390,13 @@ def export_tensorboard(
         bool, typer.Option("--follow", help="Keep exporting new events until interrupted.")
     ] = False,
     bootstrap_servers: Bootstrap = None,
+    security_protocol: SecurityProtocolOption = None,
+    sasl_mechanism: SaslMechanismOption = None,
+    sasl_username: SaslUsernameOption = None,
+    ssl_cafile: SslCafileOption = None,
+    ssl_certfile: SslCertfileOption = None,
+    ssl_keyfile: SslKeyfileOption = None,
+    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """One TensorBoard run per job: losses, perplexities, lr, grad norm, tok/s, the config."""
     from .tb_export import export, writer_available
@@ -205,7 +407,18 @@ def export_tensorboard(
             "install model-trainer-client\\[tensorboard]"
         )
         raise typer.Exit(EXIT_BAD_INPUT)
-    settings = ClientSettings.from_env(bootstrap_servers)
+    settings = _settings(
+        ConnectionOverrides(
+            bootstrap_servers,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            ssl_cafile,
+            ssl_certfile,
+            ssl_keyfile,
+            ssl_check_hostname,
+        )
+    )
     _run(settings, lambda: export(settings, logdir, follow=follow, console=console), interrupted=0)
 
 

@@ -10,12 +10,17 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from model_trainer_client.cli import load_job, register
+from model_trainer_client.kafka import KafkaAccessError
+from model_trainer_client.settings import KafkaConfigError
+from pydantic import ValidationError
 from rich.console import Console
 
+from .kafka import BrokerUnreachableError
 from .logs import configure_logging
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 
 app = typer.Typer(
     help="Kafka-native service that trains language models on request.",
@@ -30,14 +35,64 @@ JobFile = Annotated[
 ]
 
 
+EXIT_BAD_SETTINGS = 2
+EXIT_NO_KAFKA = 3
+
+
+def _settings() -> Settings:
+    """The settings from the environment; invalid ones are reported (never their values:
+    the Kafka password is one) and exit 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        console.print("[red]model-trainer: invalid settings[/red]", highlight=False)
+        for error in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(part) for part in error["loc"])
+            where = f"{ENV_PREFIX}{name.upper()}: " if name else ""
+            why = str(error["msg"]).removeprefix("Value error, ")
+            console.print(f"  {where}{why}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+def _startup_failure(exc: BaseException) -> Exception | None:
+    """The Kafka failure that stopped the service starting, if that is what ``exc`` is (or,
+    from the task group, holds)."""
+    if isinstance(exc, KafkaAccessError | KafkaConfigError | BrokerUnreachableError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+    return None
+
+
 @app.command()
 def serve() -> None:
-    """Run the service until SIGTERM or Ctrl-C (settings from MODEL_TRAINER_* variables)."""
-    settings = Settings()
+    """Run the service until SIGTERM or Ctrl-C (settings from MODEL_TRAINER_* variables).
+
+    Exits 2 on invalid settings, 3 when Kafka refuses the connection (credentials, TLS) or
+    no broker answers within 60 s; the log's last line says why.
+    """
+    settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     from .runner import serve as run_service
 
-    raise typer.Exit(asyncio.run(run_service(settings)))
+    try:
+        code = asyncio.run(run_service(settings))
+    except BaseException as exc:
+        failure = _startup_failure(exc)
+        if failure is None:
+            raise
+        structlog.get_logger(__name__).error(
+            "cannot connect to Kafka; exiting",
+            reason=str(failure),
+            error=type(failure).__name__,
+            kafka=settings.connection.describe(),
+        )
+        code = EXIT_BAD_SETTINGS if isinstance(failure, KafkaConfigError) else EXIT_NO_KAFKA
+        raise typer.Exit(code) from None
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from model_trainer_client.settings import client_kwargs
 
 from .metrics import CONSUMER_LAG
 from .records import TP
@@ -91,7 +92,7 @@ class _KafkaCommands:
 def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
     """aiokafka's consumer of the commands topic, subscribed, not yet started."""
     raw = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_kwargs(settings.connection),
         group_id=settings.group_id,
         group_instance_id=settings.instance_id,
         enable_auto_commit=False,

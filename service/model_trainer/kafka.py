@@ -1,32 +1,48 @@
 """The Kafka operations only the service needs (topic creation, waiting for the broker).
 
-The typed helpers it shares with the client (records, committed readers, partition lookup)
-live in :mod:`model_trainer_client.kafka`, re-exported here; every aiokafka client takes its
-connection arguments from :func:`model_trainer_client.settings.client_kwargs`.
+The typed helpers it shares with the client (records, committed readers, partition lookup,
+the connection probe) live in :mod:`model_trainer_client.kafka`, re-exported here; every
+aiokafka client takes its connection arguments from
+:func:`model_trainer_client.settings.client_kwargs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from model_trainer_client.kafka import (
+    KafkaAccessError,
+    KafkaAuthenticationError,
+    KafkaTLSError,
     assign_whole_topic,
     committed_reader,
     partition_for_key,
     partitions,
+    probe_brokers,
     to_record,
     topic_partitions,
 )
-from model_trainer_client.settings import client_kwargs
+from model_trainer_client.settings import (
+    KafkaConfigError,
+    KafkaConnection,
+    as_connection,
+    client_kwargs,
+)
 
 from .records import Record
 from .settings import Settings
 
 __all__ = [
+    "BrokerUnreachableError",
+    "KafkaAccessError",
+    "KafkaAuthenticationError",
+    "KafkaConfigError",
+    "KafkaTLSError",
     "assign_whole_topic",
     "command_record",
     "committed_reader",
@@ -40,6 +56,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
+class BrokerUnreachableError(TimeoutError):
+    """No broker answered within the wait; the message says what the last attempt found."""
+
+
 def command_record(message: object) -> Record:
     """A consumed command as the job book's plain record."""
     got = to_record(message)
@@ -48,7 +68,7 @@ def command_record(message: object) -> Record:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the service's topics when missing; the state topic is compacted."""
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.bootstrap_servers))
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.connection))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -85,18 +105,47 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
-    """Return once the broker answers metadata requests; raise TimeoutError after timeout_s."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+async def wait_for_broker(
+    connection: KafkaConnection | str,
+    timeout_s: float,
+    on_problem: Callable[[str | None], None] | None = None,
+) -> None:
+    """Return once the broker answers metadata requests.
+
+    Raises :class:`KafkaAccessError` (:class:`KafkaAuthenticationError`,
+    :class:`KafkaTLSError`) at once when a broker refuses the credentials or the TLS
+    handshake, :class:`KafkaConfigError` when a TLS file cannot be read, and
+    :class:`BrokerUnreachableError` (a TimeoutError) when no broker answered within
+    ``timeout_s``. ``on_problem`` hears why the broker cannot
+    be used yet after each failed attempt, and None once it answered.
+    """
+    conn = as_connection(connection)
+    kwargs = client_kwargs(conn)  # a CA or key that cannot be read fails here, not later
+    report = on_problem or (lambda _why: None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    said = None
     while True:
-        admin = AIOKafkaAdminClient(**client_kwargs(bootstrap_servers), request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**kwargs, request_timeout_ms=5000)
         try:
             await admin.start()
             await admin.list_topics()
+            report(None)
             return
         except (KafkaConnectionError, KafkaError, OSError) as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"no Kafka broker answered at {bootstrap_servers}") from exc
+            # aiokafka says "Unable to bootstrap" whatever happened: ask the brokers why.
+            probe = await probe_brokers(conn, timeout_s=5)
+            why = probe.problem or f"{conn.bootstrap_servers}: {exc!r}"
+            report(why)
+            if probe.refused is not None:
+                raise probe.refused from None
+            if loop.time() > deadline:
+                raise BrokerUnreachableError(
+                    f"no Kafka broker answered at {conn.describe()} within {timeout_s:g} s: {why}"
+                ) from exc
+            if why != said:
+                log.info("waiting for the Kafka broker", reason=why)
+                said = why
             await asyncio.sleep(0.5)
         finally:
             await admin.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from model_trainer_client.settings import client_kwargs
 
 from .metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
 from .records import Outgoing
@@ -50,7 +51,7 @@ class Publisher:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **client_kwargs(self._settings.connection),
             transactional_id=self._transactional_id,
             transaction_timeout_ms=self._settings.transaction_timeout_ms,
             enable_idempotence=True,

@@ -14,25 +14,35 @@ from .service import TrainerService
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+EXIT_UNPUBLISHED = 1
+EXIT_FENCED = 4
 
 
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT, then shut down within ``shutdown_grace_s``.
 
     Returns the exit code: 0 after a clean stop, 1 when batches were left unpublished (their
-    commands stay uncommitted, so the next owner resumes those jobs), 2 when another process
-    took over this instance's transactional id (fenced)."""
+    commands stay uncommitted, so the next owner resumes those jobs), 4 when another process
+    took over this instance's transactional id (fenced). (2 and 3, bad settings and no Kafka,
+    come from the CLI.)"""
     stop = anyio.Event()
     service = TrainerService(settings)
 
     def readiness() -> dict[str, bool]:
         return {
             "started": service.started.is_set(),
-            "broker": service.broker.reachable,
+            "broker": service.broker.reachable and service.broker_problem is None,
             "publisher": service.publisher.healthy,
             "pool": service.pool.serving,
             "not_stopping": not stop.is_set(),
         }
+
+    def reasons() -> dict[str, str]:
+        if service.broker_problem is not None:
+            return {"broker": service.broker_problem}
+        if not service.broker.reachable:
+            return {"broker": "no answer to a metadata request within 3 s"}
+        return {}
 
     async def on_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -47,7 +57,9 @@ async def serve(settings: Settings) -> int:
 
     runner = None
     if settings.http_port:
-        runner = await start_http(settings.http_host, settings.http_port, liveness, readiness)
+        runner = await start_http(
+            settings.http_host, settings.http_port, liveness, readiness, reasons
+        )
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
     fenced = False
     try:
@@ -61,4 +73,4 @@ async def serve(settings: Settings) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
-    return 2 if fenced else 1 if service.unpublished else 0
+    return EXIT_FENCED if fenced else EXIT_UNPUBLISHED if service.unpublished else 0

@@ -49,9 +49,13 @@ class TrainerService:
         self.started = anyio.Event()
         self.unpublished = 0
         self.broker = BrokerWatch()
+        self.broker_problem: str | None = None  # why the broker cannot be used (/readyz)
         self._changed = anyio.Event()
         self._paused = False
         self._catching_up: set[TP] = set()
+
+    def _broker_problem(self, why: str | None) -> None:
+        self.broker_problem = why
 
     def _admit(self, job: SubmitJobV1) -> None:
         settings = self.settings
@@ -65,7 +69,7 @@ class TrainerService:
 
     async def run(self, stop: anyio.Event) -> None:
         settings = self.settings
-        await wait_for_broker(settings.bootstrap_servers, timeout_s=60)
+        await wait_for_broker(settings.connection, timeout_s=60, on_problem=self._broker_problem)
         if settings.create_topics:
             await ensure_topics(settings)
         await self.state.start()

@@ -7,13 +7,20 @@ import socket
 from pathlib import Path
 from typing import Literal
 
+from model_trainer_client.settings import (
+    KafkaConnection,
+    SaslMechanism,
+    SecurityProtocol,
+    sasl_mechanism,
+    security_protocol,
+)
 from model_trainer_contracts import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
     MAX_COMMAND_BYTES,
 )
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MODEL_TRAINER_"
@@ -28,7 +35,10 @@ def _default_workers() -> int:
 class Settings(BaseSettings):
     """The service's configuration. Each field is the env var ``MODEL_TRAINER_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # Inputs are kept out of validation errors: the Kafka password is among them.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092",
@@ -37,6 +47,32 @@ class Settings(BaseSettings):
         ),
         description="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS is read too).",
     )
+    # How to connect and authenticate: one KafkaConnection (``connection``) for every client.
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (or API key).")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (or API secret); never logged."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM CA certificate(s) the brokers' certificates are checked against "
+        "(default: the system's CAs).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate, for mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM key of the client certificate (unencrypted), for mutual TLS."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+
     commands_topic: str = Field(COMMANDS_TOPIC, description="Commands in: submit, cancel.")
     events_topic: str = Field(EVENTS_TOPIC, description="Events out, keyed by job_id.")
     dead_letter_topic: str = Field(
@@ -139,6 +175,50 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(
         10_000, description="An unfinished transaction of a dead producer is aborted after."
     )
+
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable (a blank ConfigMap entry, an empty Secret) means "not set".
+        return None if value == "" else value
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        return security_protocol(value) if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism(cls, value: object) -> object:
+        return sasl_mechanism(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _connection_is_consistent(self) -> Settings:
+        self.connection  # noqa: B018 - raises KafkaConfigError (a ValueError) when inconsistent
+        return self
+
+    @property
+    def connection(self) -> KafkaConnection:
+        """How every Kafka client of the service connects (:func:`client_kwargs` makes the
+        arguments)."""
+        return KafkaConnection(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
 
     @property
     def transactional_id(self) -> str:

@@ -34,11 +34,9 @@ class StateReader:
         """Replay the topic to its current end; returns the seconds it took."""
         settings = self._settings
         started = asyncio.get_running_loop().time()
-        self._consumer = committed_reader(settings.bootstrap_servers)
+        self._consumer = committed_reader(settings.connection)
         await self._consumer.start()
-        if not await assign_whole_topic(
-            self._consumer, settings.bootstrap_servers, settings.state_topic
-        ):
+        if not await assign_whole_topic(self._consumer, settings.connection, settings.state_topic):
             raise RuntimeError(
                 f"state topic {settings.state_topic!r} does not exist: create it "
                 "(compacted) or set MODEL_TRAINER_CREATE_TOPICS=true"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_kafka import free_port
+from model_trainer_client.settings import KAFKA_ENV_PREFIX, KafkaConnection, connection_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = (
@@ -38,6 +39,8 @@ class Stack:
     bootstrap: str
     root: Path
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    # The MODEL_TRAINER_KAFKA_* variables of a secured broker (none: PLAINTEXT).
+    security: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_root.mkdir(parents=True, exist_ok=True)
@@ -79,9 +82,15 @@ class Stack:
             "MODEL_TRAINER_LOG_FORMAT": "json",
             "MODEL_TRAINER_SESSION_TIMEOUT_MS": "10000",
             "MODEL_TRAINER_SHUTDOWN_GRACE_S": "20",
+            **{k: v for k, v in self.security.items() if k.startswith(KAFKA_ENV_PREFIX)},
         }
         env.update({f"MODEL_TRAINER_{k.upper()}": v for k, v in overrides.items()})
         return env
+
+    @property
+    def connection(self) -> KafkaConnection:
+        """How the test's own clients reach the broker, as the service does."""
+        return connection_from_env(self.env())
 
     def job(self, job_id: str, *, steps: int = 30, **extra: object) -> dict[str, object]:
         """A small, real char-level job on the test corpus."""
