@@ -4,6 +4,7 @@ between a terminal event and its commit, records the broker refuses, and state t
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -165,7 +166,7 @@ async def _read(stack: Stack, topic: str) -> list[bytes]:
 
 
 async def test_ten_thousand_ended_jobs_are_tombstoned_after_retention(
-    own: tuple[Stack, LocalKafka], request: pytest.FixtureRequest
+    own: tuple[Stack, LocalKafka], capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack, _broker = own
     await ensure_topics(Settings.model_validate(stack.env()))
@@ -200,10 +201,9 @@ async def test_ten_thousand_ended_jobs_are_tombstoned_after_retention(
                 await asyncio.sleep(2)
     finally:
         svc.stop()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(
-            f"state replay of {replayed.get('records')} records took {replayed.get('seconds')}s"
+    with capsys.disabled():
+        sys.stdout.write(
+            f"\nstate replay of {replayed.get('records')} records took {replayed.get('seconds')}s\n"
         )
     assert replayed.get("records") == 10_000
     assert tombstones == 10_000
