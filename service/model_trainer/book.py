@@ -116,6 +116,11 @@ class JobBook:
             return
         self.states[state.job_id] = state
 
+    def forget(self, job_id: str) -> None:
+        """A tombstone read from the topic: the ended job's state was deleted."""
+        if job_id not in self.jobs:
+            self.states.pop(job_id, None)
+
     def _state(self, job: Job, status: JobStatus, now: float, code: str | None = None) -> Outgoing:
         state = JobStateV1(
             job_id=job.job_id,

@@ -43,7 +43,7 @@ class TrainerService:
         )
         self.book = JobBook(policy_of(settings), self._admit)
         self.publisher = Publisher(settings, transactional_id=settings.transactional_id)
-        self.state = StateReader(settings, self.book.load)
+        self.state = StateReader(settings, self.book.load, self.book.forget)
         self._consumers = consumers
         self.consumer: CommandConsumer | None = None
         self.started = anyio.Event()

@@ -24,9 +24,15 @@ log = structlog.get_logger(__name__)
 class StateReader:
     """Hands every state record on the topic to ``on_state``, from the start, then live."""
 
-    def __init__(self, settings: Settings, on_state: Callable[[JobStateV1], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_state: Callable[[JobStateV1], None],
+        on_tombstone: Callable[[str], None],
+    ) -> None:
         self._settings = settings
         self._on_state = on_state
+        self._on_tombstone = on_tombstone
         self._consumer: AIOKafkaConsumer | None = None
         self.records = 0
 
@@ -62,7 +68,9 @@ class StateReader:
             for message in messages:
                 record = to_record(message)
                 if not record.value:
-                    continue  # a tombstone
+                    if record.key:
+                        self._on_tombstone(record.key.decode(errors="replace"))
+                    continue
                 try:
                     state = JobStateV1.model_validate_json(record.value)
                 except ValidationError:

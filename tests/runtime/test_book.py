@@ -426,3 +426,13 @@ def test_a_rejection_for_a_huge_field_name_is_published_truncated() -> None:
     assert event.code is C.COMMAND_INVALID
     assert "truncated_from_bytes" in event.details
     assert commits(effects) == {P0: 1}
+
+
+def test_a_tombstone_read_back_forgets_an_ended_job_but_never_an_active_one() -> None:
+    book = new_book()
+    book.load(JobStateV1(job_id="gone", status=JobStatus.COMPLETED, request_digest="d"))
+    book.command(record(submit("live"), 0), now=0)
+    book.forget("gone")
+    book.forget("live")
+    assert "gone" not in book.states
+    assert "live" in book.states
