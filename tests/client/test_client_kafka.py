@@ -281,7 +281,8 @@ def test_status_jobs_and_follow_of_ended_jobs_through_the_cli(
 
 def test_cli_rejects_a_bad_job_file_with_exit_2(tmp_path: Path) -> None:
     event = tmp_path / "event.json"
-    event.write_bytes(encode(ConfigEventV1.model_validate(EXAMPLES[2].model_dump())))
+    config = next(e for e in EXAMPLES if isinstance(e, ConfigEventV1))
+    event.write_bytes(encode(config))
     invalid = tmp_path / "invalid.json"
     invalid.write_text('{"type": "trainer.job.submit.v1", "job_id": "x"}')
     runner = CliRunner()
