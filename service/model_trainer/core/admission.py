@@ -19,6 +19,7 @@ from model_trainer_contracts import (
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
+from .memory import check_memory, corpus_bytes, placement, vocabulary
 
 _C = ModelTrainerErrorCode
 
@@ -29,6 +30,7 @@ def admit(
     data_root: Path | None = None,
     artifacts_root: Path | None = None,
     cuda_available: bool | None = None,
+    memory_budget_mb: int | None = None,
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
@@ -37,7 +39,9 @@ def admit(
     device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
     UNSUPPORTED_BACKEND). Given ``data_root``: the corpus path stays inside it
     (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND). Given ``artifacts_root``: the init_from
-    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist.
+    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist. Given
+    ``memory_budget_mb``: the job's estimated peak memory (:mod:`.memory`) fits in it
+    (RESOURCE_LIMIT_EXCEEDED).
     """
     caps = CAPABILITIES.get(job.backend)
     if caps is None:
@@ -81,6 +85,16 @@ def admit(
             )
     if artifacts_root is not None:
         _check_references(job, artifacts_root)
+    if memory_budget_mb is not None:
+        device, precision = placement(job, cuda_available)
+        check_memory(
+            job,
+            memory_budget_mb,
+            vocabulary=vocabulary(job, artifacts_root),
+            corpus_bytes=corpus_bytes(job, data_root),
+            device=device,
+            precision=precision,
+        )
 
 
 def resolve_device_precision(
