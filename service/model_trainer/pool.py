@@ -37,6 +37,7 @@ from .protocol import (
     StopFlag,
     WorkerDied,
     WorkerEnd,
+    WorkerMemory,
     WorkerMessage,
     WorkerReady,
 )
@@ -46,12 +47,20 @@ _spawn = multiprocessing.get_context("spawn")
 
 
 def worker_entry(
-    conn: WorkerEnd, stop_flag: StopFlag, threads: int, log_level: str, log_format: str
+    conn: WorkerEnd,
+    stop_flag: StopFlag,
+    threads: int,
+    log_level: str,
+    log_format: str,
+    memory: WorkerMemory,
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
+    from .limits import return_freed_memory
+
+    return_freed_memory()  # before torch allocates anything
     from .worker import worker_main
 
-    worker_main(conn, stop_flag, threads, log_level, log_format)
+    worker_main(conn, stop_flag, threads, log_level, log_format, memory)
 
 
 READY_TIMEOUT_S = 180.0
@@ -81,9 +90,17 @@ class _Worker:
 class WorkerPool:
     """Runs :class:`RunOrder`s on worker processes; outcomes arrive on :attr:`messages`."""
 
-    def __init__(self, size: int, threads: int, log_level: str, log_format: str) -> None:
+    def __init__(
+        self,
+        size: int,
+        threads: int,
+        log_level: str,
+        log_format: str,
+        memory: WorkerMemory | None = None,
+    ) -> None:
         self._size = size
         self._threads = threads
+        self._memory = memory or WorkerMemory()
         self._log_args = (log_level, log_format)
         self._workers: list[_Worker] = []
         self._pending: deque[tuple[str, RunOrder]] = deque()
@@ -107,7 +124,7 @@ class WorkerPool:
         flag: StopFlag = _spawn.Value("i", NO_STOP)
         process = _spawn.Process(
             target=worker_entry,
-            args=(child, flag, self._threads, *self._log_args),
+            args=(child, flag, self._threads, *self._log_args, self._memory),
             name=f"model-trainer-worker-{index}",
             daemon=True,
         )

@@ -26,6 +26,7 @@ from .journal import journal, policy_of
 from .kafka import command_record, ensure_topics, wait_for_broker
 from .metrics import JOBS
 from .pool import WorkerPool
+from .protocol import WorkerMemory
 from .publisher import Publisher
 from .records import TP
 from .settings import Settings
@@ -43,8 +44,13 @@ class TrainerService:
         # Without a stable instance id, a restart cannot fence its predecessor; the pid keeps
         # two instances on one host from fencing each other.
         instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.memory_mb = settings.worker_memory_budget_mb
         self.pool = WorkerPool(
-            settings.workers, settings.torch_threads, settings.log_level, settings.log_format
+            settings.workers,
+            settings.torch_threads,
+            settings.log_level,
+            settings.log_format,
+            WorkerMemory(self.memory_mb, self.memory_mb if settings.memory_check else None),
         )
         self.book = JobBook(policy_of(settings), self._admit)
         self.publisher = Publisher(settings, transactional_id=f"{settings.group_id}-{instance}")
@@ -64,6 +70,7 @@ class TrainerService:
             data_root=settings.data_root,
             artifacts_root=settings.artifacts_root,
             cuda_available=self.pool.cuda or None,
+            memory_budget_mb=self.memory_mb if settings.memory_check else None,
         )
 
     async def run(self, stop: anyio.Event) -> None:
