@@ -24,6 +24,7 @@ class ModelTrainerErrorCode(StrEnum):
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
     MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"
     INVALID_MODEL_SIZE = "INVALID_MODEL_SIZE"
+    RESOURCE_LIMIT_EXCEEDED = "RESOURCE_LIMIT_EXCEEDED"
     UNSUPPORTED_BACKEND = "UNSUPPORTED_BACKEND"
     TOKENIZER_NOT_FOUND = "TOKENIZER_NOT_FOUND"
     TOKENIZER_LOAD_FAILED = "TOKENIZER_LOAD_FAILED"
@@ -78,6 +79,12 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     ),
     _C.INVALID_MODEL_SIZE: ErrorInfo(
         422, False, "The model shape is outside the backend's bounds."
+    ),
+    _C.RESOURCE_LIMIT_EXCEEDED: ErrorInfo(
+        422,
+        False,
+        "The job's estimated peak memory is over a worker's memory budget; details give the "
+        "estimate_mb, the budget_mb and the breakdown.",
     ),
     _C.UNSUPPORTED_BACKEND: ErrorInfo(
         400, False, "The backend does not exist or cannot do what the job asks."

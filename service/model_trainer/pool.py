@@ -37,21 +37,31 @@ from .protocol import (
     StopFlag,
     WorkerDied,
     WorkerEnd,
+    WorkerMemory,
     WorkerMessage,
     WorkerReady,
 )
+from .settings import Settings
 
 log = structlog.get_logger(__name__)
 _spawn = multiprocessing.get_context("spawn")
 
 
 def worker_entry(
-    conn: WorkerEnd, stop_flag: StopFlag, threads: int, log_level: str, log_format: str
+    conn: WorkerEnd,
+    stop_flag: StopFlag,
+    threads: int,
+    log_level: str,
+    log_format: str,
+    memory: WorkerMemory,
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
+    from .limits import return_freed_memory
+
+    return_freed_memory()  # before torch allocates anything
     from .worker import worker_main
 
-    worker_main(conn, stop_flag, threads, log_level, log_format)
+    worker_main(conn, stop_flag, threads, log_level, log_format, memory)
 
 
 READY_TIMEOUT_S = 180.0
@@ -81,9 +91,17 @@ class _Worker:
 class WorkerPool:
     """Runs :class:`RunOrder`s on worker processes; outcomes arrive on :attr:`messages`."""
 
-    def __init__(self, size: int, threads: int, log_level: str, log_format: str) -> None:
+    def __init__(
+        self,
+        size: int,
+        threads: int,
+        log_level: str,
+        log_format: str,
+        memory: WorkerMemory | None = None,
+    ) -> None:
         self._size = size
         self._threads = threads
+        self._memory = memory or WorkerMemory()
         self._log_args = (log_level, log_format)
         self._workers: list[_Worker] = []
         self._pending: deque[tuple[str, RunOrder]] = deque()
@@ -92,6 +110,18 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.cuda = False  # whether the workers see a CUDA device (from their ready message)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> WorkerPool:
+        budget = settings.worker_memory_budget_mb
+        memory = WorkerMemory(budget, budget if settings.memory_check else None)
+        return cls(
+            settings.workers,
+            settings.torch_threads,
+            settings.log_level,
+            settings.log_format,
+            memory,
+        )
 
     async def start(self) -> None:
         """Spawn every worker and return once all have imported torch."""
@@ -107,7 +137,7 @@ class WorkerPool:
         flag: StopFlag = _spawn.Value("i", NO_STOP)
         process = _spawn.Process(
             target=worker_entry,
-            args=(child, flag, self._threads, *self._log_args),
+            args=(child, flag, self._threads, *self._log_args, self._memory),
             name=f"model-trainer-worker-{index}",
             daemon=True,
         )

@@ -22,6 +22,16 @@ class StopFlag(Protocol):
 
 
 @dataclass(frozen=True)
+class WorkerMemory:
+    """A worker's memory budget in MiB: ``limit_mb`` bounds its heap above its idle size
+    (None: no limit); ``check_mb`` refuses a job whose estimate, with the vocabulary it
+    actually built, is over it (None: no check)."""
+
+    limit_mb: int | None = None
+    check_mb: int | None = None
+
+
+@dataclass(frozen=True)
 class RunOrder:
     """Run one attempt of a job; everything the worker needs is resolved here, once."""
 

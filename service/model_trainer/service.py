@@ -38,9 +38,7 @@ class TrainerService:
 
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
-        self.pool = WorkerPool(
-            settings.workers, settings.torch_threads, settings.log_level, settings.log_format
-        )
+        self.pool = WorkerPool.for_settings(settings)
         self.book = JobBook(policy_of(settings), self._admit)
         self.publisher = Publisher(settings, transactional_id=settings.transactional_id)
         self.state = StateReader(settings, self.book.load, self.book.forget)
@@ -65,6 +63,7 @@ class TrainerService:
             artifacts_root=settings.artifacts_root,
             cuda_available=self.pool.cuda or None,
             shared_artifacts=settings.shared_artifacts,
+            memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
         )
 
     async def run(self, stop: anyio.Event) -> None:

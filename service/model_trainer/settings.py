@@ -23,6 +23,8 @@ from model_trainer_contracts import (
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .limits import default_worker_memory_mb
+
 ENV_PREFIX = "MODEL_TRAINER_"
 
 
@@ -120,6 +122,19 @@ class Settings(BaseSettings):
         False,
         description="Let a job fine-tune from (init_from) or reuse the tokenizer of another "
         "user's job; otherwise JOB_FORBIDDEN.",
+    )
+    worker_memory_mb: int | None = Field(
+        None,
+        ge=64,
+        description="Memory budget of each worker, in MiB (default: 80% of the host's or "
+        "container's memory / workers). A job whose estimated peak is over it is refused with "
+        "RESOURCE_LIMIT_EXCEEDED; a worker's heap is limited to its idle size plus this.",
+    )
+    memory_check: bool = Field(
+        True,
+        description="Refuse jobs whose memory estimate is over worker_memory_mb, at "
+        "acceptance and again in the worker with the real vocabulary; false: admit them, and "
+        "only the worker's limit applies (a job that does not fit fails with TRAINING_OOM).",
     )
     queue_size: int = Field(
         64, ge=0, description="Accepted jobs waiting for a worker before partitions pause."
@@ -233,6 +248,11 @@ class Settings(BaseSettings):
         the rebalance timeout (the rest is for the kill and the flush), within the shutdown
         grace."""
         return min(self.rebalance_timeout_ms / 2000, max(1.0, self.shutdown_grace_s - 5))
+
+    @property
+    def worker_memory_budget_mb(self) -> int:
+        """``worker_memory_mb``, or a fair share of this host's memory per worker."""
+        return self.worker_memory_mb or default_worker_memory_mb(self.workers)
 
     @property
     def torch_threads(self) -> int:

@@ -20,11 +20,14 @@ from model_trainer_contracts import (
     SubmitJobV1,
     encode,
 )
+from pydantic import JsonValue
 
 from .core.envelope import failed_event
 from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import Preempted, RunContext
+from .engine.stages import is_oom
+from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
 from .logs import configure_logging
 from .protocol import (
     JobEnded,
@@ -33,6 +36,7 @@ from .protocol import (
     RunOrder,
     StopFlag,
     WorkerEnd,
+    WorkerMemory,
     WorkerMessage,
     WorkerReady,
 )
@@ -67,8 +71,15 @@ class _Emitter:
         self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
 
 
-def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) -> WorkerMessage:
+def run_order(
+    order: RunOrder,
+    conn: WorkerEnd,
+    flag: StopFlag,
+    threads: int,
+    memory: WorkerMemory | None = None,
+) -> WorkerMessage:
     """Run one attempt; every outcome, expected or not, becomes a message."""
+    memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
     ctx = RunContext(
         job=job,
@@ -81,24 +92,33 @@ def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) ->
         max_corpus_bytes=order.max_corpus_bytes,
         emit=_Emitter(conn, job.job_id, order.attempt),
         stop_requested=_Stopper(flag, order.deadline),
+        memory_budget_mb=memory.check_mb,
     )
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
     try:
         completed = run_job(ctx)
     except ModelTrainerError as exc:
+        if exc.code is ModelTrainerErrorCode.TRAINING_OOM and memory.limit_mb is not None:
+            exc.details.setdefault("budget_mb", memory.limit_mb)
         bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
         return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), exc)))
     except Preempted as exc:
         bound.info("job preempted", step=exc.step)
         return JobPreempted(job.job_id, order.attempt, exc.step)
-    except MemoryError:
-        bound.error("job ran out of memory")
-        error = ModelTrainerError(
-            ModelTrainerErrorCode.TRAINING_OOM, "host memory ran out", stage="train"
-        )
-        return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
     except Exception as exc:
+        if is_oom(exc):  # out of memory outside the engine's stages: the same typed failure
+            bound.error("job ran out of memory", error=str(exc)[:300])
+            details: dict[str, JsonValue] = {}
+            if memory.limit_mb is not None:
+                details["budget_mb"] = memory.limit_mb
+            error = ModelTrainerError(
+                ModelTrainerErrorCode.TRAINING_OOM,
+                "host memory ran out",
+                stage="train",
+                details=details,
+            )
+            return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
         bound.exception("job crashed")
         error = ModelTrainerError(
             ModelTrainerErrorCode.INTERNAL_ERROR,
@@ -111,10 +131,37 @@ def run_order(order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int) ->
     return JobEnded(job.job_id, order.attempt, encode(completed))
 
 
+def guard_memory(memory: WorkerMemory, cuda: bool) -> None:
+    """The kernel-side protections (:mod:`.limits`): this worker first in line for the OOM
+    killer, and, on a CPU worker, its heap limited to its idle size plus its budget."""
+    # Start the thread pools first: their stacks belong to the idle size, and a thread that
+    # cannot start under the limit aborts the process instead of failing one job.
+    torch.ones(1 << 20).add_(1).sum()
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    first_in_line = prefer_oom_kill()
+    limit = None
+    if memory.limit_mb is not None and not cuda:
+        # Not on CUDA workers: the driver's host-side mappings were not measured here.
+        limit = limit_data(memory.limit_mb)
+    log.info(
+        "worker memory",
+        idle_mb=data_size() // MIB,
+        budget_mb=memory.limit_mb,
+        limit_mb=None if limit is None else limit // MIB,
+        oom_score_adj_raised=first_in_line,
+    )
+
+
 def worker_main(
-    conn: WorkerEnd, stop_flag: StopFlag, threads: int, log_level: str, log_format: str
+    conn: WorkerEnd,
+    stop_flag: StopFlag,
+    threads: int,
+    log_level: str,
+    log_format: str,
+    memory: WorkerMemory | None = None,
 ) -> None:
     """Serve run orders until the pipe closes."""
+    memory = memory or WorkerMemory()
     configure_logging(log_level, log_format)
     # The service coordinates shutdown through the stop flag; a terminal's Ctrl-C or a
     # process-group SIGTERM must not kill a job mid-step without its checkpoint.
@@ -122,10 +169,13 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
-    conn.send(WorkerReady(os.getpid(), torch.cuda.is_available()))
+    cuda = torch.cuda.is_available()
+    guard_memory(memory, cuda)
+    conn.send(WorkerReady(os.getpid(), cuda))
     while True:
         try:
             order = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(run_order(order, conn, stop_flag, threads))
+        conn.send(run_order(order, conn, stop_flag, threads, memory))
+        release_memory()  # the next job starts from the idle size

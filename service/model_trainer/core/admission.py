@@ -21,6 +21,7 @@ from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
+from .memory import check_memory, corpus_bytes, placement, vocabulary
 
 _C = ModelTrainerErrorCode
 
@@ -32,6 +33,7 @@ def admit(
     artifacts_root: Path | None = None,
     cuda_available: bool | None = None,
     shared_artifacts: bool = True,
+    memory_budget_mb: int | None = None,
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
@@ -42,7 +44,8 @@ def admit(
     (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND). Given ``artifacts_root``: the init_from
     artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist, and, unless
     ``shared_artifacts`` (the service passes its setting), belong to the job's own user
-    (JOB_FORBIDDEN).
+    (JOB_FORBIDDEN). Given ``memory_budget_mb``: the job's estimated peak memory
+    (:mod:`.memory`) fits in it (RESOURCE_LIMIT_EXCEEDED).
     """
     caps = CAPABILITIES.get(job.backend)
     if caps is None:
@@ -88,6 +91,16 @@ def admit(
         _check_references(job, artifacts_root)
         if not shared_artifacts:
             _check_owners(job, artifacts_root)
+    if memory_budget_mb is not None:
+        device, precision = placement(job, cuda_available)
+        check_memory(
+            job,
+            memory_budget_mb,
+            vocabulary=vocabulary(job, artifacts_root),
+            corpus_bytes=corpus_bytes(job, data_root),
+            device=device,
+            precision=precision,
+        )
 
 
 def resolve_device_precision(

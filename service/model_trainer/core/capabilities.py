@@ -1,12 +1,14 @@
 """What each backend can do, and the arithmetic of its model shapes, without building one.
 
 An explicit table over the closed ``BackendName`` set: the service checks jobs against it at
-acceptance (no torch), and each engine backend reads its own row.
+acceptance (no torch), and each engine backend reads its own row. :func:`footprint` is the one
+function per backend that :mod:`.memory` needs to estimate a job's peak memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 from model_trainer_contracts import CharLstmModel, Gpt2Model
 
@@ -68,3 +70,71 @@ def core_parameters(spec: ModelSpec) -> int:
         return total
     per_layer = 12 * spec.n_embd * spec.n_embd + 13 * spec.n_embd
     return spec.n_layer * per_layer + spec.block_size * spec.n_embd + 2 * spec.n_embd
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a model of one shape holds while it trains, from its shape alone.
+
+    ``parameters`` counts every trainable value once (embeddings and heads included; tied
+    weights once). ``activation_bytes`` is what one sequence of the batch adds to a training
+    step: what autograd keeps for the backward pass, and the backward pass's own temporaries,
+    logits excluded (:mod:`.memory` adds those for every backend alike).
+    ``workspace_bytes`` is what a step's kernels allocate whatever the batch. ``half``: the
+    figures under fp16/bf16 autocast.
+    """
+
+    parameters: int
+    activation_bytes: int
+    workspace_bytes: int = 0
+
+
+def footprint(spec: ModelSpec, vocab_size: int, *, half: bool) -> Footprint:
+    """The :class:`Footprint` of ``spec`` over a vocabulary of ``vocab_size``; one function
+    per backend (mypy's exhaustiveness check names a backend that lacks one)."""
+    if isinstance(spec, CharLstmModel):
+        return _char_lstm_footprint(spec, vocab_size, half=half)
+    if isinstance(spec, Gpt2Model):
+        return _gpt2_footprint(spec, vocab_size, half=half)
+    assert_never(spec)
+
+
+def _char_lstm_footprint(spec: CharLstmModel, vocab: int, *, half: bool) -> Footprint:
+    """Embedding, ``num_layers`` LSTM layers, a linear head.
+
+    torch's LSTM keeps 17 floats of ``hidden_size`` per token and layer for its backward pass
+    in fp32 (gates, cell states, outputs; 19 with dropout between layers), about half that
+    under autocast; the embedding's output and the head's input add a vector each. Its CPU
+    kernel also works on a reordered copy of the layer weights and their gradient.
+    Counted with ``saved_tensors_hooks`` on torch 2.15, and checked against peak memory.
+    """
+    h, e = spec.hidden_size, spec.embedding_dim
+    per_layer = (10 if half else 17) * h
+    if spec.dropout > 0 and spec.num_layers > 1:
+        per_layer += 2 * h
+    per_token = 4 * (spec.num_layers * per_layer + e + h + 4)
+    core = core_parameters(spec)
+    params = core + vocab * e + h * vocab + vocab
+    return Footprint(params, per_token * spec.block_size, workspace_bytes=2 * 4 * core)
+
+
+def _gpt2_footprint(spec: Gpt2Model, vocab: int, *, half: bool) -> Footprint:
+    """transformers' GPT-2 with SDPA attention; the head is tied to the token embedding.
+
+    Per token and layer, fp32 autograd keeps 28 vectors of ``n_embd`` (layer norms, the QKV
+    projection, attention output, the MLP's 4x expansion and the tanh GELU's intermediates)
+    and a log-sum-exp per head; fp16/bf16 autocast about 62 bytes per ``n_embd``. Dropout
+    adds its masks, and makes SDPA materialise attention weights: 12 bytes per head and pair
+    of positions, the one term quadratic in the context. The backward pass of an MLP holds
+    16 more vectors per token while it runs. Counted with ``saved_tensors_hooks`` on torch
+    2.15 and transformers 5, and checked against peak memory.
+    """
+    h, t = spec.n_embd, spec.block_size
+    dropout = spec.dropout > 0
+    per_layer = (70 if dropout else 62) * h if half else (120 if dropout else 112) * h
+    per_layer += 4 * spec.n_head
+    per_sequence = t * (spec.n_layer * per_layer + 16 * h + 4 * 16 * h)
+    if dropout:
+        per_sequence += spec.n_layer * 12 * spec.n_head * t * t
+    params = core_parameters(spec) + vocab * h
+    return Footprint(params, per_sequence)

@@ -29,7 +29,12 @@ def run_job(ctx: RunContext) -> CompletedEventV1:
     ModelTrainerError (with its stage) on failure, TRAINING_CANCELLED / TRAINING_TIMEOUT after
     checkpointing when asked to stop, and :class:`Preempted` after checkpointing on shutdown.
     """
-    validate_job(ctx.job, data_root=ctx.data_root, artifacts_root=ctx.artifacts_root)
+    validate_job(
+        ctx.job,
+        data_root=ctx.data_root,
+        artifacts_root=ctx.artifacts_root,
+        memory_budget_mb=ctx.memory_budget_mb,
+    )
     return BaseTrainer(ctx, create_backend(ctx.job.backend)).run()
 
 

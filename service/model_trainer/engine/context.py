@@ -54,6 +54,8 @@ class RunContext:
     ``job_dir``. Earlier jobs (``init_from``, a tokenizer by job) are found as
     ``artifacts_root / <job_id>``. ``stop_requested`` also carries the job's deadline
     (see :func:`model_trainer.core.stop.stop_at_deadline`): the engine reads no clock for it.
+    ``memory_budget_mb``: refuse the job (RESOURCE_LIMIT_EXCEEDED) when its memory estimate is
+    over it, before any work and again with the vocabulary it built (None: no check).
     """
 
     job: SubmitJobV1
@@ -66,6 +68,7 @@ class RunContext:
     max_corpus_bytes: int = 1 << 30
     emit: Callable[[ConfigEventV1 | ProgressEventV1], None] = _discard
     stop_requested: Callable[[], StopReason | None] = _never_stop
+    memory_budget_mb: int | None = None
 
     @property
     def job_dir(self) -> Path:

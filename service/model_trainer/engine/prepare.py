@@ -26,6 +26,7 @@ from model_trainer_contracts import (
 from torch import nn
 
 from model_trainer.core.layout import CHECKPOINTS, MANIFEST
+from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import read_manifest
 from model_trainer.engine.backend import Backend
@@ -77,6 +78,15 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     context = backend.context_length(job.model)
     tokenizer, splits = prepare_data(ctx, backend, context)
     ctx.obey_stop("prepare", 0)
+    if ctx.memory_budget_mb is not None:  # again, with the vocabulary the job actually has
+        check_memory(
+            job,
+            ctx.memory_budget_mb,
+            vocabulary=Vocabulary(tokenizer.vocab_size, "tokenizer"),
+            corpus_bytes=corpus_bytes(job, ctx.data_root),
+            device=placement.device.type,
+            precision=placement.precision,
+        )
     _seed_everything(tr.seed)
     model = backend.build(job.model, tokenizer.vocab_size)
     if job.init_from is not None:

@@ -3,6 +3,7 @@ exceptions that have a code (out of memory, artifact writes) to typed errors."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,20 @@ import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, Stage
 
 _C = ModelTrainerErrorCode
-_OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory")
+# Host memory: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), C++'s
+# std::bad_alloc as torch re-raises it. Then the messages of either.
+_HOST_OOM_TEXT = ("can't allocate memory", "bad_alloc")
+_OOM_TEXT = (*_HOST_OOM_TEXT, "out of memory", "not enough memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out: MemoryError, torch's OutOfMemoryError, a
+    RuntimeError with an allocator's message, an OSError with ENOMEM (a failed mmap)."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOMEM
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
 
 
 @contextmanager
@@ -18,8 +32,9 @@ def stage(name: Stage, device_type: str = "cpu") -> Iterator[None]:
     """Run a block as stage ``name``.
 
     A ModelTrainerError still carrying the default stage gets ``name``; torch's and Python's
-    out-of-memory errors become CUDA_OOM (on a GPU) or TRAINING_OOM; in the ``save`` stage an
-    OSError becomes ARTIFACT_WRITE_FAILED. Anything else propagates unchanged.
+    out-of-memory errors (:func:`is_oom`, e.g. an allocation past the worker's memory limit)
+    become CUDA_OOM (on a GPU) or TRAINING_OOM; in the ``save`` stage another OSError becomes
+    ARTIFACT_WRITE_FAILED. Anything else propagates unchanged.
     """
     try:
         yield
@@ -32,10 +47,15 @@ def stage(name: Stage, device_type: str = "cpu") -> Iterator[None]:
     except MemoryError as exc:
         raise _oom(name, "cpu", exc) from exc
     except RuntimeError as exc:
-        if any(text in str(exc).lower() for text in _OOM_TEXT):
+        text = str(exc).lower()
+        if any(t in text for t in _HOST_OOM_TEXT):
+            raise _oom(name, "cpu", exc) from exc
+        if any(t in text for t in _OOM_TEXT):
             raise _oom(name, device_type, exc) from exc
         raise
     except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            raise _oom(name, "cpu", exc) from exc
         if name != "save":
             raise
         raise ModelTrainerError(

@@ -18,7 +18,14 @@ def validate_job(
     data_root: Path | None = None,
     artifacts_root: Path | None = None,
     cuda_available: bool | None = None,
+    memory_budget_mb: int | None = None,
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job this worker cannot run; else None."""
-    admit(job, data_root=data_root, artifacts_root=artifacts_root, cuda_available=cuda_available)
+    admit(
+        job,
+        data_root=data_root,
+        artifacts_root=artifacts_root,
+        cuda_available=cuda_available,
+        memory_budget_mb=memory_budget_mb,
+    )
     resolve_placement(job.training, CAPABILITIES[job.backend], cuda_available=cuda_available)

@@ -1,0 +1,120 @@
+"""The kernel-side protections of a worker process, and the host's memory (torch-free).
+
+A worker limits its own heap with ``RLIMIT_DATA``: since Linux 4.7 it bounds every private
+writable mapping (``VmData``: brk, anonymous mmap, thread stacks), so an allocation past it
+fails at once, inside the job (torch: "can't allocate memory"; Python and numpy:
+MemoryError), and the job ends with TRAINING_OOM while the worker lives on. ``RLIMIT_AS``
+would not do: it also counts the shared libraries and the address ranges torch and CUDA
+reserve without using, and those vary from build to build. The limit is the worker's idle
+``VmData`` (torch imported, thread pools started) plus its budget.
+
+glibc returns freed blocks of 1 MiB and more to the kernel at once (a fixed
+``M_MMAP_THRESHOLD``; by default the threshold grows up to 32 MiB and freed tensors stay in
+a fragmented heap, which made a training step's peak up to 1.7x what it holds), so a job's
+peak is close to what it uses and an idle worker returns to its baseline.
+
+And a worker raises its own ``oom_score_adj`` (500), so that when the host runs out of
+memory anyway the kernel's OOM killer picks a worker, not the service.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import re
+import resource
+from pathlib import Path
+
+import psutil
+
+MIB = 1 << 20
+WORKER_OOM_SCORE_ADJ = 500
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = MIB
+_CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def host_memory_bytes() -> int:
+    """The memory this process may use in all: the host's, or its container's limit."""
+    total: int = psutil.virtual_memory().total
+    for path in _CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def default_worker_memory_mb(workers: int) -> int:
+    """A fair share per worker: 80% of :func:`host_memory_bytes`, the rest for the service
+    and the host."""
+    return max(256, int(host_memory_bytes() * 0.8 / max(1, workers)) // MIB)
+
+
+def data_size() -> int:
+    """This process's ``VmData`` in bytes (what ``RLIMIT_DATA`` bounds); 0 where unknown."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmData:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+def limit_data(budget_mb: int) -> int | None:
+    """Limit this process's heap to its current size plus ``budget_mb``; the limit in bytes,
+    or None where it cannot be set (no ``/proc``, or a hard limit below it)."""
+    base = data_size()
+    if not base:
+        return None
+    limit = base + budget_mb * MIB
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        return None
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return limit
+
+
+def prefer_oom_kill(adj: int = WORKER_OOM_SCORE_ADJ) -> bool:
+    """Raise this process's ``oom_score_adj`` to ``adj`` (raising needs no privilege); False
+    where it cannot."""
+    path = Path("/proc/self/oom_score_adj")
+    try:
+        if int(path.read_text()) < adj:
+            path.write_text(str(adj))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Make glibc give every freed block of 1 MiB and more back to the kernel at once (see
+    the module docstring); False where the C library is not glibc."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    done: int = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return done == 1
+
+
+def release_memory() -> None:
+    """After a job: collect its reference cycles and hand free heap pages back."""
+    gc.collect()
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
