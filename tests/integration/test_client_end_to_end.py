@@ -75,7 +75,7 @@ async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
 ) -> None:
     service = ServiceProcess(stack).start()  # one worker: "waiting" queues behind "long"
     client_env = {k: v for k, v in service.env.items() if k.startswith("MODEL_TRAINER_")}
-    settings = ClientSettings.from_env(stack.bootstrap)
+    settings = ClientSettings.from_env(env=client_env)
     runner = CliRunner()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
