@@ -1,0 +1,300 @@
+"""Malformed commands for the soak's fuzz section: random bytes and mutated valid commands.
+
+Every payload :meth:`CommandFuzzer.malformed` returns is one the service must dead-letter:
+the contracts' own decoder refuses it, or its record key is not its ``job_id``. A mutation
+that happens to leave a valid, correctly keyed command is drawn again, so the count of
+payloads sent is the count of dead letters expected.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable
+
+from model_trainer_contracts import (
+    CancelJobV1,
+    ModelTrainerError,
+    SubmitJobV1,
+    decode_command,
+    encode,
+)
+
+Payload = tuple[bytes, bytes | None]  # (value, record key)
+Doc = dict[str, object]
+
+# Where a value's type is flipped, a field dropped, or a value put out of range.
+FIELDS: list[tuple[str, ...]] = [
+    ("type",),
+    ("job_id",),
+    ("user_id",),
+    ("backend",),
+    ("model",),
+    ("model", "hidden_size"),
+    ("model", "block_size"),
+    ("data",),
+    ("data", "corpus_path"),
+    ("data", "val_fraction"),
+    ("training",),
+    ("training", "max_steps"),
+    ("training", "batch_size"),
+    ("training", "learning_rate"),
+    ("training", "betas"),
+    ("progress", "every_steps"),
+    ("labels",),
+    ("priority",),
+]
+REQUIRED: list[tuple[str, ...]] = [
+    ("type",),
+    ("job_id",),
+    ("user_id",),
+    ("backend",),
+    ("data",),
+    ("data", "corpus_path"),
+]
+OUT_OF_RANGE: list[tuple[tuple[str, ...], object]] = [
+    (("user_id",), -1),
+    (("job_id",), "../etc/passwd"),
+    (("job_id",), ""),
+    (("job_id",), "x" * 200),
+    (("training", "batch_size"), 0),
+    (("training", "learning_rate"), -1.0),
+    (("training", "max_steps"), 0),
+    (("training", "max_steps"), 10**12),
+    (("model", "hidden_size"), 10**9),
+    (("data", "val_fraction"), 0.95),
+    (("priority",), 1000),
+    (("training", "betas"), [0.9]),
+    (("labels",), {"": "empty key"}),
+    (("backend",), "gpt3"),
+    (("training", "schedule"), "exponential"),
+]
+# Where a huge string goes: every one of these refuses it (inline_text would accept it).
+HUGE_AT: list[tuple[str, ...]] = [
+    ("job_id",),
+    ("backend",),
+    ("type",),
+    ("pad",),
+    ("labels", "note"),
+    ("data", "corpus_path"),
+    ("data", "jsonl_field"),
+    ("training", "schedule"),
+    ("model", "extra"),
+]
+TAGS: list[tuple[str, ...]] = [("type",)]
+TYPOS: dict[str, str] = {
+    "job_id": "jobId",
+    "user_id": "user",
+    "max_steps": "max_step",
+    "batch_size": "batchsize",
+    "corpus_path": "corpus",
+    "hidden_size": "hiden_size",
+    "training": "train",
+    "model": "models",
+    "data": "dataset",
+}
+WRONG_TAGS = [
+    "trainer.job.submit.v2",
+    "trainer.job.cancel.v0",
+    "submit",
+    "",
+    "TRAINER.JOB.SUBMIT.V1",
+]
+OTHER_TYPES: list[object] = ["a string", -5, 2.5, [], {}, None, True, [1, "two"], {"x": 1}]
+
+
+def is_malformed(payload: Payload, max_bytes: int) -> bool:
+    """Whether the service must dead-letter this record."""
+    value, key = payload
+    try:
+        command = decode_command(value, max_bytes=max_bytes)
+    except ModelTrainerError:
+        return True
+    return key != command.job_id.encode()
+
+
+def _get(doc: Doc, path: tuple[str, ...]) -> object:
+    node: object = doc
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _parent(doc: Doc, path: tuple[str, ...]) -> Doc:
+    """The dict holding ``path``'s last part, created (or replaced) on the way."""
+    node = doc
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    return node
+
+
+def _set(doc: Doc, path: tuple[str, ...], value: object) -> None:
+    _parent(doc, path)[path[-1]] = value
+
+
+class CommandFuzzer:
+    """Draws malformed commands from a seeded generator; counts the kinds it drew."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        template: SubmitJobV1,
+        max_bytes: int,
+        *,
+        huge_tags: bool = True,
+    ) -> None:
+        self._rng = rng
+        # The union tags: a refusal of an unknown tag quotes it (see the soak's README row).
+        self._huge_at = HUGE_AT if huge_tags else [p for p in HUGE_AT if p not in TAGS]
+        self._template = template
+        self._max_bytes = max_bytes
+        self.kinds: Counter[str] = Counter()
+        self._mutations: list[tuple[str, float, Callable[[int], Payload]]] = [
+            ("random_bytes", 15, self._random_bytes),
+            ("not_an_object", 4, self._not_an_object),
+            ("flipped_type", 15, self._flipped_type),
+            ("dropped_field", 10, self._dropped_field),
+            ("huge_string", 1.5, self._huge_string),
+            ("wrong_field_name", 12, self._wrong_field_name),
+            ("wrong_record_key", 10, self._wrong_record_key),
+            ("truncated", 10, self._truncated),
+            ("out_of_range", 10, self._out_of_range),
+            ("bad_utf8", 5, self._bad_utf8),
+            ("deep_nesting", 2, self._deep_nesting),
+            ("wrong_type_tag", 3, self._wrong_type_tag),
+            ("bad_cancel", 3, self._bad_cancel),
+        ]
+
+    def malformed(self, n: int) -> Payload:
+        """The ``n``-th malformed command (job ids ``fz-<n>``, unique per payload)."""
+        names = [m[0] for m in self._mutations]
+        weights = [m[1] for m in self._mutations]
+        for _ in range(50):
+            index = self._rng.choices(range(len(names)), weights=weights)[0]
+            payload = self._mutations[index][2](n)
+            if is_malformed(payload, self._max_bytes):
+                self.kinds[names[index]] += 1
+                return payload
+        self.kinds["random_bytes"] += 1
+        return b"\x00not json", f"fz-{n}".encode()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _doc(self, n: int) -> Doc:
+        doc: Doc = self._template.model_dump(mode="json")
+        doc["job_id"] = f"fz-{n}"
+        return doc
+
+    def _key(self, n: int) -> bytes | None:
+        """Mostly the job_id (so a salvaged id gets a rejection event too), sometimes not."""
+        roll = self._rng.random()
+        if roll < 0.8:
+            return f"fz-{n}".encode()
+        if roll < 0.9:
+            return None
+        return self._rng.randbytes(self._rng.randint(1, 16))
+
+    def _dumps(self, doc: object) -> bytes:
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    # ------------------------------------------------------------------ mutations
+
+    def _random_bytes(self, n: int) -> Payload:
+        return self._rng.randbytes(self._rng.randint(0, 4000)), self._key(n)
+
+    def _not_an_object(self, n: int) -> Payload:
+        value = self._rng.choice([[], [self._doc(n)], 42, "submit", None, True, 3.5])
+        return self._dumps(value), self._key(n)
+
+    def _flipped_type(self, n: int) -> Payload:
+        doc = self._doc(n)
+        path = self._rng.choice(FIELDS)
+        current = _get(doc, path)
+        choices = [v for v in OTHER_TYPES if type(v) is not type(current)]
+        _set(doc, path, self._rng.choice(choices))
+        return self._dumps(doc), self._key(n)
+
+    def _dropped_field(self, n: int) -> Payload:
+        doc = self._doc(n)
+        path = self._rng.choice(REQUIRED)
+        _parent(doc, path).pop(path[-1], None)
+        return self._dumps(doc), self._key(n)
+
+    def _huge_string(self, n: int) -> Payload:
+        doc = self._doc(n)
+        size = self._rng.randint(50_000, 600_000)
+        chunk = "".join(self._rng.choices("abcdefghijklmnopqrstuvwxyz0123456789 ", k=1024))
+        _set(doc, self._rng.choice(self._huge_at), (chunk * (size // 1024 + 1))[:size])
+        return self._dumps(doc), self._key(n)
+
+    def _wrong_field_name(self, n: int) -> Payload:
+        doc = self._doc(n)
+        if self._rng.random() < 0.5:
+            for name, typo in self._rng.sample(sorted(TYPOS.items()), k=len(TYPOS)):
+                for holder in (doc, doc.get("training"), doc.get("data"), doc.get("model")):
+                    if isinstance(holder, dict) and name in holder:
+                        holder[typo] = holder.pop(name)
+                        return self._dumps(doc), self._key(n)
+        where = self._rng.choice([(), ("training",), ("data",), ("model",), ("progress",)])
+        _set(doc, (*where, f"unknown_{self._rng.randint(0, 999)}"), self._rng.choice(OTHER_TYPES))
+        return self._dumps(doc), self._key(n)
+
+    def _wrong_record_key(self, n: int) -> Payload:
+        """A valid command whose record key is not its job_id."""
+        command: SubmitJobV1 | CancelJobV1
+        if self._rng.random() < 0.7:
+            command = SubmitJobV1.model_validate(self._doc(n))
+        else:
+            command = CancelJobV1(job_id=f"fz-{n}", reason="fuzz")
+        key = self._rng.choice([None, b"", f"fz-{n + 1}".encode(), f"FZ-{n}".encode()])
+        return encode(command), key
+
+    def _truncated(self, n: int) -> Payload:
+        raw = self._dumps(self._doc(n))
+        return raw[: self._rng.randint(1, len(raw) - 1)], self._key(n)
+
+    def _out_of_range(self, n: int) -> Payload:
+        doc = self._doc(n)
+        path, value = self._rng.choice(OUT_OF_RANGE)
+        _set(doc, path, value)
+        raw = self._dumps(doc)
+        if self._rng.random() < 0.1:  # a token strict JSON refuses
+            raw = raw.replace(b'"learning_rate":0.001', b'"learning_rate":NaN')
+        return raw, self._key(n)
+
+    def _bad_utf8(self, n: int) -> Payload:
+        raw = self._dumps(self._doc(n))
+        at = self._rng.randint(0, len(raw))
+        bad = self._rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf0\x28\x8c\x28"])
+        return raw[:at] + bad + raw[at:], self._key(n)
+
+    def _deep_nesting(self, n: int) -> Payload:
+        depth = self._rng.randint(100, 50_000)
+        head = self._dumps(self._doc(n))[:-1]
+        return head + b',"deep":' + b"[" * depth + b"]" * depth + b"}", self._key(n)
+
+    def _wrong_type_tag(self, n: int) -> Payload:
+        doc = self._doc(n)
+        doc["type"] = self._rng.choice(WRONG_TAGS)
+        return self._dumps(doc), self._key(n)
+
+    def _bad_cancel(self, n: int) -> Payload:
+        doc: Doc = {"type": "trainer.job.cancel.v1", "job_id": f"fz-{n}", "reason": "fuzz"}
+        path, value = self._rng.choice(
+            [
+                (("reason",), "r" * 600),
+                (("job_id",), ".hidden"),
+                (("job_id",), None),
+                (("extra",), 1),
+                (("reason",), 12),
+            ]
+        )
+        _set(doc, path, value)
+        return self._dumps(doc), self._key(n)

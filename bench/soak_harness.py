@@ -1,0 +1,543 @@
+"""What ``bench/soak.py`` needs to drive the real service: its topics, its processes, and a
+reader that keeps every committed event with its offset. Bench-local on purpose: the tests'
+harness lives under ``tests/`` and the benchmarks do not depend on it.
+
+Every service process starts in a session of its own; :func:`kill_leftovers` SIGKILLs what
+is left of every session this module started (checked by pid and command line, so nothing
+else is ever signalled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+from model_trainer_client import is_terminal
+from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_contracts import (
+    ConfigEventV1,
+    Event,
+    ModelTrainerError,
+    ProgressEventV1,
+    SubmitJobV1,
+    decode_event,
+    encode,
+)
+from model_trainer_contracts import ce_headers as command_headers
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from local_kafka import free_port  # noqa: E402
+
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 60
+MAX_COMMAND_BYTES = 1_000_000
+_STARTED = time.monotonic()
+# Process groups (sessions) of every service this module started.
+_SESSIONS: set[int] = set()
+
+
+def say(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"[soak {time.monotonic() - _STARTED:8.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _pgrp(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[2]) if len(fields) > 2 else None
+
+
+def session_members(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid`` that run our Python (service, workers)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if _pgrp(pid) == pgid and sys.executable.encode() in _cmdline(pid):
+            found.append(pid)
+    return found
+
+
+def kill_leftovers() -> int:
+    """SIGKILL every process left in the sessions this module started; returns how many."""
+    killed = 0
+    for pgid in sorted(_SESSIONS):
+        for pid in session_members(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class Stack:
+    """Topic names, folders and settings shared by the service instances of one section."""
+
+    bootstrap: str
+    root: Path
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def __post_init__(self) -> None:
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.artifacts_root.mkdir(parents=True, exist_ok=True)
+        (self.data_root / "corpus.txt").write_text(CORPUS)
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"jobs-{self.uid}"
+
+    @property
+    def events_topic(self) -> str:
+        return f"metrics-{self.uid}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"dlq-{self.uid}"
+
+    @property
+    def state_topic(self) -> str:
+        return f"state-{self.uid}"
+
+    @property
+    def group_id(self) -> str:
+        return f"group-{self.uid}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
+            "MODEL_TRAINER_COMMANDS_TOPIC": self.commands_topic,
+            "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
+            "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "MODEL_TRAINER_STATE_TOPIC": self.state_topic,
+            "MODEL_TRAINER_GROUP_ID": self.group_id,
+            "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
+            "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
+            "MODEL_TRAINER_WORKERS": "1",
+            "MODEL_TRAINER_THREADS_PER_WORKER": "1",
+            "MODEL_TRAINER_LOG_FORMAT": "json",
+            "MODEL_TRAINER_MAX_COMMAND_BYTES": str(MAX_COMMAND_BYTES),
+            "MODEL_TRAINER_SESSION_TIMEOUT_MS": "10000",
+            "MODEL_TRAINER_SHUTDOWN_GRACE_S": "20",
+        }
+        env.update({f"MODEL_TRAINER_{k.upper()}": v for k, v in overrides.items()})
+        return env
+
+    def job(
+        self, job_id: str, *, steps: int, checkpoint_every: int | None = None, eval_every: int = 50
+    ) -> SubmitJobV1:
+        """A small, real char-level job on the section's corpus."""
+        training: dict[str, object] = {
+            "max_steps": steps,
+            "batch_size": 8,
+            "eval_every": eval_every,
+            "eval_batches": 2,
+        }
+        if checkpoint_every is not None:
+            training["checkpoint_every"] = checkpoint_every
+        return SubmitJobV1.model_validate(
+            {
+                "type": "trainer.job.submit.v1",
+                "job_id": job_id,
+                "user_id": 7,
+                "backend": "char_lstm",
+                "model": {
+                    "embedding_dim": 16,
+                    "hidden_size": 32,
+                    "num_layers": 1,
+                    "block_size": 32,
+                },
+                "data": {"corpus_path": "corpus.txt", "val_fraction": 0.1, "test_fraction": 0.05},
+                "training": training,
+                "progress": {"every_steps": 5},
+                "labels": {"suite": "soak"},
+            }
+        )
+
+
+class Service:
+    """``model-trainer serve`` in a subprocess of its own session; log in the stack's root."""
+
+    def __init__(self, stack: Stack, name: str, **overrides: str) -> None:
+        self.stack = stack
+        self.name = name
+        self.http_port = free_port()
+        self.log_path = stack.root / f"{name}.log"
+        self.env = {
+            **os.environ,
+            **stack.env(http_port=str(self.http_port), **overrides),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 300.0) -> Service:
+        """Start it and wait until ``/readyz`` answers 200."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "model_trainer", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.stack.root,
+                start_new_session=True,
+            )
+        _SESSIONS.add(self.proc.pid)
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready in {timeout_s}s: {self.tail()}")
+            time.sleep(0.3)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def metric(self, name: str) -> float | None:
+        """The sum of a Prometheus metric's samples (None when the service does not answer)."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                body = bytes(response.read()).decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return None
+        total = 0.0
+        for line in body.splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                total += float(line.split()[-1])
+        return total
+
+    def log_lines(self) -> list[dict[str, object]]:
+        """The JSON lines of its log (every start of this name appends to one file)."""
+        if not self.log_path.exists():
+            return []
+        lines: list[dict[str, object]] = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    parsed = json.loads(raw)
+                    if isinstance(parsed, dict):
+                        lines.append({str(k): v for k, v in parsed.items()})
+        return lines
+
+    def line_count(self) -> int:
+        if not self.log_path.exists():
+            return 0
+        return len(self.log_path.read_text(errors="replace").splitlines())
+
+    def said(self, event: str) -> list[dict[str, object]]:
+        return [line for line in self.log_lines() if line.get("event") == event]
+
+    def tail(self, n: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in session_members(self.pid) if pid != self.pid]
+
+    def kill9(self) -> None:
+        """SIGKILL the service process alone (its workers notice and stop on their own)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL of whatever is left of its session; its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        for pid in session_members(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One committed event and where it was read."""
+
+    partition: int
+    offset: int
+    event: Event
+
+
+@dataclass
+class Audit:
+    """Per job: missing seq numbers, and events that repeat one (or a second terminal)."""
+
+    seq_gaps: int = 0
+    duplicates: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, other: Audit) -> None:
+        self.seq_gaps += other.seq_gaps
+        self.duplicates += other.duplicates
+        self.notes += other.notes
+
+
+class EventLog:
+    """Every committed event of an events topic from its beginning, kept by job.
+
+    Records are told apart by (partition, offset), so a record read twice is not taken for a
+    duplicate the service published; two records of one job with the same ``seq`` are.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._consumer = committed_reader(bootstrap)
+        self._offsets: set[tuple[int, int]] = set()
+        self.by_job: dict[str, list[Seen]] = {}
+        self.rereads = 0
+        self.undecodable = 0
+
+    async def __aenter__(self) -> EventLog:
+        await self._consumer.start()
+        while True:  # the service creates its topics at start
+            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
+                return self
+            await asyncio.sleep(0.5)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._consumer.stop(), timeout=10)
+
+    async def poll(self, timeout_ms: int = 500) -> int:
+        """Read what arrives within ``timeout_ms``; returns how many new events."""
+        fresh = 0
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        for messages in batches.values():
+            for message in messages:
+                record = to_record(message)
+                where = (record.partition, record.offset)
+                if where in self._offsets:
+                    self.rereads += 1
+                    continue
+                self._offsets.add(where)
+                try:
+                    event = decode_event(record.value)
+                except ModelTrainerError:
+                    self.undecodable += 1
+                    continue
+                self.by_job.setdefault(event.job_id, []).append(
+                    Seen(record.partition, record.offset, event)
+                )
+                fresh += 1
+        return fresh
+
+    async def until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll until ``done()``; TimeoutError naming ``what`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout_s:.0f}s")
+            await self.poll()
+
+    async def settle(self, quiet_s: float = 3.0) -> None:
+        """Read until nothing new arrives for ``quiet_s`` (a late duplicate would show)."""
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < quiet_s:
+            if await self.poll():
+                quiet_since = time.monotonic()
+
+    def events(self, job_id: str) -> list[Event]:
+        return [seen.event for seen in self.by_job.get(job_id, [])]
+
+    def terminals(self, job_id: str) -> list[Event]:
+        """The job's terminal events, one per seq."""
+        by_seq = {e.seq: e for e in self.events(job_id) if is_terminal(e)}
+        return [by_seq[seq] for seq in sorted(by_seq)]
+
+    def ended(self, job_id: str) -> bool:
+        return bool(self.terminals(job_id))
+
+    def max_step(self, job_id: str) -> int:
+        steps = [e.step for e in self.events(job_id) if isinstance(e, ProgressEventV1)]
+        return max(steps, default=-1)
+
+    def configs(self, job_id: str) -> list[ConfigEventV1]:
+        return [e for e in self.events(job_id) if isinstance(e, ConfigEventV1)]
+
+    def audit(self, job_ids: list[str] | None = None) -> Audit:
+        """Seq gaps and duplicates of ``job_ids`` (default: every job read)."""
+        result = Audit()
+        for job_id in self.by_job if job_ids is None else job_ids:
+            seqs = [e.seq for e in self.events(job_id)]
+            if not seqs:
+                continue
+            distinct = set(seqs)
+            gaps = max(distinct) + 1 - len(distinct)
+            dups = len(seqs) - len(distinct) + max(0, len(self.terminals(job_id)) - 1)
+            if gaps or dups:
+                missing = sorted(set(range(max(distinct) + 1)) - distinct)[:10]
+                result.notes.append(f"{job_id}: {gaps} seq missing {missing}, {dups} duplicated")
+            result.seq_gaps += gaps
+            result.duplicates += dups
+        return result
+
+
+class Producer:
+    """A plain idempotent producer (acks=all) that sends batches without waiting per record."""
+
+    def __init__(self, bootstrap: str, max_request_size: int = 2 * MAX_COMMAND_BYTES) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=max_request_size,
+        )
+
+    async def __aenter__(self) -> Producer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._producer.stop()
+
+    async def send_many(
+        self,
+        topic: str,
+        records: list[tuple[bytes, bytes | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Send (value, key) records in order, then wait until the broker has them all."""
+        pending: list[asyncio.Future[object]] = []
+        for value, key in records:
+            pending.append(await self._producer.send(topic, value, key=key, headers=headers))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+
+    async def submit(self, topic: str, *jobs: SubmitJobV1) -> None:
+        """Submit commands keyed by job_id, with their CloudEvents headers."""
+        pending: list[asyncio.Future[object]] = []
+        for job in jobs:
+            pending.append(
+                await self._producer.send(
+                    topic, encode(job), key=job.job_id.encode(), headers=command_headers(job)
+                )
+            )
+        await asyncio.gather(*pending)
+
+
+class TopicReader:
+    """Counts the committed records of a topic from its beginning (the dead letters)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._consumer = committed_reader(bootstrap)
+        self.records = 0
+        self.origins: set[tuple[bytes, bytes]] = set()  # (original partition, offset)
+        self.codes: dict[str, int] = {}
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        while True:
+            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
+                return self
+            await asyncio.sleep(0.5)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._consumer.stop(), timeout=10)
+
+    async def poll(self) -> int:
+        fresh = 0
+        batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
+        for messages in batches.values():
+            for message in messages:
+                record = to_record(message)
+                headers = dict(record.headers)
+                origin = (
+                    headers.get("original_partition", b""),
+                    headers.get("original_offset", b""),
+                )
+                self.origins.add(origin)
+                code = headers.get("error_code", b"").decode(errors="replace")
+                self.codes[code] = self.codes.get(code, 0) + 1
+                self.records += 1
+                fresh += 1
+        return fresh
