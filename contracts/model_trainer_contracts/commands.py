@@ -28,9 +28,10 @@ MAX_LABELS = 32
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
-BackendName = Literal["char_lstm", "gpt2"]
+BackendName = Literal["char_lstm", "gpt2", "llama", "pretrained"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Compile = Literal["auto", "on", "off"] | bool
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -114,7 +115,72 @@ class Gpt2Model(_Strict):
         return self
 
 
-ModelSettings = Annotated[CharLstmModel | Gpt2Model, Field(discriminator="backend")]
+class LlamaModel(_Strict):
+    """A Llama decoder (transformers ``LlamaForCausalLM``) trained from scratch: RMSNorm,
+    SwiGLU, rotary positions, optional grouped-query attention."""
+
+    backend: Literal["llama"] = "llama"
+    num_hidden_layers: int = Field(4, ge=1, le=128)
+    hidden_size: int = Field(128, ge=8, le=16_384)
+    num_attention_heads: int = Field(4, ge=1, le=256)
+    num_key_value_heads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Key/value heads (grouped-query attention); None: one per attention head.",
+    )
+    intermediate_size: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description="SwiGLU width; None: 8/3 x hidden_size rounded up to a multiple of 64.",
+    )
+    rope_theta: float = Field(10_000.0, gt=0.0, le=1e9, description="Rotary base.")
+    block_size: int = Field(64, ge=2, le=32_768, description="Tokens per training window.")
+    tie_word_embeddings: bool = Field(True, description="The output head shares the embedding.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Attention dropout.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Self:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        kv = self.num_key_value_heads
+        if kv is not None and self.num_attention_heads % kv:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({kv})"
+            )
+        return self
+
+
+class PretrainedModel(_Strict):
+    """Fine-tune a Hugging Face causal LM from a folder under the data root: ``config.json``,
+    safetensors weights and its tokenizer (``tokenizer.json``). Any architecture transformers
+    implements natively; never remote code, never pickled weights."""
+
+    backend: Literal["pretrained"] = "pretrained"
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The model folder, relative to the service's data root.",
+    )
+    block_size: int = Field(
+        256,
+        ge=2,
+        le=131_072,
+        description="Tokens per training window; at most the model's position limit.",
+    )
+    freeze_embeddings: bool = Field(
+        False, description="Keep the input embeddings (and an output head tied to them) fixed."
+    )
+
+
+ModelSettings = Annotated[
+    CharLstmModel | Gpt2Model | LlamaModel | PretrainedModel, Field(discriminator="backend")
+]
 
 
 class CharTokenizer(_Strict):
@@ -136,7 +202,15 @@ class JobTokenizer(_Strict):
     job_id: JobId
 
 
-TokenizerSpec = Annotated[CharTokenizer | BpeTokenizer | JobTokenizer, Field(discriminator="kind")]
+class ModelTokenizer(_Strict):
+    """The tokenizer that ships with the pretrained model folder (backend ``pretrained``)."""
+
+    kind: Literal["model"] = "model"
+
+
+TokenizerSpec = Annotated[
+    CharTokenizer | BpeTokenizer | JobTokenizer | ModelTokenizer, Field(discriminator="kind")
+]
 
 
 class DataSpec(_Strict):
@@ -234,6 +308,11 @@ class TrainingSpec(_Strict):
     checkpoint_every: int | None = Field(
         None, ge=1, le=10_000_000, description="Checkpoint every N steps (None: service default)."
     )
+    compile: Compile = Field(
+        "auto",
+        description="torch.compile the model: auto (on for CUDA, for backends that support it), "
+        "on, off; true and false mean on and off.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -296,6 +375,18 @@ class SubmitJobV1(_Strict):
             model = data.get("model", {})
             if isinstance(model, dict) and "backend" not in model:
                 return {**data, "model": {**model, "backend": data["backend"]}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_brings_its_tokenizer(cls, data: object) -> object:
+        """A pretrained model uses its own tokenizer: ``tokenizer`` may be omitted."""
+        if (
+            isinstance(data, dict)
+            and data.get("backend") == "pretrained"
+            and "tokenizer" not in data
+        ):
+            return {**data, "tokenizer": {"kind": "model"}}
         return data
 
     @model_validator(mode="after")

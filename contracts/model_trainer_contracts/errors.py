@@ -23,6 +23,7 @@ class ModelTrainerErrorCode(StrEnum):
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
     MODEL_INCOMPATIBLE = "MODEL_INCOMPATIBLE"
+    MODEL_FORMAT_UNSUPPORTED = "MODEL_FORMAT_UNSUPPORTED"
     INVALID_MODEL_SIZE = "INVALID_MODEL_SIZE"
     RESOURCE_LIMIT_EXCEEDED = "RESOURCE_LIMIT_EXCEEDED"
     UNSUPPORTED_BACKEND = "UNSUPPORTED_BACKEND"
@@ -76,6 +77,13 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.MODEL_LOAD_FAILED: ErrorInfo(500, True, "The init_from artifact could not be loaded."),
     _C.MODEL_INCOMPATIBLE: ErrorInfo(
         409, False, "The init_from artifact does not match the requested backend or shape."
+    ),
+    _C.MODEL_FORMAT_UNSUPPORTED: ErrorInfo(
+        415,
+        False,
+        "The model folder is not loadable as is: weights not in safetensors (pickled weights are "
+        "refused), or an architecture transformers does not implement natively (remote code is "
+        "never run).",
     ),
     _C.INVALID_MODEL_SIZE: ErrorInfo(
         422, False, "The model shape is outside the backend's bounds."

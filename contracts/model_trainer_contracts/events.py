@@ -133,6 +133,12 @@ class ProgressEventV1(EventBase):
     eta_s: NonNegative
     val_loss: float | None = None
     val_ppl: float | None = None
+    mfu: NonNegative | None = Field(
+        None,
+        description="Model FLOPs utilisation since the last progress event: tokens/s x FLOPs "
+        "per token (6N + 12 L H Q T) over the device's dense bf16 peak; None where the peak is "
+        "unknown (CPU, unlisted GPUs).",
+    )
 
 
 class CompletedEventV1(EventBase):

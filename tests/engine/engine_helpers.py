@@ -49,6 +49,14 @@ _WORDS = [
 TINY_MODELS: dict[str, dict[str, object]] = {
     "char_lstm": {"embedding_dim": 16, "hidden_size": 32, "num_layers": 1, "block_size": 16},
     "gpt2": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+    "llama": {
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "block_size": 16,
+    },
+    "pretrained": {"path": "models/tiny", "block_size": 16},
 }
 
 
@@ -100,7 +108,7 @@ class Env:
                 "user_id": 7,
                 "backend": backend,
                 "model": {**TINY_MODELS[backend], **(model or {})},
-                "tokenizer": tokenizer or {"kind": "char"},
+                "tokenizer": tokenizer or {"kind": "model" if backend == "pretrained" else "char"},
                 "data": data or {"corpus_path": "corpus.txt"},
                 "training": {
                     "max_steps": 8,

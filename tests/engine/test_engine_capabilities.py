@@ -25,7 +25,7 @@ def _refusal(job: SubmitJobV1, env: Env | None = None, cuda: bool = False) -> Mo
 
 
 def test_registry_lists_and_refuses_backends() -> None:
-    assert backend_names() == ["char_lstm", "gpt2"]
+    assert backend_names() == ["char_lstm", "gpt2", "llama", "pretrained"]
     caps = create_backend("gpt2").capabilities
     assert caps.can_resume
     assert caps.can_finetune

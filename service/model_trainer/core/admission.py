@@ -14,6 +14,7 @@ from model_trainer_contracts import (
     JobTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
+    PretrainedModel,
     SubmitJobV1,
     TrainingSpec,
 )
@@ -22,6 +23,7 @@ from pydantic import JsonValue
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_memory, corpus_bytes, placement, vocabulary
+from .pretrained import inspect_pretrained
 
 _C = ModelTrainerErrorCode
 
@@ -37,12 +39,14 @@ def admit(
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
-    In order: the backend exists and accepts the tokenizer kind and fine-tuning
+    In order: the backend exists and accepts the tokenizer kind, fine-tuning and compiling
     (UNSUPPORTED_BACKEND); the model's shape is within its bounds (INVALID_MODEL_SIZE);
     device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
     UNSUPPORTED_BACKEND). Given ``data_root``: the corpus path stays inside it
-    (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND). Given ``artifacts_root``: the init_from
-    artifact (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist, and, unless
+    (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND); a pretrained model folder passes
+    :func:`~model_trainer.core.pretrained.inspect_pretrained` and fits the bounds and its own
+    position limit (INVALID_MODEL_SIZE). Given ``artifacts_root``: the init_from artifact
+    (MODEL_NOT_FOUND) and a job tokenizer (TOKENIZER_NOT_FOUND) exist, and, unless
     ``shared_artifacts`` (the service passes its setting), belong to the job's own user
     (JOB_FORBIDDEN). Given ``memory_budget_mb``: the job's estimated peak memory
     (:mod:`.memory`) fits in it (RESOURCE_LIMIT_EXCEEDED).
@@ -55,7 +59,7 @@ def admit(
             details={"backend": job.backend},
         )
     kind = job.tokenizer.kind
-    if kind != "job" and kind not in caps.tokenizers:
+    if kind not in caps.tokenizers:
         raise ModelTrainerError(
             _C.UNSUPPORTED_BACKEND,
             f"backend {job.backend!r} cannot use a {kind} tokenizer",
@@ -64,6 +68,12 @@ def admit(
     if job.init_from is not None and not caps.can_finetune:
         raise ModelTrainerError(
             _C.UNSUPPORTED_BACKEND, f"backend {job.backend!r} cannot fine-tune (init_from)"
+        )
+    if job.training.compile in ("on", True) and not caps.can_compile:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND,
+            f"backend {job.backend!r} cannot be compiled (training.compile)",
+            details={"backend": job.backend},
         )
     context, params = context_length(job.model), core_parameters(job.model)
     if context > caps.max_context or params > caps.max_parameters:
@@ -87,6 +97,8 @@ def admit(
                 f"no corpus file or directory at {job.data.corpus_path!r}",
                 details={"corpus_path": job.data.corpus_path},
             )
+    if data_root is not None and isinstance(job.model, PretrainedModel):
+        _check_pretrained(job.model, caps, data_root)
     if artifacts_root is not None:
         _check_references(job, artifacts_root)
         if not shared_artifacts:
@@ -175,6 +187,23 @@ def _owner(manifest: Path) -> int | None:
     spec = made.get("job") if isinstance(made, dict) else None
     user = spec.get("user_id") if isinstance(spec, dict) else None
     return user if isinstance(user, int) else None
+
+
+def _check_pretrained(spec: PretrainedModel, caps: Capabilities, data_root: Path) -> None:
+    folder = inspect_pretrained(data_root, spec.path)
+    if folder.parameters > caps.max_parameters:
+        raise ModelTrainerError(
+            _C.INVALID_MODEL_SIZE,
+            f"the model has {folder.parameters} parameters; the bound is {caps.max_parameters}",
+            details={"parameters": folder.parameters, "max_parameters": caps.max_parameters},
+        )
+    limit = folder.max_positions
+    if limit is not None and spec.block_size > limit:
+        raise ModelTrainerError(
+            _C.INVALID_MODEL_SIZE,
+            f"block_size {spec.block_size} exceeds the model's {limit} positions",
+            details={"block_size": spec.block_size, "max_positions": limit},
+        )
 
 
 def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import assert_never
 
-from model_trainer_contracts import CharLstmModel, Gpt2Model
+from model_trainer_contracts import CharLstmModel, Gpt2Model, LlamaModel, PretrainedModel
 
-ModelSpec = CharLstmModel | Gpt2Model
+ModelSpec = CharLstmModel | Gpt2Model | LlamaModel | PretrainedModel
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend supports. ``max_parameters`` bounds the non-embedding parameter count."""
+    """What a backend supports. ``max_parameters`` bounds the non-embedding parameter count
+    (for ``pretrained``, every parameter of the folder's weights). ``can_compile``: whether
+    ``torch.compile`` may be applied (``training.compile``)."""
 
     tokenizers: frozenset[str]
     devices: frozenset[str]
@@ -26,6 +28,7 @@ class Capabilities:
     max_context: int
     can_resume: bool
     can_finetune: bool
+    can_compile: bool = False
 
 
 _ALL_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
@@ -49,6 +52,28 @@ CAPABILITIES: dict[str, Capabilities] = {
         max_context=8192,
         can_resume=True,
         can_finetune=True,
+        can_compile=True,
+    ),
+    "llama": Capabilities(
+        tokenizers=frozenset({"char", "bpe", "job"}),
+        devices=_BOTH_DEVICES,
+        precisions=_ALL_PRECISIONS,
+        max_parameters=2_000_000_000,
+        max_context=32_768,
+        can_resume=True,
+        can_finetune=True,
+        can_compile=True,
+    ),
+    # Fine-tunes the folder it names: that folder is its init, so no init_from.
+    "pretrained": Capabilities(
+        tokenizers=frozenset({"model"}),
+        devices=_BOTH_DEVICES,
+        precisions=_ALL_PRECISIONS,
+        max_parameters=2_000_000_000,
+        max_context=131_072,
+        can_resume=True,
+        can_finetune=False,
+        can_compile=True,
     ),
 }
 
@@ -60,14 +85,35 @@ def context_length(spec: ModelSpec) -> int:
     return spec.block_size
 
 
+def llama_intermediate_size(spec: LlamaModel) -> int:
+    """The SwiGLU width: as given, else 8/3 x hidden_size rounded up to a multiple of 64 (the
+    parameter count of a 4x GELU MLP, in matrix sizes the kernels like)."""
+    if spec.intermediate_size is not None:
+        return spec.intermediate_size
+    return -(-8 * spec.hidden_size // (3 * 64)) * 64
+
+
+def llama_kv_heads(spec: LlamaModel) -> int:
+    return spec.num_key_value_heads or spec.num_attention_heads
+
+
 def core_parameters(spec: ModelSpec) -> int:
-    """Parameters that do not scale with the vocabulary."""
+    """Parameters that do not scale with the vocabulary (0 for ``pretrained``: its size is
+    read from the folder, see :mod:`model_trainer.core.pretrained`)."""
     if isinstance(spec, CharLstmModel):
         total = 0
         for layer in range(spec.num_layers):
             inputs = spec.embedding_dim if layer == 0 else spec.hidden_size
             total += 4 * spec.hidden_size * (inputs + spec.hidden_size + 2)
         return total
+    if isinstance(spec, LlamaModel):
+        d = spec.hidden_size
+        kv_width = llama_kv_heads(spec) * (d // spec.num_attention_heads)
+        attention = 2 * d * d + 2 * d * kv_width
+        mlp = 3 * d * llama_intermediate_size(spec)
+        return spec.num_hidden_layers * (attention + mlp + 2 * d) + d
+    if isinstance(spec, PretrainedModel):
+        return 0
     per_layer = 12 * spec.n_embd * spec.n_embd + 13 * spec.n_embd
     return spec.n_layer * per_layer + spec.block_size * spec.n_embd + 2 * spec.n_embd
 
@@ -96,6 +142,12 @@ def footprint(spec: ModelSpec, vocab_size: int, *, half: bool) -> Footprint:
         return _char_lstm_footprint(spec, vocab_size, half=half)
     if isinstance(spec, Gpt2Model):
         return _gpt2_footprint(spec, vocab_size, half=half)
+    if isinstance(spec, LlamaModel):
+        return _llama_footprint(spec, vocab_size, half=half)
+    if isinstance(spec, PretrainedModel):
+        # Its shape is in its folder, not in the spec: not estimated at acceptance (the
+        # worker's memory limit still applies, and an overrun fails with TRAINING_OOM).
+        return Footprint(0, 0)
     assert_never(spec)
 
 
@@ -138,3 +190,27 @@ def _gpt2_footprint(spec: Gpt2Model, vocab: int, *, half: bool) -> Footprint:
         per_sequence += spec.n_layer * 12 * spec.n_head * t * t
     params = core_parameters(spec) + vocab * h
     return Footprint(params, per_sequence)
+
+
+def _llama_footprint(spec: LlamaModel, vocab: int, *, half: bool) -> Footprint:
+    """transformers' Llama with SDPA attention. Modelled on GPT-2's counts (not measured
+    separately): per token and layer about 14 vectors of ``hidden_size`` around attention and
+    the RMSNorms, and 4 of the SwiGLU width (gate, up, their product and its input), in fp32;
+    about 55% of that under autocast; dropout makes attention weights materialise."""
+    h, t, inner = spec.hidden_size, spec.block_size, llama_intermediate_size(spec)
+    per_layer = 4 * (14 * h + 4 * inner)
+    if half:
+        per_layer = per_layer * 55 // 100
+    per_sequence = t * (spec.num_hidden_layers * per_layer + 16 * h + 4 * 4 * inner)
+    if spec.dropout > 0:
+        per_sequence += spec.num_hidden_layers * 12 * spec.num_attention_heads * t * t
+    head = 0 if spec.tie_word_embeddings else vocab * h
+    return Footprint(core_parameters(spec) + vocab * h + head, per_sequence)
+
+
+def flops_per_token(parameters: int, layers: int, heads: int, head_dim: int, context: int) -> float:
+    """Training FLOPs per token, nanoGPT's convention (PaLM appendix B): 6N for the matrix
+    multiplications forward and backward, plus 12·L·H·Q·T for attention. ``parameters`` (N)
+    counts the weights used in matrix multiplications: not position tables, and not an input
+    embedding that is not tied to the output head."""
+    return 6.0 * parameters + 12.0 * layers * heads * head_dim * context

@@ -13,15 +13,17 @@ METRICS = "metrics.jsonl"  # every event of the job, one JSON line each, as publ
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def resolve_inside(root: Path, relative: str) -> Path:
-    """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``."""
+def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> Path:
+    """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``
+    (``field`` names the offending spec field in the message and details)."""
     base = root.resolve()
     target = (base / relative).resolve()
     if not target.is_relative_to(base):
+        what = "corpus path" if field == "corpus_path" else field
         raise ModelTrainerError(
             ModelTrainerErrorCode.PATH_NOT_ALLOWED,
-            f"corpus path {relative!r} leaves the data root",
-            details={"corpus_path": relative},
+            f"{what} {relative!r} leaves the data root",
+            details={field: relative},
         )
     return target
 

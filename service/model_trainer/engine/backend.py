@@ -18,8 +18,15 @@ from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
 from torch import Tensor, nn
 
-from model_trainer.core.capabilities import CAPABILITIES, Capabilities, ModelSpec, core_parameters
+from model_trainer.core.capabilities import (
+    CAPABILITIES,
+    Capabilities,
+    ModelSpec,
+    core_parameters,
+    flops_per_token,
+)
 from model_trainer.core.capabilities import context_length as _context_length
+from model_trainer.engine.tokenizer import TextTokenizer
 
 
 class Backend(ABC):
@@ -55,8 +62,33 @@ class Backend(ABC):
         Raises MODEL_LOAD_FAILED when the files cannot be read and MODEL_INCOMPATIBLE when
         their names or shapes do not match ``model``."""
 
+    def create(self, spec: ModelSpec, vocab_size: int, data_root: Path) -> nn.Module:
+        """The network a job starts from: :meth:`build` (fresh weights) unless the backend
+        loads one from files under ``data_root``."""
+        return self.build(spec, vocab_size)
+
+    def supplied_tokenizer(self, spec: ModelSpec, data_root: Path) -> TextTokenizer | None:
+        """The tokenizer that comes with the model (tokenizer kind ``model``), if any."""
+        return None
+
+    def load_artifact(self, spec: ModelSpec, vocab_size: int, artifact_dir: Path) -> nn.Module:
+        """The network of a finished artifact, to generate from."""
+        model = self.build(spec, vocab_size)
+        self.load_weights(model, artifact_dir)
+        return model
+
+    def compile(self, model: nn.Module) -> None:
+        """``torch.compile`` in place: parameter names (checkpoints, artifacts) stay as they
+        are. Shapes are fixed (every batch is full), so the graph is compiled static."""
+        model.compile(dynamic=False)
+
+    def flops_per_token(self, model: nn.Module, context: int) -> float:
+        """Training FLOPs per token for the ``mfu`` figure: 6N by default (no attention)."""
+        return flops_per_token(sum(p.numel() for p in model.parameters()), 0, 0, 0, context)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Mean next-token cross-entropy of ``model`` on inputs ``x`` and targets ``y``."""
+        """Mean next-token cross-entropy of ``model`` on inputs ``x`` and targets ``y``,
+        computed here from the logits: ``y`` is already shifted, so no label copies."""
         logits: Tensor = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 

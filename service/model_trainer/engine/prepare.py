@@ -19,6 +19,7 @@ import torch
 from model_trainer_contracts import (
     BpeTokenizer,
     JobTokenizer,
+    ModelTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
     SubmitJobV1,
@@ -58,6 +59,7 @@ class Prepared:
     total_epochs: int
     tokens_per_step: int
     num_parameters: int
+    flops_per_token: float  # training FLOPs per token, for the mfu figure
     run_digest: str
 
 
@@ -75,6 +77,7 @@ def earlier_job_dir(ctx: RunContext, job_id: str) -> Path:
 def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     job, tr = ctx.job, ctx.job.training
     placement = resolve_placement(tr, backend.capabilities)
+    placement.apply_matmul_precision()
     context = backend.context_length(job.model)
     tokenizer, splits = prepare_data(ctx, backend, context)
     ctx.obey_stop("prepare", 0)
@@ -88,12 +91,14 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
             precision=placement.precision,
         )
     _seed_everything(tr.seed)
-    model = backend.build(job.model, tokenizer.vocab_size)
+    model = backend.create(job.model, tokenizer.vocab_size, ctx.data_root)
     if job.init_from is not None:
         backend.load_weights(model, _init_dir(ctx, job.init_from))
         log.info("engine.init_from", job_id=job.job_id, init_from=job.init_from)
     model.to(placement.device)
-    optimizer = build_optimizer(model, tr)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    flops = backend.flops_per_token(model, context)
+    optimizer = build_optimizer(model, tr, fused=placement.fused_adamw)
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
     digest = run_digest(job)
     if (
@@ -102,6 +107,8 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         raise ModelTrainerError(
             _C.RUN_NOT_RESUMABLE, f"backend {backend.name!r} cannot resume from a checkpoint"
         )
+    if placement.compile:  # after loading: parameter names never change
+        backend.compile(model)
     loop = checkpoint.restore(
         ctx.job_dir / CHECKPOINTS,
         model=model,
@@ -127,7 +134,8 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         total_steps=total_steps,
         total_epochs=max(1, math.ceil(total_steps * tokens_per_step / len(splits.train))),
         tokens_per_step=tokens_per_step,
-        num_parameters=sum(p.numel() for p in model.parameters()),
+        num_parameters=num_parameters,
+        flops_per_token=flops,
         run_digest=digest,
     )
 
@@ -152,7 +160,7 @@ def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextT
     """The tokenizer and split token data, from the token cache when it has them."""
     raw = read_corpus(ctx.job.data, ctx.data_root, ctx.max_corpus_bytes)
     ctx.obey_stop("prepare", 0)
-    given = given_tokenizer(ctx)
+    given = given_tokenizer(ctx, backend)
     spec = ctx.job.tokenizer
     if given is not None:
         request = "given:" + hashlib.sha256(given.to_json().encode()).hexdigest()
@@ -163,6 +171,8 @@ def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextT
     cached = load_cached(cache_root, key)
     if cached is not None:
         tokens, tokenizer = cached
+        if given is not None:  # the same tokenizer by the key; keep its kind and files
+            tokenizer = given
         log.info("engine.token_cache_hit", job_id=ctx.job.job_id, key=key, tokens=len(tokens))
     else:
         text = decode_corpus(raw)
@@ -209,10 +219,20 @@ def _init_dir(ctx: RunContext, init_from: str) -> Path:
     return folder
 
 
-def given_tokenizer(ctx: RunContext) -> TextTokenizer | None:
-    """The tokenizer the job does not train: an earlier job's (``kind: job``), or, when
-    fine-tuning, the init_from model's, which must agree with what the job asks for."""
+def given_tokenizer(ctx: RunContext, backend: Backend) -> TextTokenizer | None:
+    """The tokenizer the job does not train: the model's own (``kind: model``), an earlier
+    job's (``kind: job``), or, when fine-tuning, the init_from model's, which must agree with
+    what the job asks for."""
     job = ctx.job
+    if isinstance(job.tokenizer, ModelTokenizer):
+        supplied = backend.supplied_tokenizer(job.model, ctx.data_root)
+        if supplied is None:
+            raise ModelTrainerError(
+                _C.UNSUPPORTED_BACKEND,
+                f"backend {backend.name!r} brings no tokenizer (tokenizer kind model)",
+                details={"backend": backend.name, "tokenizer": "model"},
+            )
+        return supplied
     named = (
         load_from_job(earlier_job_dir(ctx, job.tokenizer.job_id))
         if isinstance(job.tokenizer, JobTokenizer)

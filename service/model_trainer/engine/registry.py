@@ -10,10 +10,14 @@ from pydantic import JsonValue
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.backends.char_lstm import CharLstmBackend
 from model_trainer.engine.backends.gpt2 import Gpt2Backend
+from model_trainer.engine.backends.llama import LlamaBackend
+from model_trainer.engine.backends.pretrained import PretrainedBackend
 
 BACKENDS: dict[str, Callable[[], Backend]] = {
     CharLstmBackend.name: CharLstmBackend,
     Gpt2Backend.name: Gpt2Backend,
+    LlamaBackend.name: LlamaBackend,
+    PretrainedBackend.name: PretrainedBackend,
 }
 
 

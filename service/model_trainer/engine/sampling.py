@@ -44,8 +44,7 @@ def load_artifact(artifact_dir: Path) -> LoadedModel:
         ) from None
     backend = create_backend(job.backend)
     tokenizer = load_from_job(artifact_dir)
-    model = backend.build(job.model, tokenizer.vocab_size)
-    backend.load_weights(model, artifact_dir)
+    model = backend.load_artifact(job.model, tokenizer.vocab_size, artifact_dir)
     model.eval()
     return LoadedModel(backend, model, tokenizer, backend.context_length(job.model))
 

@@ -4,6 +4,8 @@ in stock transformers (``AutoTokenizer.from_pretrained``).
 * ``char``: one id per distinct character of the corpus, in code point order, then ``<unk>``.
   Encoding skips the Rust tokenizer and maps code points with numpy (same ids, far faster).
 * ``bpe``: byte-level BPE trained on the corpus, with ``<|endoftext|>`` as its one special token.
+* ``model``: the tokenizer a pretrained model folder ships (its ``tokenizer.json``); its files
+  are copied into the artifact as they were.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ _C = ModelTrainerErrorCode
 UNK = "<unk>"
 EOT = "<|endoftext|>"
 CONFIG_FILE = "tokenizer_config.json"
-CONFIG_FILE = "tokenizer_config.json"
+# What transformers' AutoTokenizer reads beside tokenizer.json; copied from a model folder.
+COMPANION_FILES = (
+    CONFIG_FILE,
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_CHAR_SPLIT = r"[\s\S]"
 _LINES_PER_BATCH = 8192
 _CHARS_PER_CHUNK = 1 << 24
 
@@ -31,11 +41,13 @@ Ids = npt.NDArray[np.uint32]
 
 
 class TextTokenizer:
-    """A trained tokenizer: ``kind`` is ``char`` or ``bpe``."""
+    """A tokenizer: ``kind`` is ``char``, ``bpe`` or ``model``. ``files`` (name to bytes) are
+    written verbatim by :meth:`save_pretrained` instead of the generated files."""
 
-    def __init__(self, kind: str, tok: Tokenizer) -> None:
+    def __init__(self, kind: str, tok: Tokenizer, files: dict[str, bytes] | None = None) -> None:
         self.kind = kind
         self._tok = tok
+        self._files = dict(files or {})
         vocab: dict[str, int] = tok.get_vocab()
         self.vocab_size = len(vocab)
         self.unk_id = vocab.get(UNK, 0)
@@ -80,7 +92,11 @@ class TextTokenizer:
 
     def save_pretrained(self, out_dir: Path) -> None:
         """Write ``tokenizer.json`` and ``tokenizer_config.json``: what transformers'
-        ``AutoTokenizer.from_pretrained`` reads."""
+        ``AutoTokenizer.from_pretrained`` reads (a model's own files as they came)."""
+        if self._files:
+            for name, data in self._files.items():
+                (out_dir / name).write_bytes(data)
+            return
         special = (
             {"unk_token": UNK} if self.kind == "char" else {"eos_token": EOT, "bos_token": EOT}
         )
@@ -90,10 +106,43 @@ class TextTokenizer:
 
 
 def from_json(text: str) -> TextTokenizer:
-    """A tokenizer from its ``tokenizer.json`` text; the kind follows from its model type."""
+    """A tokenizer from its ``tokenizer.json`` text: ``char`` when it is one of ours (one
+    word per character), else ``bpe`` (encoded by the library, whatever its model)."""
     tok = Tokenizer.from_str(text)
-    model_type: str = json.loads(text)["model"]["type"]
-    return TextTokenizer("char" if model_type == "WordLevel" else "bpe", tok)
+    parsed = json.loads(text)
+    pre = parsed.get("pre_tokenizer") or {}
+    char = (
+        parsed["model"]["type"] == "WordLevel"
+        and pre.get("type") == "Split"
+        and pre.get("pattern") == {"Regex": _CHAR_SPLIT}
+    )
+    return TextTokenizer("char" if char else "bpe", tok)
+
+
+def load_model_tokenizer(folder: Path) -> TextTokenizer:
+    """The tokenizer a model folder ships (``tokenizer.json`` and its companion files), kind
+    ``model``: TOKENIZER_NOT_FOUND or TOKENIZER_LOAD_FAILED."""
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        raise ModelTrainerError(
+            _C.TOKENIZER_NOT_FOUND,
+            f"the model folder {folder.name!r} has no {TOKENIZER_FILE}",
+            details={"path": folder.name},
+        )
+    try:
+        raw = path.read_bytes()
+        tok = Tokenizer.from_str(raw.decode("utf-8"))
+        files = {TOKENIZER_FILE: raw}
+        for name in COMPANION_FILES:
+            if (folder / name).is_file():
+                files[name] = (folder / name).read_bytes()
+    except Exception as exc:  # json, Rust and OS errors alike mean the files are unusable
+        raise ModelTrainerError(
+            _C.TOKENIZER_LOAD_FAILED,
+            f"cannot load the tokenizer of the model folder {folder.name!r}: {exc}",
+            details={"path": folder.name},
+        ) from None
+    return TextTokenizer("model", tok, files)
 
 
 def train_char(text: str) -> TextTokenizer:

@@ -151,7 +151,7 @@ class BaseTrainer:
         for micro in range(tr.grad_accum_steps):
             seed = derive_seed(tr.seed, "train", p.loop.step, micro)
             x, y = batch(p.splits.train, p.context, tr.batch_size, seed)
-            x, y = x.to(p.placement.device), y.to(p.placement.device)
+            x, y = p.placement.to_device(x), p.placement.to_device(y)
             with p.placement.autocast():
                 loss = self.backend.loss(model, x, y) / tr.grad_accum_steps
             scaled: torch.Tensor = scaler.scale(loss) if scaler is not None else loss
@@ -215,7 +215,7 @@ class BaseTrainer:
                 p.model.train()
                 return None
             x, y = batch(data, p.context, tr.batch_size, derive_seed(tr.seed, split, step, i))
-            x, y = x.to(p.placement.device), y.to(p.placement.device)
+            x, y = p.placement.to_device(x), p.placement.to_device(y)
             with p.placement.autocast():
                 total += float(self.backend.loss(p.model, x, y))
         p.model.train()
@@ -276,6 +276,8 @@ class BaseTrainer:
         train_loss = meter.loss_sum / meter.steps if meter.steps else loss
         per_step = meter.train_s / max(1, meter.steps_done)
         samples = meter.steps * self.job.training.batch_size * self.job.training.grad_accum_steps
+        tokens_per_sec = meter.steps * p.tokens_per_step / busy
+        peak = p.placement.peak_flops
         event = ProgressEventV1(
             **self.ctx.envelope(),
             epoch=step * p.tokens_per_step // len(p.splits.train),
@@ -287,11 +289,12 @@ class BaseTrainer:
             grad_norm=grad_norm,
             learning_rate=lr,
             samples_per_sec=samples / busy,
-            tokens_per_sec=meter.steps * p.tokens_per_step / busy,
+            tokens_per_sec=tokens_per_sec,
             elapsed_s=time.monotonic() - self.started,
             eta_s=(p.total_steps - step) * per_step,
             val_loss=val_loss,
             val_ppl=None if val_loss is None else ppl(val_loss),
+            mfu=None if peak is None else tokens_per_sec * p.flops_per_token / peak,
         )
         meter.reset()
         return event
@@ -337,6 +340,10 @@ class BaseTrainer:
                 "context_length": p.context,
                 "device": str(p.placement.device),
                 "precision": p.placement.precision,
+                "compile": p.placement.compile,
+                "fused_adamw": p.placement.fused_adamw,
+                "tf32": p.placement.tf32,
+                "flops_per_token": p.flops_per_token,
                 "total_steps": p.total_steps,
                 "tokens": {
                     "train": len(p.splits.train),

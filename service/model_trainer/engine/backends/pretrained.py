@@ -1,0 +1,163 @@
+"""``pretrained``: fine-tune a Hugging Face causal LM from a folder under the data root.
+
+Any architecture transformers implements natively loads (``AutoModelForCausalLM``, fp32
+master weights, SDPA where the model has it); remote code never runs
+(``trust_remote_code=False``) and only safetensors weights are read
+(``use_safetensors=True``): a folder of pickled weights is refused before anything is loaded
+(:mod:`model_trainer.core.pretrained`). The model's own tokenizer is used, and the artifact is
+a loadable folder again: ``save_pretrained`` plus the tokenizer's files as they came.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, PretrainedModel
+from pydantic import JsonValue
+from safetensors import SafetensorError
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from model_trainer.core.capabilities import ModelSpec
+from model_trainer.core.pretrained import inspect_pretrained
+from model_trainer.engine.backend import Backend
+from model_trainer.engine.backends.hf import hf_flops_per_token, save_hf, token_embedding
+from model_trainer.engine.tokenizer import TextTokenizer, load_model_tokenizer
+
+_C = ModelTrainerErrorCode
+
+
+class PretrainedNet(nn.Module):
+    """A transformers causal LM whose ``forward(x)`` returns logits."""
+
+    def __init__(self, hf: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.hf(input_ids=x, use_cache=False).logits
+        return logits
+
+
+def load_causal_lm(folder: Path) -> PreTrainedModel:
+    """The causal LM of ``folder`` in fp32: MODEL_FORMAT_UNSUPPORTED (an architecture
+    transformers does not implement, or not a causal LM), MODEL_LOAD_FAILED (unreadable
+    files), MODEL_INCOMPATIBLE (weights missing for the architecture the config names)."""
+    name = folder.name
+    try:
+        config = AutoConfig.from_pretrained(
+            str(folder), trust_remote_code=False, local_files_only=True
+        )
+    except (ValueError, KeyError) as exc:
+        raise ModelTrainerError(
+            _C.MODEL_FORMAT_UNSUPPORTED,
+            f"transformers does not implement the architecture of {name!r} natively: {exc}",
+            details={"path": name},
+        ) from None
+    except OSError as exc:
+        raise ModelTrainerError(
+            _C.MODEL_LOAD_FAILED, f"cannot read the config of {name!r}: {exc}"
+        ) from None
+    config.use_cache = False
+    try:
+        loaded: object = AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            config=config,
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+            dtype=torch.float32,
+            output_loading_info=True,
+        )
+    except ValueError as exc:
+        raise ModelTrainerError(
+            _C.MODEL_FORMAT_UNSUPPORTED,
+            f"{name!r} is not a causal language model transformers can load: {exc}",
+            details={"path": name, "model_type": str(config.model_type)},
+        ) from None
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise ModelTrainerError(
+            _C.MODEL_LOAD_FAILED, f"cannot load the weights of {name!r}: {exc}"
+        ) from None
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise ModelTrainerError(_C.MODEL_LOAD_FAILED, f"loading {name!r} returned no model")
+    model, info = loaded
+    if not isinstance(model, PreTrainedModel) or not isinstance(info, dict):
+        raise ModelTrainerError(_C.MODEL_FORMAT_UNSUPPORTED, f"{name!r} is not a model")
+    missing = sorted(str(k) for k in info.get("missing_keys") or [])
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise ModelTrainerError(
+            _C.MODEL_INCOMPATIBLE,
+            f"the weights of {name!r} do not fit its config",
+            details={
+                "missing": list[JsonValue](missing[:20]),
+                "shape": list[JsonValue](mismatched[:20]),
+            },
+        )
+    return model
+
+
+def _spec(spec: ModelSpec) -> PretrainedModel:
+    if not isinstance(spec, PretrainedModel):
+        raise TypeError(f"pretrained cannot build {type(spec).__name__}")
+    return spec
+
+
+def _net(model: nn.Module) -> PretrainedNet:
+    if not isinstance(model, PretrainedNet):
+        raise TypeError(f"pretrained cannot handle {type(model).__name__}")
+    return model
+
+
+class PretrainedBackend(Backend):
+    name: ClassVar[str] = "pretrained"
+    family: ClassVar[str] = "pretrained"
+
+    def build(self, spec: ModelSpec, vocab_size: int) -> nn.Module:
+        raise TypeError("a pretrained model is loaded from its folder (create), not built")
+
+    def create(self, spec: ModelSpec, vocab_size: int, data_root: Path) -> nn.Module:
+        """The folder's model, checked against the tokenizer and the window, embeddings
+        frozen when asked."""
+        model = _spec(spec)
+        folder = inspect_pretrained(data_root, model.path)
+        limit = folder.max_positions
+        if limit is not None and model.block_size > limit:
+            raise ModelTrainerError(
+                _C.INVALID_MODEL_SIZE,
+                f"block_size {model.block_size} exceeds the model's {limit} positions",
+                details={"block_size": model.block_size, "max_positions": limit},
+            )
+        hf = load_causal_lm(folder.path)
+        embedding = token_embedding(hf)
+        rows = embedding.num_embeddings
+        if vocab_size > rows:
+            raise ModelTrainerError(
+                _C.MODEL_INCOMPATIBLE,
+                f"the tokenizer has {vocab_size} tokens; the model embeds {rows}",
+                details={"vocab_size": vocab_size, "embedding_rows": rows},
+            )
+        if model.freeze_embeddings:
+            embedding.weight.requires_grad_(False)
+        return PretrainedNet(hf)
+
+    def supplied_tokenizer(self, spec: ModelSpec, data_root: Path) -> TextTokenizer | None:
+        folder = inspect_pretrained(data_root, _spec(spec).path)
+        return load_model_tokenizer(folder.path)
+
+    def load_artifact(self, spec: ModelSpec, vocab_size: int, artifact_dir: Path) -> nn.Module:
+        return PretrainedNet(load_causal_lm(artifact_dir))
+
+    def save_weights(self, model: nn.Module, out_dir: Path) -> None:
+        save_hf(_net(model).hf, out_dir)
+
+    def load_weights(self, model: nn.Module, artifact_dir: Path) -> None:
+        raise ModelTrainerError(
+            _C.UNSUPPORTED_BACKEND, "a pretrained model starts from its folder, not init_from"
+        )
+
+    def flops_per_token(self, model: nn.Module, context: int) -> float:
+        return hf_flops_per_token(_net(model).hf, context)
