@@ -177,6 +177,26 @@ def check_memory(
     return found
 
 
+def check_job_memory(
+    job: SubmitJobV1,
+    budget_mb: int,
+    *,
+    data_root: Path | None,
+    artifacts_root: Path | None,
+    device: str,
+    precision: str,
+) -> MemoryEstimate:
+    """:func:`check_memory` with the vocabulary and corpus size the spec and roots tell."""
+    return check_memory(
+        job,
+        budget_mb,
+        vocabulary=vocabulary(job, artifacts_root),
+        corpus_bytes=corpus_bytes(job, data_root),
+        device=device,
+        precision=precision,
+    )
+
+
 def placement(job: SubmitJobV1, cuda_available: bool | None) -> tuple[str, str]:
     """Device and precision as a worker would resolve them; unknown CUDA counts as none, so
     ``auto`` is held to the host budget."""
