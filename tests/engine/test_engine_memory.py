@@ -29,7 +29,7 @@ from model_trainer.core.memory import (
     placement,
     vocabulary,
 )
-from model_trainer.engine import create_backend, run_job
+from model_trainer.engine import create_backend, run_job, validate_job
 from model_trainer.engine.stages import is_oom, stage
 from model_trainer.limits import default_worker_memory_mb, host_memory_bytes
 from model_trainer.settings import Settings
@@ -224,6 +224,22 @@ def test_the_worker_checks_again_with_the_vocabulary_it_built(env: Env) -> None:
     assert err.value.details["vocab_size"] == 3002
     assert err.value.details["vocab_source"] == "tokenizer"
     assert not events  # refused before the config event: no model was built
+
+
+def test_the_worker_checks_with_the_device_it_resolves(env: Env) -> None:
+    """On a CUDA worker the model lives in GPU memory: only the data and the runtime count
+    against the host budget, so a job refused on CPU passes there."""
+    job = env.job(
+        "gpt2",
+        model={"n_layer": 2, "n_embd": 128, "block_size": 128},
+        training={"device": "auto", "batch_size": 64},
+    )
+    budget = 200
+    with pytest.raises(ModelTrainerError) as err:
+        validate_job(job, data_root=env.data_root, cuda_available=False, memory_budget_mb=budget)
+    assert err.value.code is C.RESOURCE_LIMIT_EXCEEDED
+    assert err.value.details["device"] == "cpu"
+    validate_job(job, data_root=env.data_root, cuda_available=True, memory_budget_mb=budget)
 
 
 def test_failed_allocations_are_typed_out_of_memory() -> None:

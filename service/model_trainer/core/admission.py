@@ -22,7 +22,7 @@ from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
-from .memory import check_memory, corpus_bytes, placement, vocabulary
+from .memory import check_job_memory, placement
 from .pretrained import inspect_pretrained
 
 _C = ModelTrainerErrorCode
@@ -105,11 +105,11 @@ def admit(
             _check_owners(job, artifacts_root)
     if memory_budget_mb is not None:
         device, precision = placement(job, cuda_available)
-        check_memory(
+        check_job_memory(
             job,
             memory_budget_mb,
-            vocabulary=vocabulary(job, artifacts_root),
-            corpus_bytes=corpus_bytes(job, data_root),
+            data_root=data_root,
+            artifacts_root=artifacts_root,
             device=device,
             precision=precision,
         )

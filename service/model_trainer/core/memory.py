@@ -7,15 +7,18 @@ exist at once), in bytes:
 * ``weights``: the fp32 parameters (autocast in fp16/bf16 adds a half-precision copy of each);
 * ``gradients``: one fp32 gradient per parameter;
 * ``optimizer``: AdamW's two moments, or SGD's momentum buffer (none without momentum);
-* ``activations``: what autograd keeps for the backward pass (the backend's
-  :func:`~.capabilities.footprint`), plus the batch's token ids;
+* ``activations``: what autograd keeps for the backward pass, the backward pass's own
+  temporaries and the kernels' workspace (the backend's :func:`~.capabilities.footprint`),
+  plus the batch's token ids;
 * ``logits``: batch x context x vocabulary values, three fp32 copies at the peak (the
   log-softmax kept for the backward pass, the loss's gradient and the logits' gradient), plus
   the half-precision logits and their gradient under autocast;
 * ``data``: the corpus while it is read, decoded and tokenized (bytes, text, ids, the token
-  cache's copy): ``CORPUS_FACTOR`` times its size;
-* ``runtime``: what a job costs above an idle worker whatever its shape (allocator arenas,
-  kernels' workspaces, thread pools, the tokenizer library), a constant.
+  cache's copy): ``CORPUS_FACTOR`` times its size (15x was measured for a character
+  tokenizer, 11x for a BPE), plus ``BPE_TRAINING_BYTES`` when the job trains a BPE;
+* ``runtime``: what a job costs above an idle worker whatever its shape (the code of the
+  kernels it pages in, allocator arenas, thread pools, Python objects), a constant: a tiny
+  job's peak RSS is about 65 MB above its idle worker's.
 
 Summing the parts over-counts (the data is gone before the model is built, gradients grow as
 activations are freed), which keeps the estimate an upper bound; the engine tests measure it
@@ -27,7 +30,8 @@ distinct characters of inline text, else ``CHAR_VOCAB_BOUND``. The worker checks
 the tokenizer it actually built, before it builds the model.
 
 On CUDA the model's parts live in GPU memory: only ``data`` and ``runtime`` count against the
-host budget, and running out of GPU memory is CUDA_OOM.
+host budget (CUDA's own host memory, its context and kernels, is not estimated), and running
+out of GPU memory is CUDA_OOM.
 """
 
 from __future__ import annotations
@@ -175,6 +179,26 @@ def check_memory(
             details=found.details(budget_mb),
         )
     return found
+
+
+def check_job_memory(
+    job: SubmitJobV1,
+    budget_mb: int,
+    *,
+    data_root: Path | None,
+    artifacts_root: Path | None,
+    device: str,
+    precision: str,
+) -> MemoryEstimate:
+    """:func:`check_memory` with the vocabulary and corpus size the spec and roots tell."""
+    return check_memory(
+        job,
+        budget_mb,
+        vocabulary=vocabulary(job, artifacts_root),
+        corpus_bytes=corpus_bytes(job, data_root),
+        device=device,
+        precision=precision,
+    )
 
 
 def placement(job: SubmitJobV1, cuda_available: bool | None) -> tuple[str, str]:
