@@ -138,7 +138,21 @@ def test_cli_submit_follow_shows_progress_and_exit_codes(
     import sys
 
     good = tmp_path / "good.json"
-    good.write_text(json.dumps(stack.job("cli-ok", steps=12)))
+    # Hugging Face names, as users paste them: aliases of grad_accum_steps, and warmup_ratio.
+    friendly = stack.job("cli-ok", steps=12)
+    friendly["training"] = {
+        "max_steps": 12,
+        "batch_size": 8,
+        "eval_every": 6,
+        "eval_batches": 2,
+        "gradient_accumulation_steps": 2,
+        "warmup_ratio": 0.25,
+    }
+    good.write_text(json.dumps(friendly))
+    typo = tmp_path / "typo.json"
+    misspelt = stack.job("cli-typo", steps=12)
+    misspelt["training"] = {"lerning_rate": 0.01}
+    typo.write_text(json.dumps(misspelt))
     bad = tmp_path / "bad.json"
     spec = stack.job("cli-bad", steps=12)
     spec["data"] = {"corpus_path": "missing.txt"}
@@ -157,6 +171,9 @@ def test_cli_submit_follow_shows_progress_and_exit_codes(
 
     ok = submit(good)
     assert ok.returncode == 0, ok.stderr
+    refused = submit(typo)
+    assert refused.returncode == 2, refused.stderr
+    assert "did you mean learning_rate" in refused.stderr
     assert "completed" in ok.stderr
     assert "step 12/12" in ok.stderr
     assert "artifact: " in ok.stderr
