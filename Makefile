@@ -30,7 +30,7 @@ demo: install kafka-fetch
 	deploy/demo.sh
 
 # Branch coverage of the service and the contracts, subprocesses and workers included.
-COVERAGE_FLOOR ?= 80
+COVERAGE_FLOOR ?= 90
 test: install kafka-fetch
 	$(VENV)/bin/pytest --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
