@@ -12,7 +12,8 @@ from .metrics import CONNECTION_ERRORS
 # What aiokafka says on every reconnect attempt while the broker is away: counted, not
 # logged (the service logs one line when the broker goes and one when it is back).
 _CONNECTION_NOISE = (
-    "Unable connect to node",
+    "Unable connect to",
+    "Unexpected error in sender routine",
     "Unable to update metadata",
     "Unable to request metadata",
     "Failed fetch messages",
@@ -60,7 +61,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write a record: the service and its workers share stderr, and two records must
+        # never land on one line.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
