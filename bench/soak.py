@@ -57,6 +57,7 @@ from soak_harness import (  # noqa: E402
     Service,
     Stack,
     TopicReader,
+    json_objects,
     kill_leftovers,
     rss_mb,
     say,
@@ -93,7 +94,6 @@ class Soak:
     figures: dict[str, object] = field(default_factory=dict)
     audit: Audit = field(default_factory=Audit)
     missed: list[str] = field(default_factory=list)
-    steps_per_s: float | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -127,19 +127,21 @@ async def stop(*services: Service) -> None:
     await asyncio.gather(*(asyncio.to_thread(s.stop) for s in services))
 
 
-async def calibrate(soak: Soak, stack: Stack, events: EventLog, producer: Producer) -> float:
-    """Training steps a second of the soak's job on this machine now (measured once)."""
-    if soak.steps_per_s is None:
-        job = stack.job(f"calibrate-{stack.uid}", steps=300, checkpoint_every=12)
-        await producer.submit(stack.commands_topic, job)
-        await events.until(ended(events, job.job_id), 300, "calibration job")
-        done = events.terminals(job.job_id)[0]
-        if not isinstance(done, CompletedEventV1) or done.duration_s <= 0:
-            raise RuntimeError(f"calibration job did not complete: {done}")
-        soak.steps_per_s = done.steps / done.duration_s
-        soak.figures["steps_per_s"] = round(soak.steps_per_s, 1)
-        say(f"calibration: {soak.steps_per_s:.0f} steps/s")
-    return soak.steps_per_s
+async def calibrate(
+    soak: Soak, section: str, stack: Stack, events: EventLog, producer: Producer
+) -> float:
+    """Training steps a second of the soak's job on this machine now (the load of a shared
+    machine changes, so each section that sizes a job by time measures it again)."""
+    job = stack.job(f"calibrate-{stack.uid}", steps=300, checkpoint_every=12)
+    await producer.submit(stack.commands_topic, job)
+    await events.until(ended(events, job.job_id), 300, "calibration job")
+    done = events.terminals(job.job_id)[0]
+    if not isinstance(done, CompletedEventV1) or done.duration_s <= 0:
+        raise RuntimeError(f"calibration job did not complete: {done}")
+    rate = done.steps / done.duration_s
+    soak.figures[f"{section}_steps_per_s"] = round(rate, 1)
+    say(f"{section}: calibration {rate:.0f} steps/s")
+    return rate
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -189,7 +191,7 @@ async def kill9(soak: Soak) -> None:
             EventLog(soak.bootstrap, stack.events_topic) as events,
             Producer(soak.bootstrap) as producer,
         ):
-            rate = await calibrate(soak, stack, events, producer)
+            rate = await calibrate(soak, "kill9", stack, events, producer)
             steps = max(100, round(rate * soak.args.kill9_job_s))
             every = max(5, steps // 25)
             for i in range(rounds):
@@ -234,16 +236,13 @@ async def kill9(soak: Soak) -> None:
 
 
 def outage_lines(svc: Service, first: int, last: int) -> list[str]:
-    """The ``event`` of each log line from line ``first`` to ``last`` (not JSON: the text)."""
-    raw = svc.log_path.read_text(errors="replace").splitlines()[first:last]
+    """The ``event`` of each record the service logged from line ``first`` to ``last``."""
     said: list[str] = []
-    for line in raw:
-        try:
-            parsed = json.loads(line)
-        except json.JSONDecodeError:
-            said.append(line[:80])
-            continue
-        said.append(str(parsed.get("event")) if isinstance(parsed, dict) else line[:80])
+    for raw in svc.log_path.read_text(errors="replace").splitlines()[first:last]:
+        records = json_objects(raw)
+        said += [str(record.get("event")) for record in records]
+        if not records and raw.strip():
+            said.append(raw[:80])  # not JSON: the text itself
     return said
 
 
@@ -258,8 +257,10 @@ async def outage(soak: Soak) -> None:
             EventLog(soak.bootstrap, stack.events_topic) as events,
             Producer(soak.bootstrap) as producer,
         ):
-            rate = await calibrate(soak, stack, events, producer)
-            steps = round(rate * (outage_s + 40))
+            rate = await calibrate(soak, "outage", stack, events, producer)
+            # Long enough to train through the outage and well past the broker's return
+            # (stopping and starting it take up to 20 s each).
+            steps = round(rate * (2 * outage_s + 60))
             job = stack.job("outage-1", steps=steps, checkpoint_every=max(5, steps // 25))
             await producer.submit(stack.commands_topic, job)
             await events.until(reached(events, job.job_id, steps // 20), 300, "outage job step")

@@ -106,6 +106,23 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def json_objects(line: str) -> list[dict[str, object]]:
+    """The JSON objects of one log line. The service and its workers share one stderr, and a
+    line's text and its newline are separate writes, so two objects may share a line."""
+    found: list[dict[str, object]] = []
+    decoder = json.JSONDecoder()
+    at = line.find("{")
+    while at != -1:
+        try:
+            parsed, end = decoder.raw_decode(line, at)
+        except json.JSONDecodeError:
+            break
+        if isinstance(parsed, dict):
+            found.append({str(k): v for k, v in parsed.items()})
+        at = line.find("{", end)
+    return found
+
+
 @dataclass
 class Stack:
     """Topic names, folders and settings shared by the service instances of one section."""
@@ -272,11 +289,7 @@ class Service:
             return []
         lines: list[dict[str, object]] = []
         for raw in self.log_path.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    parsed = json.loads(raw)
-                    if isinstance(parsed, dict):
-                        lines.append({str(k): v for k, v in parsed.items()})
+            lines += json_objects(raw)
         return lines
 
     def line_count(self) -> int:
