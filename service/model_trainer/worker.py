@@ -42,6 +42,7 @@ from .protocol import (
 )
 
 log = structlog.get_logger("model_trainer.worker")
+IDLE_AFTER_S = 0.5  # no order within this: the worker is idle
 
 
 class _Stopper:
@@ -178,4 +179,6 @@ def worker_main(
         except (EOFError, OSError):
             return
         conn.send(run_order(order, conn, stop_flag, threads, memory))
-        release_memory()  # the next job starts from the idle size
+        release_memory(full=False)
+        if not conn.poll(IDLE_AFTER_S):  # idle: back to the idle size before the next job
+            release_memory(full=True)
