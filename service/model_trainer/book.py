@@ -20,7 +20,7 @@ The promise this module keeps:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -116,6 +116,27 @@ class JobBook:
             return
         self.states[state.job_id] = state
 
+    def unsure(self, tps: Iterable[TP]) -> dict[str, float]:
+        """Jobs of ``tps`` whose state says running and that no run here has: their state
+        record may be older than their last event (see ``Policy.state_every_s``). Maps each
+        to its record's time, from which :meth:`published` wants the events topic read."""
+        wanted = {tp.partition for tp in tps}
+        return {
+            state.job_id: state.updated_at.timestamp()
+            for state in self.states.values()
+            if state.status is JobStatus.RUNNING
+            and state.partition in wanted
+            and state.job_id not in self.jobs
+        }
+
+    def published(self, last_seqs: Mapping[str, int]) -> None:
+        """The highest seq found on the events topic of jobs :meth:`unsure` named."""
+        for job_id, last_seq in last_seqs.items():
+            known = self.states.get(job_id)
+            if known is not None and job_id not in self.jobs and last_seq > known.last_seq:
+                log.info("seq read back", job_id=job_id, state=known.last_seq, events=last_seq)
+                self.states[job_id] = known.model_copy(update={"last_seq": last_seq})
+
     def forget(self, job_id: str) -> None:
         """A tombstone read from the topic: the ended job's state was deleted."""
         if job_id not in self.jobs:
@@ -137,6 +158,7 @@ class JobBook:
             updated_at=_time(now),
         )
         self.states[job.job_id] = state
+        job.state_at = now
         return self._state_record(state)
 
     def _state_record(self, state: JobStateV1) -> Outgoing:
@@ -451,8 +473,10 @@ class JobBook:
         if isinstance(event, ProgressEventV1):
             job.last_progress_at = now
         stamped = self._stamp(job, event)
-        records = (self._event_record(stamped), self._state(job, JobStatus.RUNNING, now))
-        return [Publish(records, {}, (stamped,))]
+        records = [self._event_record(stamped)]
+        if job.state_at is None or now - job.state_at >= self.policy.state_every_s:
+            records.append(self._state(job, JobStatus.RUNNING, now))
+        return [Publish(tuple(records), {}, (stamped,))]
 
     def ended(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
         """The run's terminal event (completed, or a failure the worker decided)."""

@@ -59,6 +59,7 @@ class Policy:
     max_running_per_user: int | None  # None: no limit
     max_progress_per_s: float  # progress events a job may publish a second
     state_retention_s: float  # an ended job's state record is deleted (tombstoned) after
+    state_every_s: float  # a running job's progress rewrites its state record at most this often
     max_attempts: int  # infrastructure failures (worker death, stall) a job may have
     cancel_grace_s: float  # a cancelled or timed-out run still going after this is killed
     handback_grace_s: float  # a revoked or shut-down run still going after this is killed

@@ -46,6 +46,7 @@ class Job:
     stop_sent: StopReason | None = None
     cancel_reason: str | None = None  # set once a cancel arrived: never lost
     last_progress_at: float | None = None  # when a progress event last went out
+    state_at: float | None = None  # when its state record last went out
     held: ConfigEventV1 | ProgressEventV1 | None = None  # the newest progress not yet out
 
     @property

@@ -25,6 +25,7 @@ def policy_of(settings: Settings) -> Policy:
         max_running_per_user=settings.max_running_per_user,
         max_progress_per_s=settings.max_progress_per_s,
         state_retention_s=settings.state_retention_s,
+        state_every_s=settings.state_every_s,
         max_attempts=settings.max_attempts,
         cancel_grace_s=settings.cancel_grace_s,
         handback_grace_s=settings.handback_grace_s,

@@ -191,7 +191,8 @@ class TrainerService:
         self._catching_up |= tps
         if self.consumer is not None:
             self.consumer.pause(*tps)
-        await self.state.catch_up()
+        await self.state.catch_up()  # then the events since a running job's state record:
+        self.book.published(await self.state.published_seqs(self.book.unsure(tps)))
         self.book.assign(tps)
         self._catching_up -= tps
         if self.consumer is not None and not self._paused:

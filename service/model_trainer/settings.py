@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="An ended job's state record is deleted (a tombstone on the compacted "
         "topic) this long after it ended; a resubmit of its job_id within it is a duplicate.",
     )
+    state_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="A running job's state record is rewritten for its progress at most this "
+        "often (transitions always write one); a new owner reads the events published since "
+        "from the events topic, so seq stays exact after a crash. 0: with every event.",
+    )
     max_progress_per_s: float = Field(
         2.0,
         gt=0,

@@ -2,23 +2,38 @@
 
 Each instance reads the whole topic at start and keeps following it, so whichever instance
 owns a commands partition knows every job's status, runs, failures and last published
-``seq``. The book writes the records, in the same transactions as the events they describe.
+``seq``. The book writes the records, in the same transactions as the events they describe:
+with every transition, but for a running job's progress at most every ``state_every_s``. So a
+new owner of a running job reads its events since its state record (:func:`published_seqs`)
+before it resumes the job, and the job's seq goes on with no gap and no reuse.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from model_trainer_client.settings import KafkaConnection
 from model_trainer_contracts import JobStateV1
 from pydantic import ValidationError
 
-from .kafka import assign_whole_topic, committed_reader, to_record
+from .kafka import (
+    assign_whole_topic,
+    committed_reader,
+    partition_for_key,
+    to_record,
+    topic_partitions,
+)
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# Events are stamped by the producer's clock, the state record by the book's, on one host;
+# the margin covers a clock step back between the two.
+CLOCK_MARGIN_S = 60.0
 
 
 class StateReader:
@@ -90,6 +105,61 @@ class StateReader:
                 log.warning("state topic read failed; retrying", error=str(exc))
                 await asyncio.sleep(1.0)
 
+    async def published_seqs(self, since: Mapping[str, float]) -> dict[str, int]:
+        """See :func:`published_seqs`: for the service's events topic."""
+        settings = self._settings
+        return await published_seqs(settings.connection, settings.events_topic, since)
+
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+async def published_seqs(
+    connection: KafkaConnection, topic: str, since: Mapping[str, float]
+) -> dict[str, int]:
+    """The highest committed ``seq`` on the events topic of each job in ``since`` (job id to
+    the time of its state record), reading its partition from that time on."""
+    if not since:
+        return {}
+    count = len(await topic_partitions(connection, topic))
+    if count == 0:
+        return {}
+    start: dict[TopicPartition, float] = {}
+    for job_id, at in since.items():
+        tp = TopicPartition(topic, partition_for_key(job_id.encode(), count))
+        start[tp] = min(at, start.get(tp, at))
+    consumer = committed_reader(connection)
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(list(start))
+        times = {tp: int((at - CLOCK_MARGIN_S) * 1000) for tp, at in start.items()}
+        found = await consumer.offsets_for_times(times)
+        for tp in start:
+            hit = found.get(tp)
+            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        seqs: dict[str, int] = {}
+        while [tp for tp in start if await consumer.position(tp) < ends[tp]]:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for message in messages:
+                    record = to_record(message)
+                    _note_seq(record.key, record.value, since, seqs)
+        return seqs
+    finally:
+        await consumer.stop()
+
+
+def _note_seq(
+    key: bytes | None, value: bytes, wanted: Mapping[str, float], seqs: dict[str, int]
+) -> None:
+    job_id = key.decode(errors="replace") if key else ""
+    if job_id not in wanted:
+        return
+    try:
+        event: object = json.loads(value)
+    except ValueError:
+        return
+    seq = event.get("seq") if isinstance(event, dict) else None
+    if isinstance(seq, int) and seq > seqs.get(job_id, -1):
+        seqs[job_id] = seq

@@ -28,13 +28,15 @@ pytestmark = pytest.mark.kafka
 
 
 async def test_service_killed_mid_job_resumes_from_checkpoint(stack: Stack) -> None:
-    svc = ServiceProcess(stack, instance_id="a").start()
+    # The job's state record is written at its transitions only (not for its progress), so
+    # the successor must read the seq back from the events topic.
+    svc = ServiceProcess(stack, instance_id="a", state_every_s="3600").start()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, long_job(stack, "crash-1"))
             await wait_for_step(watcher, "crash-1", 40, timeout_s=120)
             svc.kill()
-            svc = ServiceProcess(stack, instance_id="a").start()
+            svc = ServiceProcess(stack, "svc2", instance_id="a", state_every_s="3600").start()
             events = await watcher.until_terminal("crash-1", timeout_s=300)
             await asyncio.sleep(2)  # a second terminal event would show up here
             await watcher.poll()
@@ -52,7 +54,12 @@ async def test_service_killed_mid_job_resumes_from_checkpoint(stack: Stack) -> N
     after = [e for e in events if isinstance(e, ProgressEventV1) and e.attempt == 2]
     assert after
     assert min(e.step for e in after) > resumed.start_step
-    assert len({e.seq for e in events}) == len(events), "duplicate seq"
+    assert_seq_contiguous(events)
+    (read_back,) = [line for line in svc.log_lines() if line.get("event") == "seq read back"]
+    assert read_back["job_id"] == "crash-1"
+    assert read_back["state"] == 0  # the state record written at dispatch
+    assert isinstance(read_back["events"], int)
+    assert read_back["events"] > 2
 
 
 async def test_worker_killed_mid_job_retries_and_pool_serves_next(stack: Stack) -> None:

@@ -35,6 +35,7 @@ BASE = Policy(
     max_running_per_user=None,
     max_progress_per_s=1000.0,
     state_retention_s=7 * 24 * 3600.0,
+    state_every_s=0.0,
     max_attempts=2,
     cancel_grace_s=3.0,
     handback_grace_s=10.0,
@@ -57,6 +58,7 @@ def policy(
     max_running_per_user: int | None = None,
     max_progress_per_s: float = 1000.0,
     state_retention_s: float = 7 * 24 * 3600.0,
+    state_every_s: float = 0.0,
 ) -> Policy:
     return dataclasses.replace(
         BASE,
@@ -64,6 +66,7 @@ def policy(
         max_running_per_user=max_running_per_user,
         max_progress_per_s=max_progress_per_s,
         state_retention_s=state_retention_s,
+        state_every_s=state_every_s,
         max_attempts=max_attempts,
         cancel_grace_s=cancel_grace_s,
         handback_grace_s=handback_grace_s,

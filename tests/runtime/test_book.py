@@ -436,3 +436,30 @@ def test_a_tombstone_read_back_forgets_an_ended_job_but_never_an_active_one() ->
     book.forget("live")
     assert "gone" not in book.states
     assert "live" in book.states
+
+
+def test_progress_writes_state_at_most_every_interval_and_a_new_owner_recovers_the_seq() -> None:
+    book = JobBook(policy(state_every_s=30.0), refuse_bad)
+    book.assign([P0])
+    first = book.command(record(submit("a"), 0), now=0)  # queued, then running: transitions
+    out: list[object] = []
+    for step in range(1, 8):
+        out += book.progress("a", 1, progress("a", step), now=10.0 * step)
+    assert [s.last_seq for s in states(out)] == [3, 6]  # at 30 s and 60 s, not with every event
+    assert [e.seq for e in published(out)] == list(range(1, 8))
+    # kill -9 here: a new owner replays the state topic, whose last record says seq 6
+    topic = {s.job_id: s for s in states(first + out)}
+    successor = JobBook(policy(state_every_s=30.0), refuse_bad)
+    for state in topic.values():
+        successor.load(state)
+    assert successor.unsure([P0]) == {"a": 60.0}
+    assert successor.unsure([TP(TOPIC, 1)]) == {}
+    successor.published({"a": 7, "elsewhere": 3})  # what the events topic holds since 60 s
+    successor.assign([P0])
+    resumed = successor.command(record(submit("a"), 0), now=100)
+    (queued,) = published(resumed)
+    assert (queued.seq, queued.attempt) == (8, 2)  # no gap, no reuse
+    # a recovery never steps a seq back, and a job running here is not in doubt
+    successor.published({"a": 2})
+    assert successor.states["a"].last_seq == 8
+    assert successor.unsure([P0]) == {}

@@ -103,7 +103,13 @@ class BookMachine(RuleBasedStateMachine):
 
     def _new_book(self) -> JobBook:
         book = JobBook(
-            policy(slots=SLOTS, max_attempts=2, stall_timeout_s=100, handback_grace_s=10),
+            policy(
+                slots=SLOTS,
+                max_attempts=2,
+                stall_timeout_s=100,
+                handback_grace_s=10,
+                state_every_s=30,  # state records lag a running job's events
+            ),
             refuse_bad,
         )
         for state in self.world.state_topic.values():
@@ -211,6 +217,13 @@ class BookMachine(RuleBasedStateMachine):
     def _assign(self, tps: list[TP]) -> None:
         for tp in tps:
             self.world.position[tp] = self.world.committed[tp]
+        # the service reads the committed events since each running job's state record
+        unsure = self.book.unsure(tps)
+        seqs: dict[str, int] = {}
+        for event in self.world.events:
+            if event.job_id in unsure:
+                seqs[event.job_id] = max(event.seq, seqs.get(event.job_id, -1))
+        self.book.published(seqs)
         self.book.assign(tps)
 
     def _send(self, command: SubmitJobV1 | CancelJobV1, key: str) -> None:
@@ -281,6 +294,21 @@ class BookMachine(RuleBasedStateMachine):
             )
             failed = user_failure(run.job_id).model_copy(update={"code": code})
             self._finish_run(slot, "ended", failed)
+
+    @precondition(lambda self: bool(self.world.runs) or bool(self.world.inbox))
+    @rule(steps=st.integers(1, 3))
+    def train(self, steps: int) -> None:
+        """Every running worker reports progress, and the book hears all the pool said (the
+        common case, so that long runs are not left to a chain of single rules)."""
+        self._step(f"train-{steps}")
+        self._deliver_inbox()
+        for run in list(self.world.runs.values()):
+            for _ in range(steps):
+                run.steps += 1
+                self.world.inbox.append(
+                    ("progress", run.job_id, run.attempt, progress(run.job_id, run.steps))
+                )
+        self._deliver_inbox()
 
     @precondition(lambda self: bool(self.world.inbox))
     @rule(many=st.integers(1, 4))
