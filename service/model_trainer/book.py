@@ -72,6 +72,9 @@ class JobBook:
 
     policy: Policy
     admit: Callable[[SubmitJobV1], None]
+    # Whether the publisher is behind (the broker away): progress is then held, latest
+    # values winning, so what waits in memory stays bounded however long the outage.
+    behind: Callable[[], bool] = field(default=lambda: False)
     jobs: dict[str, Job] = field(default_factory=dict)
     states: dict[str, JobStateV1] = field(default_factory=dict)
     queue: deque[str] = field(default_factory=deque)
@@ -464,7 +467,9 @@ class JobBook:
 
     def _too_soon(self, job: Job, now: float) -> bool:
         last = job.last_progress_at
-        return last is not None and now - last < 1.0 / self.policy.max_progress_per_s
+        return self.behind() or (
+            last is not None and now - last < 1.0 / self.policy.max_progress_per_s
+        )
 
     def _publish_progress(
         self, job: Job, event: ConfigEventV1 | ProgressEventV1, now: float

@@ -10,9 +10,10 @@ from .records import TP
 
 @dataclass
 class _Partition:
+    committed: int  # the committable offset last handed out (or the first offset seen)
+    finished_to: int  # one past the newest finished offset
     open: set[int] = field(default_factory=set)
     open_heap: list[int] = field(default_factory=list)  # may hold finished offsets (lazily)
-    done_heap: list[int] = field(default_factory=list)  # finished, behind an open one
 
     def oldest_open(self) -> int | None:
         while self.open_heap and self.open_heap[0] not in self.open:
@@ -21,19 +22,22 @@ class _Partition:
 
 
 class OffsetTracker:
-    """Per partition, the offsets handed to the service and which of them are finished.
+    """Per partition, the offsets handed to the service and which of them are unfinished.
 
-    Jobs finish out of order; a partition's committable offset is the oldest unfinished
-    offset (or one past the newest when all are finished), so a crash redelivers every
-    command whose job has not reached its terminal event. Both sets are heaps, so a finish
-    costs O(log n) however long one job holds the partition back.
+    Jobs finish out of order; a partition's committable offset is its oldest unfinished
+    offset (or one past the newest finished when none is unfinished), so a crash redelivers
+    every command whose job has not reached its terminal event. Offsets arrive in order and
+    every one is added before it is finished, so every offset below the oldest unfinished one
+    is finished (or a transaction marker): only the unfinished are kept. Memory is O(unfinished
+    commands) — bounded by the queue and the workers — however many finish behind a long job;
+    a finish costs O(log n).
     """
 
     def __init__(self) -> None:
         self._parts: dict[TP, _Partition] = {}
 
     def add(self, tp: TP, offset: int) -> None:
-        part = self._parts.setdefault(tp, _Partition())
+        part = self._parts.setdefault(tp, _Partition(committed=offset, finished_to=offset))
         if offset not in part.open:
             part.open.add(offset)
             heapq.heappush(part.open_heap, offset)
@@ -44,12 +48,15 @@ class OffsetTracker:
         if part is None or offset not in part.open:
             return None
         part.open.discard(offset)
-        heapq.heappush(part.done_heap, offset)
+        part.finished_to = max(part.finished_to, offset + 1)
+        if len(part.open_heap) > 2 * len(part.open) + 64:  # drop the lazily kept finished
+            part.open_heap = sorted(part.open)  # a sorted list is a heap
         oldest = part.oldest_open()
-        committable: int | None = None
-        while part.done_heap and (oldest is None or part.done_heap[0] < oldest):
-            committable = heapq.heappop(part.done_heap) + 1
-        return committable
+        target = part.finished_to if oldest is None else min(oldest, part.finished_to)
+        if target <= part.committed:
+            return None
+        part.committed = target
+        return target
 
     def forget(self, tps: list[TP]) -> None:
         for tp in tps:
@@ -61,3 +68,7 @@ class OffsetTracker:
     def oldest_unfinished(self, tp: TP) -> int | None:
         part = self._parts.get(tp)
         return part.oldest_open() if part is not None else None
+
+    def held(self) -> int:
+        """Offsets held in memory, all partitions (what the bound above is about)."""
+        return sum(len(part.open) + len(part.open_heap) for part in self._parts.values())

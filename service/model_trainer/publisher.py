@@ -80,6 +80,10 @@ class Publisher:
         """Batches not yet committed: queued, or in the transaction under way."""
         return self._queue.qsize() + self._inflight
 
+    def behind(self) -> bool:
+        """Whether ``MODEL_TRAINER_MAX_UNPUBLISHED`` batches wait: the book holds progress."""
+        return self.pending >= self._settings.max_unpublished
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         await self.publish([])

@@ -39,8 +39,8 @@ class TrainerService:
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
         self.pool = WorkerPool.for_settings(settings)
-        self.book = JobBook(policy_of(settings), self._admit)
         self.publisher = Publisher(settings, transactional_id=settings.transactional_id)
+        self.book = JobBook(policy_of(settings), self._admit, self.publisher.behind)
         self.state = StateReader(settings, self.book.load, self.book.forget)
         self._consumers = consumers
         self.consumer: CommandConsumer | None = None

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         "often (transitions always write one); a new owner reads the events published since "
         "from the events topic, so seq stays exact after a crash. 0: with every event.",
     )
+    max_unpublished: int = Field(
+        200,
+        ge=1,
+        description="Batches waiting for the broker past which progress events are held (the "
+        "latest per job kept, published when it returns): bounds memory during an outage. "
+        "Evaluations, transitions and terminal events are never held.",
+    )
     max_progress_per_s: float = Field(
         2.0,
         gt=0,

@@ -463,3 +463,22 @@ def test_progress_writes_state_at_most_every_interval_and_a_new_owner_recovers_t
     successor.published({"a": 2})
     assert successor.states["a"].last_seq == 8
     assert successor.unsure([P0]) == {}
+
+
+def test_progress_is_held_while_the_publisher_is_behind() -> None:
+    behind = True
+    book = JobBook(policy(), refuse_bad, lambda: behind)
+    book.assign([P0])
+    book.command(record(submit("a"), 0), now=0)
+    out: list[object] = []
+    for step in range(1, 1001):  # an outage: a thousand progress reports, none goes out
+        out += book.progress("a", 1, progress("a", step), now=float(step))
+    evaluated = progress("a", 1001).model_copy(update={"val_loss": 1.5})
+    out += book.progress("a", 1, evaluated, now=1001)  # evaluations are never held
+    out += book.progress("a", 1, progress("a", 1002), now=1002)
+    out += book.tick(now=1003)
+    shown = [e for e in published(out) if isinstance(e, ProgressEventV1)]
+    assert [(e.step, e.val_loss) for e in shown] == [(1001, 1.5)]
+    behind = False  # the broker is back: the latest held values go out with the next tick
+    shown = [e for e in published(book.tick(now=1004)) if isinstance(e, ProgressEventV1)]
+    assert [(e.step, e.seq) for e in shown] == [(1002, 2)]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
 from model_trainer.offsets import OffsetTracker
 from model_trainer.records import TP as Partition
 
@@ -35,3 +40,46 @@ def test_unknown_offsets_are_ignored() -> None:
     tracker.add(TP, 3)
     assert tracker.finish(TP, 99) is None
     assert tracker.unfinished() == 1
+
+
+def test_memory_stays_bounded_behind_a_long_job() -> None:
+    tracker = OffsetTracker()
+    tracker.add(TP, 0)  # a long job holds the partition back
+    most = 0
+    for offset in range(1, 100_001):  # a flood answered at once behind it
+        tracker.add(TP, offset)
+        assert tracker.finish(TP, offset) is None
+        most = max(most, tracker.held())
+    assert most < 200
+    assert tracker.finish(TP, 0) == 100_001
+
+
+@given(
+    st.lists(st.integers(1, 3), min_size=1, max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_commits_match_the_definition(gaps: list[int], rng: random.Random) -> None:
+    """Offsets with gaps (transaction markers), finished in any order: each commit is the
+    oldest unfinished offset or one past the newest finished, whichever is lower; never
+    backwards, never past an unfinished one."""
+    offsets = list(itertools.accumulate(gaps))
+    tracker = OffsetTracker()
+    for offset in offsets:
+        tracker.add(TP, offset)
+    order = offsets[:]
+    rng.shuffle(order)
+    finished: set[int] = set()
+    last = offsets[0]
+    for offset in order:
+        finished.add(offset)
+        got = tracker.finish(TP, offset)
+        unfinished = [o for o in offsets if o not in finished]
+        newest = max(finished) + 1
+        expected = min(unfinished[0], newest) if unfinished else newest
+        if got is None:
+            assert expected == last
+        else:
+            assert got == expected
+            assert got > last
+            last = got
+    assert last == offsets[-1] + 1
