@@ -9,7 +9,7 @@ import pytest
 import torch
 from model_trainer.core.capabilities import core_parameters, llama_intermediate_size
 from model_trainer.engine import run_job, sample
-from model_trainer.engine.backends.llama import LlamaNet
+from model_trainer.engine.backends.llama import LlamaNet, rotate_pairs
 from model_trainer_contracts import LlamaModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -41,6 +41,14 @@ def test_lean_forward_is_the_transformers_forward(shape: dict[str, object]) -> N
     )
     built = sum(p.numel() for p in net.parameters()) - vocab_tables
     assert core_parameters(spec) == built
+
+
+def test_rotation_forms_agree() -> None:
+    turn = torch.polar(torch.ones(5, 4), torch.rand(5, 4) * 6)
+    x = torch.randn(2, 5, 3, 8)
+    complex_form = rotate_pairs(x, turn, complex_form=True)
+    assert torch.allclose(complex_form, rotate_pairs(x, turn, complex_form=False), atol=1e-6)
+    assert torch.allclose(complex_form.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
 
 
 def test_intermediate_size_default() -> None:
