@@ -144,16 +144,24 @@ def training_spec(iters: int) -> dict[str, object]:
     }
 
 
-def job(backend: str, model: Mapping[str, object], corpus: Path, iters: int) -> SubmitJobV1:
+def job(
+    backend: str,
+    model: Mapping[str, object],
+    corpus: Path,
+    iters: int,
+    *,
+    name: str | None = None,
+    compile_: str = "auto",
+) -> SubmitJobV1:
     return SubmitJobV1.model_validate(
         {
-            "job_id": f"reference-bench-{backend}",
+            "job_id": f"reference-bench-{name or backend}",
             "user_id": 0,
             "backend": backend,
             "model": model,
             "tokenizer": {"kind": "char"},
             "data": {"corpus_path": corpus.name, "val_fraction": 0.1},
-            "training": training_spec(iters),
+            "training": {**training_spec(iters), "compile": compile_},
             "progress": {"every_steps": CHUNK},
         }
     )
@@ -170,6 +178,8 @@ class Reference:
     fused: bool
     step: int = 0
     train_s: float = 0.0
+    first_turn_s: float | None = None
+    first_turn_steps: int = 0
     val_loss: float | None = None
     model: ReferenceGpt = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
@@ -193,6 +203,7 @@ class Reference:
     def turn(self, steps: int) -> None:
         """Train the next ``steps`` steps (evaluating where the trainer does)."""
         total = self.spec.max_steps or 0
+        before = self.train_s, self.step
         for _ in range(min(steps, total - self.step)):
             started = time.perf_counter()
             for group in self.optimizer.param_groups:
@@ -210,6 +221,9 @@ class Reference:
             self.train_s += time.perf_counter() - started
             if self.step % self.spec.eval_every == 0 or self.step == total:
                 self.val_loss = self.evaluate(self.splits.val)
+        if self.first_turn_s is None:
+            self.first_turn_s = self.train_s - before[0]
+            self.first_turn_steps = self.step - before[1]
 
     @torch.no_grad()
     def evaluate(self, data: Tokens) -> float:
@@ -226,6 +240,11 @@ class Reference:
     def tokens_per_sec(self) -> float:
         return self.step * BATCH * BLOCK / self.train_s
 
+    def steady_tokens_per_sec(self) -> float:
+        """Without the first turn (warm-up), as for a compiled backend."""
+        steps = self.step - self.first_turn_steps
+        return steps * BATCH * BLOCK / (self.train_s - (self.first_turn_s or 0.0))
+
 
 @dataclass
 class BackendRun:
@@ -236,9 +255,15 @@ class BackendRun:
     steps: int = 0
     val_loss: float | None = None
     parameters: int = 0
+    intervals: list[tuple[int, float]] = field(default_factory=list)  # (steps, seconds)
 
     def tokens_per_sec(self) -> float:
         return self.steps * BATCH * BLOCK / self.train_s
+
+    def steady_tokens_per_sec(self) -> float:
+        """Without the first interval, which holds any compilation."""
+        steady = self.intervals[1:] or self.intervals
+        return sum(n for n, _ in steady) * BATCH * BLOCK / sum(s for _, s in steady)
 
 
 def run_beside(
@@ -249,16 +274,21 @@ def run_beside(
     iters: int,
     threads: int,
     companions: list[Reference],
+    *,
+    name: str | None = None,
+    compile_: str = "auto",
 ) -> BackendRun:
     """Train ``backend`` through run_job; each progress event gives every companion a turn."""
-    result = BackendRun(backend)
+    result = BackendRun(name or backend)
 
     def emit(event: ConfigEventV1 | ProgressEventV1) -> None:
         if isinstance(event, ConfigEventV1):
             result.parameters = event.num_parameters
             return
         done = event.step - result.steps
-        result.train_s += done * BATCH * BLOCK / event.tokens_per_sec
+        seconds = done * BATCH * BLOCK / event.tokens_per_sec
+        result.intervals.append((done, seconds))
+        result.train_s += seconds
         result.steps = event.step
         if event.val_loss is not None:
             result.val_loss = event.val_loss
@@ -266,14 +296,14 @@ def run_beside(
             ref.turn(event.step - ref.step)
         rates = " ".join(f"{r.name} {r.tokens_per_sec():.0f}" for r in companions)
         print(
-            f"{backend} step {event.step}/{iters} train {event.train_loss:.4f} "
+            f"{result.backend} step {event.step}/{iters} train {event.train_loss:.4f} "
             f"{event.tokens_per_sec:.0f} tok/s | {rates} tok/s"
             + (f" | val {event.val_loss:.4f}" if event.val_loss is not None else ""),
             file=sys.stderr,
         )
 
     ctx = RunContext(
-        job=job(backend, model, corpus, iters),
+        job=job(backend, model, corpus, iters, name=name, compile_=compile_),
         data_root=corpus.parent,
         artifacts_root=out,
         threads=threads,
@@ -301,6 +331,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--llama", type=json.loads, default={}, help="llama overrides (JSON)")
     parser.add_argument("--no-fused-reference", action="store_true")
+    parser.add_argument(
+        "--compiled-llama",
+        action="store_true",
+        help="also train llama with training.compile on (needs a C++ compiler), beside "
+        "another reference; reports whole-run and steady (after the first interval) rates",
+    )
     args = parser.parse_args()
     corpus: Path = args.corpus.resolve()
     out = Path(tempfile.mkdtemp(prefix="reference-gpt-"))
@@ -330,6 +366,29 @@ def main() -> None:
             backend, model, corpus, out, args.iters, args.threads, companions
         )
         references[backend] = companions
+    if args.compiled_llama:
+        beside = [Reference("reference", splits, tokenizer.vocab_size, spec, fused=False)]
+        compiled = run_beside(
+            "llama",
+            llama,
+            corpus,
+            out,
+            args.iters,
+            args.threads,
+            beside,
+            name="llama_compiled",
+            compile_="on",
+        )
+        ref = beside[0]
+        figures["tokens_per_sec_llama_compiled"] = round(compiled.tokens_per_sec(), 1)
+        figures["ratio_llama_compiled"] = round(compiled.tokens_per_sec() / ref.tokens_per_sec(), 4)
+        figures["ratio_llama_compiled_steady"] = round(
+            compiled.steady_tokens_per_sec() / ref.steady_tokens_per_sec(), 4
+        )
+        first_steps, first_s = compiled.intervals[0]
+        steady_step_s = 1 / (compiled.steady_tokens_per_sec() / (BATCH * BLOCK))
+        figures["llama_compile_s"] = round(first_s - first_steps * steady_step_s, 1)
+        figures["val_loss_llama_compiled"] = compiled.val_loss
     for backend, run in runs.items():
         mine = run.tokens_per_sec()
         figures[f"tokens_per_sec_{backend}"] = round(mine, 1)

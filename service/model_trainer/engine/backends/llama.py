@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from model_trainer_contracts import LlamaModel
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP
 
@@ -49,6 +50,47 @@ def llama_config(spec: LlamaModel, vocab_size: int) -> LlamaConfig:
         pad_token_id=None,
         use_cache=False,
     )
+
+
+class _RmsNorm(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: on CPU torch has a fused forward but derives the
+    backward from ~15 elementwise ops; this one takes 9."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        normed = x * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        normed, rstd, weight = _saved(ctx)
+        grad_weight = (grad * normed).reshape(-1, grad.size(-1)).sum(0)
+        grad_normed = grad * weight
+        dot = (grad_normed * normed).mean(-1, keepdim=True)
+        return (grad_normed - normed * dot) * rstd, grad_weight, None
+
+
+def _saved(ctx: FunctionCtx) -> tuple[Tensor, Tensor, Tensor]:
+    saved: object = getattr(ctx, "saved_tensors", ())
+    if not (isinstance(saved, tuple) and len(saved) == 3):
+        raise RuntimeError("RMSNorm backward lost its saved tensors")
+    normed, rstd, weight = saved
+    if not all(isinstance(t, Tensor) for t in (normed, rstd, weight)):
+        raise RuntimeError("RMSNorm backward lost its saved tensors")
+    return normed, rstd, weight
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Llama's RMSNorm: the hand-written backward on CPU in eager mode, torch's elsewhere
+    (fused CUDA kernels; compilers fuse either)."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        out: object = _RmsNorm.apply(x, weight, eps)
+        if not isinstance(out, Tensor):
+            raise TypeError("RMSNorm returned no tensor")
+        return out
+    return F.rms_norm(x, (x.size(-1),), weight, eps)
 
 
 def rotate_pairs(x: Tensor, turn: Tensor, *, complex_form: bool) -> Tensor:
@@ -130,7 +172,7 @@ class LlamaNet(nn.Module):
         return out
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.size(-1),), weight, self.eps)
+        return rms_norm(x, weight, self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         model = self.hf.model
