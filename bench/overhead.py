@@ -6,10 +6,10 @@ For each backend the same model (same seed, same initial weights) is trained on 
 batches for ``--steps`` steps and then evaluated once on the same ``--eval-batches`` batches,
 twice: through ``run_job`` (progress events every 10 steps, stop checks every step) and
 through a bare loop (batch, forward, cross-entropy, backward, clip, fused AdamW step as the
-trainer's, lr set by hand). Each is timed from its first step to its last loss, evaluation included. Runs
-alternate, ``--rounds`` times, and the best of each counts, which filters out noise from
-other processes. The bare loop's losses are checked against the trainer's to prove the work
-is the same.
+trainer's, lr set by hand). Each is timed from its first step to its last loss, evaluation
+included. Runs alternate, ``--rounds`` times, and the best of each counts, which filters out
+noise from other processes. The bare loop's losses are checked against the trainer's to prove
+the work is the same.
 
 Progress goes to stderr; the last stdout line is one JSON object with ratio_<backend>
 (trainer tokens/s over bare tokens/s; the target is >= 0.95) and the tokens/s figures.
