@@ -5,11 +5,11 @@
 For each backend the same model (same seed, same initial weights) is trained on the same
 batches for ``--steps`` steps and then evaluated once on the same ``--eval-batches`` batches,
 twice: through ``run_job`` (progress events every 10 steps, stop checks every step) and
-through a bare loop (batch, forward, cross-entropy, backward, clip, AdamW step, lr set by
-hand). Each is timed from its first step to its last loss, evaluation included. Runs
-alternate, ``--rounds`` times, and the best of each counts, which filters out noise from
-other processes. The bare loop's losses are checked against the trainer's to prove the work
-is the same.
+through a bare loop (batch, forward, cross-entropy, backward, clip, fused AdamW step as the
+trainer's, lr set by hand). Each is timed from its first step to its last loss, evaluation
+included. Runs alternate, ``--rounds`` times, and the best of each counts, which filters out
+noise from other processes. The bare loop's losses are checked against the trainer's to prove
+the work is the same.
 
 Progress goes to stderr; the last stdout line is one JSON object with ratio_<backend>
 (trainer tokens/s over bare tokens/s; the target is >= 0.95) and the tokens/s figures.
@@ -104,10 +104,11 @@ def bare_loop(ctx: RunContext) -> tuple[float, list[float]]:
     model = backend.build(job.model, tokenizer.vocab_size)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
+    opt = torch.optim.AdamW(  # fused, as the trainer's: the loops differ in nothing else
         [{"params": decay, "weight_decay": tr.weight_decay}, {"params": other, "weight_decay": 0}],
         lr=tr.learning_rate,
         betas=tr.betas,
+        fused=True,
     )
     steps = tr.max_steps or 0
     losses: list[float] = []

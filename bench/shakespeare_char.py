@@ -1,12 +1,19 @@
-"""nanoGPT's shakespeare_char CPU reference run, through model-trainer's gpt2 backend.
+"""nanoGPT's shakespeare_char CPU reference run, through model-trainer's llama (default) or
+gpt2 backend.
 
     .venv/bin/python bench/shakespeare_char.py /work/shared/data/tinyshakespeare.txt
+    .venv/bin/python bench/shakespeare_char.py /work/shared/data/tinyshakespeare.txt --backend gpt2
 
 Config (nanoGPT ``config/train_shakespeare_char.py`` with its README's CPU overrides): char
-tokens, n_layer 4, n_head 4, n_embd 128, block 64, batch 12, 2000 iterations, lr 1e-3, warmup
+tokens, 4 layers, 4 heads, width 128, block 64, batch 12, 2000 iterations, lr 1e-3, warmup
 100, cosine to 1e-4 over the run, AdamW betas (0.9, 0.99), weight decay 0.1, dropout 0, grad
-clip 1.0, 90/10 split, evaluation over 20 random validation batches. nanoGPT reports a
-validation loss of 1.88; the target here is <= 1.95.
+clip 1.0, 90/10 split, evaluation over 20 random validation batches. The llama model has the
+same depth, width and heads, two key/value heads and a SwiGLU width of 384, so its
+non-embedding parameters equal nanoGPT's (12 x 128² per layer). nanoGPT reports a validation
+loss of 1.88 (1.8857 measured); the target here is <= 1.90. The gpt2 backend, nanoGPT's
+architecture plus GPT-2's biases, lands at 1.91: ``bench/reference_gpt.py`` trains nanoGPT's
+exact architecture on the same batches to 1.93, so the gap to nanoGPT's 1.8857 is which
+batches were drawn, not the model or the loop.
 
 Progress goes to stderr; the last stdout line is one JSON object: val_loss (final evaluation),
 tokens_per_sec (training tokens over the time from the first step to the last event,
@@ -29,14 +36,26 @@ from model_trainer.engine import RunContext, run_job
 from model_trainer.logs import configure_logging
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
+MODELS: dict[str, dict[str, object]] = {
+    "gpt2": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+    "llama": {
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "block_size": 64,
+    },
+}
 
-def job(corpus: Path, max_steps: int) -> SubmitJobV1:
+
+def job(corpus: Path, max_steps: int, backend: str) -> SubmitJobV1:
     return SubmitJobV1.model_validate(
         {
-            "job_id": "bench-shakespeare-char",
+            "job_id": f"bench-shakespeare-char-{backend}",
             "user_id": 0,
-            "backend": "gpt2",
-            "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
+            "backend": backend,
+            "model": MODELS[backend],
             "tokenizer": {"kind": "char"},
             "data": {"corpus_path": corpus.name, "val_fraction": 0.1},
             "training": {
@@ -65,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", type=Path, help="tinyshakespeare.txt")
     parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("--backend", choices=sorted(MODELS), default="llama")
     parser.add_argument("--out", type=Path, help="artifacts root (default: a temp folder)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
@@ -99,7 +119,7 @@ def main() -> None:
         )
 
     ctx = RunContext(
-        job=job(corpus, args.max_steps),
+        job=job(corpus, args.max_steps, args.backend),
         data_root=corpus.parent,
         artifacts_root=out,
         threads=args.threads,
@@ -113,6 +133,7 @@ def main() -> None:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"artifact: {completed.artifact_path}", file=sys.stderr)
     result = {
+        "backend": args.backend,
         "val_loss": round(val_loss[-1], 4),
         "best_val_loss": completed.best_val_loss,
         "steps": completed.steps,
@@ -120,8 +141,8 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "threads": args.threads,
-        "target_val_loss": 1.95,
-        "passed": val_loss[-1] <= 1.95,
+        "target_val_loss": 1.90,
+        "passed": val_loss[-1] <= 1.90,
     }
     print(json.dumps(result))
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from model_trainer.core.layout import MANIFEST, METRICS
 from model_trainer.engine import run_job, sample
+from model_trainer.engine.backends.gpt2 import Gpt2Net
+from model_trainer_contracts import Gpt2Model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.engine.engine_helpers import Env, Event
@@ -31,6 +33,15 @@ def test_gpt2_artifact_loads_in_transformers(env: Env, tokenizer: dict[str, obje
     assert isinstance(text, str)
     assert text.startswith("The king")
     assert out.shape[1] == inputs["input_ids"].shape[1] + 6
+
+
+def test_gpt2_lean_forward_is_the_transformers_forward() -> None:
+    torch.manual_seed(0)
+    net = Gpt2Net(Gpt2Model(n_layer=2, n_head=4, n_embd=32, block_size=24), vocab_size=50)
+    net.eval()
+    x = torch.randint(50, (3, 24))
+    assert torch.allclose(net(x), net.hf(input_ids=x).logits, atol=1e-5)
+    assert torch.allclose(net(x[:, :5]), net.hf(input_ids=x[:, :5]).logits, atol=1e-5)
 
 
 def test_manifest_digests_and_metrics_log(env: Env) -> None:

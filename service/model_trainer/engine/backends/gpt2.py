@@ -13,9 +13,12 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+import torch.nn.functional as F
 from model_trainer_contracts import Gpt2Model
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block
 
 from model_trainer.core.capabilities import ModelSpec
 from model_trainer.engine.backend import Backend, load_safetensors_into
@@ -28,7 +31,11 @@ ACTIVATION = "gelu"
 
 
 class Gpt2Net(nn.Module):
-    """Wraps the transformers model so ``forward(x)`` returns logits, as every backend's does."""
+    """A ``GPT2LMHeadModel`` (``self.hf``) whose ``forward(x)`` returns logits, leanly: the
+    same arithmetic as transformers' forward over its own modules (a test holds them equal),
+    without the per-call mask checks, position ids, keyword plumbing and output objects a
+    training step does not need, and straight to ``scaled_dot_product_attention(is_causal=
+    True)``."""
 
     def __init__(self, spec: Gpt2Model, vocab_size: int, activation: str = ACTIVATION) -> None:
         super().__init__()
@@ -49,9 +56,34 @@ class Gpt2Net(nn.Module):
         )
         self.hf = GPT2LMHeadModel(config)
         self.hf.set_attn_implementation("sdpa")
+        self.heads = spec.n_head
+        self.dropout = spec.dropout
+        self.positions = nn.Buffer(torch.arange(spec.block_size), persistent=False)
+
+    def _attention(self, attn: GPT2Attention, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = attn.c_attn(x).split(c, dim=2)
+        shape = (b, t, self.heads, c // self.heads)
+        y = F.scaled_dot_product_attention(
+            q.view(shape).transpose(1, 2),
+            k.view(shape).transpose(1, 2),
+            v.view(shape).transpose(1, 2),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+            scale=attn.scaling,
+        )
+        out: Tensor = attn.resid_dropout(attn.c_proj(y.transpose(1, 2).reshape(b, t, c)))
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.hf(input_ids=x, use_cache=False).logits
+        body = self.hf.transformer
+        h: Tensor = body.drop(body.wte(x) + body.wpe(self.positions[: x.size(1)]))
+        for block in body.h:
+            if not isinstance(block, GPT2Block):
+                raise TypeError(f"unexpected block {type(block).__name__}")
+            h = h + self._attention(block.attn, block.ln_1(h))
+            h = h + block.mlp(block.ln_2(h))
+        logits: Tensor = self.hf.lm_head(body.ln_f(h))
         return logits
 
 
