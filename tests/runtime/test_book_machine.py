@@ -9,7 +9,8 @@ and crash the service (a new book replays the state topic; uncommitted commands 
 
 After every step: at most one terminal event per job; each job's seqs are 0..n-1 with no
 reuse; a job never runs twice at once; no partition's commit passes a submit whose job has
-not ended. At the end the world drains, and every accepted job has exactly one terminal event.
+not ended; a transaction releases checkpoints for exactly the job whose end it carries. At the
+end the world drains, and every accepted job has exactly one terminal event.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ class BookMachine(RuleBasedStateMachine):
     def _flush(self) -> None:
         world = self.world
         for publish in world.pending:
+            # Its checkpoints go once this commits: only with, and with every, job's end.
+            ends = [e.job_id for e in publish.events if is_terminal(e)]
+            assert ends == ([publish.ended] if publish.ended else []), "checkpoints misreleased"
             for out in publish.records:
                 assert out.value is not None
                 if out.topic == "events":

@@ -29,7 +29,7 @@ def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> 
 
 
 def release_checkpoints(job_dir: Path) -> None:
-    """Remove a completed job's checkpoints: call once its completed event is committed."""
+    """Remove an ended job's checkpoints: call once its terminal event is committed."""
     shutil.rmtree(job_dir / CHECKPOINTS, ignore_errors=True)
 
 
