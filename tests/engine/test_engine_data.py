@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from model_trainer.core.layout import CACHE_DIR
 from model_trainer.engine import run_job
-from model_trainer.engine.dataset import CACHE_DIR
 from model_trainer_contracts import ConfigEventV1, ModelTrainerError, ModelTrainerErrorCode
 
 from tests.engine.engine_helpers import Env, Event, make_text

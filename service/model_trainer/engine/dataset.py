@@ -25,7 +25,6 @@ from model_trainer.engine.files import atomic_write, atomic_write_bytes
 from model_trainer.engine.tokenizer import TextTokenizer, from_json
 
 _C = ModelTrainerErrorCode
-CACHE_DIR = ".token-cache"
 
 Tokens = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 
