@@ -28,6 +28,7 @@ from .publisher import Publisher
 from .records import TP
 from .settings import Settings
 from .state import StateReader
+from .sweeper import sweeping
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
@@ -84,6 +85,7 @@ class TrainerService:
                     self.state.follow,
                     self._pool_messages,
                     self._clock,
+                    sweeping(settings, self.book, self.publisher),
                 ):
                     tasks.start_soon(loop)
                 consuming = anyio.CancelScope()
@@ -125,8 +127,7 @@ class TrainerService:
         for effect in effects:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
-                committed = self.publisher.publish(list(effect.records), commits)
-                journal(effect, self.settings, committed)
+                journal(effect, self.settings, self.publisher.publish([*effect.records], commits))
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
             elif isinstance(effect, Stop):
