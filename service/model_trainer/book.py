@@ -579,8 +579,7 @@ class JobBook:
         committable = self.offsets.finish(job.record, job.offset)
         commits = {job.record: committable} if committable is not None else {}
         log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
-        completed = job.job_id if status is JobStatus.COMPLETED else None
-        return [Publish(tuple(records), commits, (event,), completed), *self._dispatch(now)]
+        return [Publish(tuple(records), commits, (event,), job.job_id), *self._dispatch(now)]
 
     def _timed_out(self, job: Job) -> FailedEventV1:
         error = ModelTrainerError(

@@ -24,7 +24,7 @@ class Publish:
     records: tuple[Outgoing, ...]
     commits: dict[TP, int]
     events: tuple[EventBase, ...] = ()
-    completed: str | None = None  # a job whose checkpoints go once this is committed
+    ended: str | None = None  # a job ended for good: its checkpoints go once this commits
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,11 @@ def policy_of(settings: Settings) -> Policy:
 
 
 def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None]) -> None:
-    """Metrics, each event in its job's metrics.jsonl (a refused job has no folder), and a
-    completed job's checkpoints removed once its completed event is committed."""
-    if publish.completed is not None:
-        folder = settings.artifacts_root / publish.completed
+    """Metrics, each event in its job's metrics.jsonl (a refused job has no folder), and an
+    ended job's checkpoints removed once its terminal event is committed (completed, failed or
+    cancelled: nothing resumes it after that; a crash before the commit resumes from them)."""
+    if publish.ended is not None:
+        folder = settings.artifacts_root / publish.ended
 
         def release(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:

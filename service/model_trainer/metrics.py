@@ -54,3 +54,16 @@ CONNECTION_ERRORS = Counter(
     "Kafka client connection errors (retried by the client; not logged one by one).",
     registry=REGISTRY,
 )
+SWEPT = Counter(
+    "model_trainer_swept",
+    "What the sweep of the artifacts root deleted: temp files and staging folders, "
+    "token-cache entries, ended jobs' checkpoints folders.",
+    ["kind"],
+    registry=REGISTRY,
+)
+SWEPT_BYTES = Counter(
+    "model_trainer_swept_bytes",
+    "Bytes the sweep of the artifacts root freed, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)

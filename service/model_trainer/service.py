@@ -1,9 +1,8 @@
 """The service: the thin async shell around the job book.
 
-Commands, worker messages, rebalances and a clock go into the :class:`~.book.JobBook`; the
-effects it returns come out here as transactions (:mod:`.publisher`) and pool orders
-(:mod:`.pool`). Every loop runs in one anyio task group: a failing task fails the service
-visibly, and shutdown is bounded by ``shutdown_grace_s``.
+Commands, worker messages, rebalances and a clock go into the :class:`~.book.JobBook`; its
+effects come out as transactions (:mod:`.publisher`) and pool orders (:mod:`.pool`). One anyio
+task group runs every loop (a failing task fails the service); ``shutdown_grace_s`` bounds stop.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from .publisher import Publisher
 from .records import TP
 from .settings import Settings
 from .state import StateReader
+from .sweeper import sweeping
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
@@ -84,6 +84,7 @@ class TrainerService:
                     self.state.follow,
                     self._pool_messages,
                     self._clock,
+                    sweeping(settings, self.book, self.publisher),
                 ):
                     tasks.start_soon(loop)
                 consuming = anyio.CancelScope()
@@ -125,8 +126,7 @@ class TrainerService:
         for effect in effects:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
-                committed = self.publisher.publish(list(effect.records), commits)
-                journal(effect, self.settings, committed)
+                journal(effect, self.settings, self.publisher.publish([*effect.records], commits))
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
             elif isinstance(effect, Stop):

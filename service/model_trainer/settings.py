@@ -182,6 +182,19 @@ class Settings(BaseSettings):
 
     data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")
     artifacts_root: Path = Field(Path("artifacts"), description="One folder per job.")
+    sweep_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="The artifacts root is swept at start-up and this often: temp files a "
+        "killed writer left (untouched for an hour), token-cache entries unused for "
+        "token_cache_retention_s, and the checkpoints of ended jobs.",
+    )
+    token_cache_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="A token-cache entry (a tokenized corpus, reused by jobs on the same data "
+        "and tokenizer) no job has used for this long is deleted by the sweep.",
+    )
     max_command_bytes: int = Field(
         min(MAX_COMMAND_BYTES, 1_000_000),
         ge=1024,

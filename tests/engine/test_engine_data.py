@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from model_trainer.core.layout import CACHE_DIR
 from model_trainer.engine import run_job
-from model_trainer.engine.dataset import CACHE_DIR
+from model_trainer.engine.dataset import load_cached, store
+from model_trainer.engine.tokenizer import train_char
 from model_trainer_contracts import ConfigEventV1, ModelTrainerError, ModelTrainerErrorCode
 
 from tests.engine.engine_helpers import Env, Event, make_text
@@ -110,3 +115,36 @@ def test_token_cache_is_reused(env: Env) -> None:
     assert isinstance(first[0], ConfigEventV1)
     assert isinstance(second[0], ConfigEventV1)
     assert first[0].train_tokens == second[0].train_tokens
+
+
+def test_a_cache_hit_counts_as_a_use_and_a_swept_entry_is_rebuilt(env: Env) -> None:
+    first: list[Event] = []
+    run_job(env.ctx(env.job(job_id="a", training={"max_steps": 2}), first))
+    cache = env.artifacts_root / CACHE_DIR
+    entry = sorted(cache.iterdir())
+    month_ago = time.time() - 30 * 24 * 3600
+    for path in entry:
+        os.utime(path, (month_ago, month_ago))
+    run_job(env.ctx(env.job(job_id="b", training={"max_steps": 2}), []))  # a hit
+    assert all(path.stat().st_mtime > month_ago + 3600 for path in entry)  # its last use
+    for path in entry:  # as the sweep deletes an entry unused for the retention
+        path.unlink()
+    again: list[Event] = []
+    run_job(env.ctx(env.job(job_id="c", training={"max_steps": 2}), again))
+    assert sorted(cache.iterdir()) == entry  # tokenized again, and stored anew
+    assert isinstance(first[0], ConfigEventV1)
+    assert isinstance(again[0], ConfigEventV1)
+    assert again[0].train_tokens == first[0].train_tokens
+
+
+def test_a_cache_entry_deleted_while_in_use_stays_readable(tmp_path: Path) -> None:
+    text = "hello world, " * 50
+    tok = train_char(text)
+    stored = store(tmp_path, "k", tok.encode(text), tok)
+    hit = load_cached(tmp_path, "k")
+    assert hit is not None
+    tokens, _ = hit
+    for path in tmp_path.iterdir():  # the sweep, between this job's reads
+        path.unlink()
+    assert np.array_equal(tokens, stored)  # the mapping outlives the file
+    assert load_cached(tmp_path, "k") is None  # the next job misses, and tokenizes again

@@ -1,9 +1,11 @@
 """Kafka's fault paths with a broker of the test's own: shutdown while it is away, a crash
-between a terminal event and its commit, records the broker refuses, and state that grows."""
+between a terminal event and its commit, records the broker refuses, and state that grows (on
+the state topic, and on disk after crashes)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from model_trainer_contracts import CompletedEventV1, ConfigEventV1, JobStateV1,
 
 from .flows import (
     assert_seq_contiguous,
+    logged,
     long_job,
     of,
     send,
@@ -221,3 +224,53 @@ async def _tombstones(stack: Stack) -> int:
     finally:
         await reader.stop()
     return count
+
+
+async def test_the_start_sweep_removes_what_crashes_left_on_disk(stack: Stack) -> None:
+    """A crash between a terminal event's commit and its checkpoints' removal, a writer killed
+    mid-write and a cache entry nobody uses: the next start deletes them, nothing else."""
+    await ensure_topics(Settings.model_validate(stack.env()))
+    now = datetime.now(UTC)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    try:
+        for job_id, status in (("crashed", JobStatus.FAILED), ("resumable", JobStatus.RUNNING)):
+            state = JobStateV1(
+                job_id=job_id, status=status, request_digest="d", submitted_at=now, updated_at=now
+            )
+            await producer.send(f"state-{stack.uid}", encode(state), key=job_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    root = stack.artifacts_root
+    hour_ago, week_ago = time.time() - 3700, time.time() - 8 * 24 * 3600
+    planted = {
+        "crashed/checkpoints/checkpoint.pt": time.time(),
+        "resumable/checkpoints/checkpoint.pt": week_ago,
+        "crashed/.manifest.json.4242.tmp": hour_ago,
+        "resumable/.checkpoint.pt.99.tmp": time.time(),
+        ".token-cache/unused.npy": week_ago,
+        ".token-cache/unused.tokenizer.json": week_ago,
+        ".token-cache/used.npy": time.time(),
+    }
+    for relative, mtime in planted.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"0" * 100)
+        os.utime(root / relative, (mtime, mtime))
+    svc = ServiceProcess(stack).start()
+    try:
+        await wait_log(svc, "artifacts swept", timeout_s=60)
+        metrics = svc.metrics()
+    finally:
+        svc.stop()
+    (line,) = logged(svc, "artifacts swept")  # the next one is an hour away
+    assert (line["checkpoints"], line["temp"], line["token_cache"]) == (1, 1, 1)
+    assert line["bytes_freed"] == 400
+    left = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert left == {
+        "resumable/checkpoints/checkpoint.pt",  # its job has not ended
+        "resumable/.checkpoint.pt.99.tmp",  # a writer may still be writing it
+        ".token-cache/used.npy",
+    }
+    assert 'model_trainer_swept_total{kind="checkpoints"} 1.0' in metrics
+    assert 'model_trainer_swept_bytes_total{kind="token_cache"} 200.0' in metrics

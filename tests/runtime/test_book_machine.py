@@ -9,7 +9,9 @@ and crash the service (a new book replays the state topic; uncommitted commands 
 
 After every step: at most one terminal event per job; each job's seqs are 0..n-1 with no
 reuse; a job never runs twice at once; no partition's commit passes a submit whose job has
-not ended. At the end the world drains, and every accepted job has exactly one terminal event.
+not ended; a transaction releases checkpoints for exactly the job whose end it carries, and
+a sweep takes only jobs whose end is committed. At the end the world drains, and every
+accepted job has exactly one terminal event.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hypothesis.stateful import (
 )
 from model_trainer.book import JobBook
 from model_trainer.core.stop import StopReason
+from model_trainer.core.sweep import ended_jobs
 from model_trainer.effects import Effect, Kill, Publish, Run, Stop, request_digest
 from model_trainer.protocol import RunStarted
 from model_trainer.records import TP, Record
@@ -202,6 +205,9 @@ class BookMachine(RuleBasedStateMachine):
     def _flush(self) -> None:
         world = self.world
         for publish in world.pending:
+            # Its checkpoints go once this commits: only with, and with every, job's end.
+            ends = [e.job_id for e in publish.events if is_terminal(e)]
+            assert ends == ([publish.ended] if publish.ended else []), "checkpoints misreleased"
             for out in publish.records:
                 assert out.value is not None
                 if out.topic == "events":
@@ -420,6 +426,17 @@ class BookMachine(RuleBasedStateMachine):
     def a_job_runs_at_most_once_at_a_time(self) -> None:
         running = [r.job_id for r in self.world.runs.values()]
         assert len(running) == len(set(running)), running
+
+    @invariant()
+    def only_jobs_ended_for_good_are_swept(self) -> None:
+        """The jobs whose checkpoints a sweep may delete, asked as the service asks (with
+        nothing left uncommitted): their terminal event is committed and no run of theirs
+        is going."""
+        if self.world.pending:
+            return
+        swept = ended_jobs(self.book.states, self.book.jobs.keys() | self.book.runs.keys())
+        assert swept <= {e.job_id for e in self.world.events if is_terminal(e)}, swept
+        assert not swept & {r.job_id for r in self.world.runs.values()}, swept
 
     def teardown(self) -> None:
         """Drain: every partition back, every command delivered, every run to its end."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,11 @@ MANIFEST = "manifest.json"  # written last: its presence means the artifact is c
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"  # every event of the job, one JSON line each, as published
 TOKENIZER_FILE = "tokenizer.json"
+STAGING = ".staging"  # in the job folder: the artifact's files before they are renamed into place
+CACHE_DIR = ".token-cache"  # in the artifacts root: tokenized corpora, shared by jobs
+# An atomic write goes to ".<name>.<pid>.tmp" beside its target first: one a killed writer
+# left behind is recognised (and swept) by this pattern.
+TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")
 
 
 def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> Path:
@@ -28,8 +34,13 @@ def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> 
     return target
 
 
+def temp_path(path: Path, pid: int) -> Path:
+    """Where an atomic write of ``path`` by process ``pid`` writes before the rename."""
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
 def release_checkpoints(job_dir: Path) -> None:
-    """Remove a completed job's checkpoints: call once its completed event is committed."""
+    """Remove an ended job's checkpoints: call once its terminal event is committed."""
     shutil.rmtree(job_dir / CHECKPOINTS, ignore_errors=True)
 
 

@@ -9,8 +9,8 @@ from enum import IntEnum
 
 
 class StopReason(IntEnum):
-    CANCEL = 1  # end with TRAINING_CANCELLED, keeping the checkpoint
-    TIMEOUT = 2  # end with TRAINING_TIMEOUT, keeping the checkpoint
+    CANCEL = 1  # checkpoint, end with TRAINING_CANCELLED (the checkpoint goes once it commits)
+    TIMEOUT = 2  # checkpoint, end with TRAINING_TIMEOUT (likewise)
     SHUTDOWN = 3  # checkpoint and stop without a terminal event: another attempt resumes it
 
 

@@ -23,12 +23,11 @@ from pathlib import Path
 from pydantic import JsonValue
 from torch import nn
 
-from model_trainer.core.layout import CHECKPOINTS, MANIFEST, METRICS
+from model_trainer.core.layout import CHECKPOINTS, MANIFEST, METRICS, STAGING
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.files import atomic_write_bytes, sha256_file
 from model_trainer.engine.tokenizer import TextTokenizer
 
-STAGING = ".staging"
 NOT_DIGESTED = (MANIFEST, METRICS, CHECKPOINTS)
 _LIBRARIES = ("model-trainer", "model-trainer-contracts", "torch", "transformers", "tokenizers")
 _MORE_LIBRARIES = ("numpy", "safetensors")

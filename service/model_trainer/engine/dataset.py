@@ -11,7 +11,9 @@ which makes resuming at any step exact without saving any sampler state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,6 @@ from model_trainer.engine.files import atomic_write, atomic_write_bytes
 from model_trainer.engine.tokenizer import TextTokenizer, from_json
 
 _C = ModelTrainerErrorCode
-CACHE_DIR = ".token-cache"
 
 Tokens = npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
 
@@ -51,16 +52,25 @@ def cache_key(corpus_digest: str, tokenizer_request: str) -> str:
 
 
 def load_cached(cache_root: Path, key: str) -> tuple[Tokens, TextTokenizer] | None:
-    """The cached tokens (memory-mapped) and tokenizer for ``key``, if a complete entry exists."""
+    """The cached tokens (memory-mapped) and tokenizer for ``key``, if a complete entry exists.
+
+    A hit touches the entry's files: their mtime is its last use, which the sweep of the
+    artifacts root goes by. The sweep may delete an entry at any moment: one gone before it
+    is read is a miss (the caller tokenizes again and stores it anew); once the tokens are
+    mapped, deleting the file leaves the mapping readable."""
     tokens_path = cache_root / f"{key}.npy"
     tok_path = cache_root / f"{key}.tokenizer.json"
     if not (tokens_path.is_file() and tok_path.is_file()):
         return None
     try:
         tokens = _mapped(tokens_path)
-        return tokens, from_json(tok_path.read_text(encoding="utf-8"))
-    except Exception:  # a broken entry (OS, numpy or tokenizer error) is rebuilt, not trusted
+        tokenizer = from_json(tok_path.read_text(encoding="utf-8"))
+    except Exception:  # a broken or vanished entry (OS, numpy, tokenizer error) is rebuilt
         return None
+    for path in (tokens_path, tok_path):
+        with contextlib.suppress(OSError):  # a read-only or vanished entry is still a hit
+            os.utime(path)
+    return tokens, tokenizer
 
 
 def store(cache_root: Path, key: str, ids: npt.NDArray[np.uint32], tok: TextTokenizer) -> Tokens:

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from model_trainer.core.layout import temp_path
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Run ``write`` on a temp file beside ``path`` and rename it over ``path``: a reader sees
     the old file or the complete new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -26,14 +26,14 @@ from model_trainer_contracts import (
 )
 from torch import nn
 
-from model_trainer.core.layout import CHECKPOINTS, MANIFEST
+from model_trainer.core.layout import CACHE_DIR, CHECKPOINTS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import read_manifest
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext
 from model_trainer.engine.corpus import decode_corpus, read_corpus
-from model_trainer.engine.dataset import CACHE_DIR, Splits, cache_key, load_cached, split, store
+from model_trainer.engine.dataset import Splits, cache_key, load_cached, split, store
 from model_trainer.engine.optim import build_optimizer
 from model_trainer.engine.placement import Placement, resolve_placement
 from model_trainer.engine.tokenizer import TextTokenizer, load_from_job, train_bpe, train_char
