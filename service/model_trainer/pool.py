@@ -54,6 +54,7 @@ def worker_entry(
     log_level: str,
     log_format: str,
     memory: WorkerMemory,
+    preload: tuple[str, ...] = (),
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
     from .limits import return_freed_memory
@@ -61,7 +62,7 @@ def worker_entry(
     return_freed_memory()  # before torch allocates anything
     from .worker import worker_main
 
-    worker_main(conn, stop_flag, threads, log_level, log_format, memory)
+    worker_main(conn, stop_flag, threads, log_level, log_format, memory, preload)
 
 
 READY_TIMEOUT_S = 180.0
@@ -98,8 +99,10 @@ class WorkerPool:
         log_level: str,
         log_format: str,
         memory: WorkerMemory | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self._size = size
+        self._preload = preload
         self._threads = threads
         self._memory = memory or WorkerMemory()
         self._log_args = (log_level, log_format)
@@ -121,6 +124,7 @@ class WorkerPool:
             settings.log_level,
             settings.log_format,
             memory,
+            settings.preload_backends,
         )
 
     async def start(self) -> None:
@@ -137,7 +141,7 @@ class WorkerPool:
         flag: StopFlag = _spawn.Value("i", NO_STOP)
         process = _spawn.Process(
             target=worker_entry,
-            args=(child, flag, self._threads, *self._log_args, self._memory),
+            args=(child, flag, self._threads, *self._log_args, self._memory, self._preload),
             name=f"model-trainer-worker-{index}",
             daemon=True,
         )

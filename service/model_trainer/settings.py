@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from model_trainer_client.settings import (
     KafkaConnection,
@@ -20,6 +20,7 @@ from model_trainer_contracts import (
     EVENTS_TOPIC,
     MAX_COMMAND_BYTES,
 )
+from model_trainer_contracts.commands import BackendName
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -102,6 +103,11 @@ class Settings(BaseSettings):
     )
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch threads per worker (default: cores / workers)."
+    )
+    worker_preload: str = Field(
+        "char_lstm,gpt2,llama,pretrained",
+        description="Backends a worker imports before it is ready (comma-separated); others "
+        "are imported by their first job. transformers' take seconds of CPU per worker.",
     )
     max_running_per_user: int | None = Field(
         None, ge=1, description="Jobs of one user_id running at once (unset: no limit)."
@@ -280,6 +286,18 @@ class Settings(BaseSettings):
     def worker_memory_budget_mb(self) -> int:
         """``worker_memory_mb``, or a fair share of this host's memory per worker."""
         return self.worker_memory_mb or default_worker_memory_mb(self.workers)
+
+    @field_validator("worker_preload")
+    @classmethod
+    def _known_backends(cls, value: str) -> str:
+        unknown = {n.strip() for n in value.split(",") if n.strip()} - set(get_args(BackendName))
+        if unknown:
+            raise ValueError(f"unknown backends {sorted(unknown)}; known: {get_args(BackendName)}")
+        return value
+
+    @property
+    def preload_backends(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.worker_preload.split(",") if name.strip())
 
     @property
     def torch_threads(self) -> int:

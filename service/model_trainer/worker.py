@@ -26,6 +26,7 @@ from .core.envelope import failed_event
 from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import Preempted, RunContext
+from .engine.registry import preload as preload_backends
 from .engine.stages import is_oom
 from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
 from .logs import configure_logging
@@ -160,8 +161,9 @@ def worker_main(
     log_level: str,
     log_format: str,
     memory: WorkerMemory | None = None,
+    preload: tuple[str, ...] = (),
 ) -> None:
-    """Serve run orders until the pipe closes."""
+    """Serve run orders until the pipe closes (once the ``preload`` backends are imported)."""
     memory = memory or WorkerMemory()
     configure_logging(log_level, log_format)
     # The service coordinates shutdown through the stop flag; a terminal's Ctrl-C or a
@@ -171,6 +173,7 @@ def worker_main(
     torch.set_num_threads(threads)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
     cuda = torch.cuda.is_available()
+    preload_backends(preload)  # before the memory limit, as the worker's own imports
     guard_memory(memory, cuda)
     conn.send(WorkerReady(os.getpid(), cuda))
     while True:

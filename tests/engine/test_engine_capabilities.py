@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from typing import get_args
+
 import pytest
 from model_trainer.engine import create_backend, run_job, validate_job
 from model_trainer.engine.registry import backend_names
-from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
+from model_trainer_contracts import (
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    SubmitJobV1,
+)
+from model_trainer_contracts.commands import BackendName
 
 from tests.engine.engine_helpers import Env, Event
 
@@ -71,3 +80,22 @@ def test_run_job_refuses_before_any_work(env: Env) -> None:
     assert err.value.code == C.UNSUPPORTED_BACKEND
     assert events == []
     assert not env.artifacts_root.exists()
+
+
+def test_the_table_is_the_contracts_backend_set_and_imports_lazily() -> None:
+    assert set(backend_names()) == set(get_args(BackendName))
+    assert all(create_backend(name).name == name for name in backend_names())
+    # A fresh interpreter: char_lstm needs no transformers; a preload imports it.
+    probe = (
+        "import sys\n"
+        "from model_trainer.engine import create_backend\n"
+        "from model_trainer.engine.registry import preload\n"
+        "create_backend('char_lstm')\n"
+        "print('transformers' in sys.modules)\n"
+        "preload(['gpt2', 'no-such-backend'])\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "True"]

@@ -82,6 +82,9 @@ class Stack:
             "MODEL_TRAINER_LOG_FORMAT": "json",
             "MODEL_TRAINER_SESSION_TIMEOUT_MS": "10000",
             "MODEL_TRAINER_SHUTDOWN_GRACE_S": "20",
+            # The jobs here train char_lstm: workers skip importing transformers (seconds of
+            # CPU each, on a 2-core CI); tests of other backends name them.
+            "MODEL_TRAINER_WORKER_PRELOAD": "char_lstm",
             **{k: v for k, v in self.security.items() if k.startswith(KAFKA_ENV_PREFIX)},
         }
         env.update({f"MODEL_TRAINER_{k.upper()}": v for k, v in overrides.items()})

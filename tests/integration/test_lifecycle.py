@@ -58,6 +58,9 @@ def write_big_corpus(stack: Stack, megabytes: float) -> str:
     return "big.txt"
 
 
+GPT2 = "char_lstm,gpt2"  # imported before the worker is ready, as by default in production
+
+
 def bpe_job(stack: Stack, job_id: str, corpus: str, **training: object) -> SubmitJobV1:
     spec = stack.job(job_id, steps=20)
     spec["backend"] = "gpt2"
@@ -76,7 +79,7 @@ def bpe_job(stack: Stack, job_id: str, corpus: str, **training: object) -> Submi
 
 async def test_cancel_during_data_preparation_ends_within_five_seconds(stack: Stack) -> None:
     corpus = write_big_corpus(stack, 4)
-    svc = ServiceProcess(stack).start()
+    svc = ServiceProcess(stack, worker_preload=GPT2).start()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, bpe_job(stack, "prep-cx", corpus))
@@ -97,7 +100,9 @@ async def test_cancel_during_data_preparation_ends_within_five_seconds(stack: St
 
 async def test_revoke_during_data_preparation_hands_the_job_back(stack: Stack) -> None:
     corpus = write_big_corpus(stack, 4)
-    svc = ServiceProcess(stack, instance_id="a", rebalance_timeout_ms="10000").start()
+    svc = ServiceProcess(
+        stack, instance_id="a", rebalance_timeout_ms="10000", worker_preload=GPT2
+    ).start()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, bpe_job(stack, "prep-rv", corpus))

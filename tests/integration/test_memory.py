@@ -95,7 +95,12 @@ async def test_a_job_past_its_workers_limit_fails_typed_and_harms_no_other(stack
     assert isinstance(estimate_mb, int)
     assert estimate_mb > 2 * 300
     svc = ServiceProcess(
-        stack, workers="2", worker_memory_mb="300", memory_check="false", max_attempts="2"
+        stack,
+        workers="2",
+        worker_memory_mb="300",
+        memory_check="false",
+        max_attempts="2",
+        worker_preload="char_lstm,gpt2",  # transformers imported before the limit is set
     ).start(timeout_s=300)
     try:
         pids = svc.worker_pids()

@@ -1,23 +1,50 @@
-"""Backends by name: an explicit table over the contracts' closed ``BackendName`` set."""
+"""Backends by name: an explicit table over the contracts' closed ``BackendName`` set.
+
+Each entry imports its backend when first called: transformers' model classes take seconds of
+CPU to import, which a worker that only trains ``char_lstm`` never needs to pay. A worker
+imports the backends named in ``MODEL_TRAINER_WORKER_PRELOAD`` (all by default) before it says
+it is ready, so a job does not wait for an import (:func:`preload`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
 
 from model_trainer.engine.backend import Backend
-from model_trainer.engine.backends.char_lstm import CharLstmBackend
-from model_trainer.engine.backends.gpt2 import Gpt2Backend
-from model_trainer.engine.backends.llama import LlamaBackend
-from model_trainer.engine.backends.pretrained import PretrainedBackend
+
+
+def _char_lstm() -> Backend:
+    from model_trainer.engine.backends.char_lstm import CharLstmBackend
+
+    return CharLstmBackend()
+
+
+def _gpt2() -> Backend:
+    from model_trainer.engine.backends.gpt2 import Gpt2Backend
+
+    return Gpt2Backend()
+
+
+def _llama() -> Backend:
+    from model_trainer.engine.backends.llama import LlamaBackend
+
+    return LlamaBackend()
+
+
+def _pretrained() -> Backend:
+    from model_trainer.engine.backends.pretrained import PretrainedBackend
+
+    return PretrainedBackend()
+
 
 BACKENDS: dict[str, Callable[[], Backend]] = {
-    CharLstmBackend.name: CharLstmBackend,
-    Gpt2Backend.name: Gpt2Backend,
-    LlamaBackend.name: LlamaBackend,
-    PretrainedBackend.name: PretrainedBackend,
+    "char_lstm": _char_lstm,
+    "gpt2": _gpt2,
+    "llama": _llama,
+    "pretrained": _pretrained,
 }
 
 
@@ -34,4 +61,14 @@ def create_backend(name: str) -> Backend:
             f"no backend {name!r}; this worker has {sorted(BACKENDS)}",
             details={"backend": name, "available": list[JsonValue](sorted(BACKENDS))},
         )
-    return factory()
+    backend = factory()
+    if backend.name != name:  # the table and the classes must agree
+        raise RuntimeError(f"backend table entry {name!r} made {backend.name!r}")
+    return backend
+
+
+def preload(names: Iterable[str]) -> None:
+    """Import the named backends now (unknown names are ignored: the job is refused later)."""
+    for name in names:
+        if name in BACKENDS:
+            create_backend(name)
