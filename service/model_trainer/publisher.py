@@ -85,8 +85,10 @@ class Publisher:
         return self.pending >= self._settings.max_unpublished
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        await self.publish([])
+        """Wait until everything queued so far is committed (at once when nothing is: the
+        first rebalance comes before :meth:`run` has started)."""
+        if self.pending:
+            await self.publish([])
 
     async def run(self) -> None:
         """Publish queued batches, forever; raises PublisherFencedError if fenced."""
