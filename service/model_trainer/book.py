@@ -650,6 +650,7 @@ class JobBook:
 
     def assign(self, tps: Iterable[TP]) -> None:
         self.assigned |= set(tps)
+        self.expired_at = 0.0  # the next tick looks at the new partitions' ended jobs
 
     def revoke(self, tps: Iterable[TP], now: float) -> list[Effect]:
         """Start handing back the jobs of ``tps``: queued ones leave, running ones stop."""

@@ -482,3 +482,14 @@ def test_progress_is_held_while_the_publisher_is_behind() -> None:
     behind = False  # the broker is back: the latest held values go out with the next tick
     shown = [e for e in published(book.tick(now=1004)) if isinstance(e, ProgressEventV1)]
     assert [(e.step, e.seq) for e in shown] == [(1002, 2)]
+
+
+def test_a_new_owner_tombstones_its_partitions_expired_states_at_its_next_tick() -> None:
+    book = JobBook(policy(state_retention_s=100.0), refuse_bad)
+    old = JobStateV1(job_id="old", status=JobStatus.COMPLETED, request_digest="d", partition=0)
+    book.load(old.model_copy(update={"updated_at": old.updated_at.replace(year=2000)}))
+    now = old.updated_at.timestamp()
+    assert book.tick(now) == []  # no partition owned yet; the expiry clock starts
+    book.assign([P0])  # a minute has not passed, but the partition is new here
+    tombstones = [r.key for e in book.tick(now + 1) if isinstance(e, Publish) for r in e.records]
+    assert tombstones == [b"old"]
