@@ -45,7 +45,10 @@ async def test_users_take_turns_progress_is_bounded_and_artifacts_are_private(
     finally:
         svc.stop()
     started = [e.job_id for e in watcher.seen if isinstance(e, ConfigEventV1)]
-    assert started.index("b0") < started.index("a2"), started
+    # First come, first served would start B's two jobs 21st and 22nd. Taking turns, both
+    # start among the first few of the 22 (which partition's records the consumer reads
+    # first decides the exact order).
+    assert max(started.index("b0"), started.index("b1")) <= 6, started
     progress = [e for e in watcher.seen if isinstance(e, ProgressEventV1) and e.job_id == "chatty"]
     plain = [e.ts.timestamp() for e in progress if e.val_loss is None]
     busiest = max(sum(1 for t in plain if start <= t < start + 1.0) for start in plain)
