@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     worker_preload: str = Field(
         "char_lstm,gpt2,llama,pretrained",
         description="Backends a worker imports before it is ready (comma-separated); others "
-        "are imported by their first job. transformers' take seconds of CPU per worker.",
+        "are imported by their first job, within its memory budget. transformers' take "
+        "seconds of CPU per worker.",
     )
     max_running_per_user: int | None = Field(
         None, ge=1, description="Jobs of one user_id running at once (unset: no limit)."
