@@ -37,21 +37,10 @@ from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, Su
 from pydantic import JsonValue
 
 from tests.engine.engine_helpers import Env, Event, make_text
+from tests.figures import Figure
 
 C = ModelTrainerErrorCode
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES: list[str] = []  # printed at the end of the module, as the measured figures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest) -> object:
-    yield None
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        for line in FIGURES:
-            reporter.write_line(f"memory: {line}")
-
-
 # The issue's example: 965M non-embedding parameters (under gpt2's 1e9), a context of 8192.
 OVERSIZED: dict[str, JsonValue] = {
     "job_id": "oversized",
@@ -78,7 +67,9 @@ def _refused(job: SubmitJobV1, budget_mb: int, env: Env | None = None) -> ModelT
     return err.value
 
 
-def test_the_oversized_spec_is_refused_at_acceptance_within_a_second(env: Env) -> None:
+def test_the_oversized_spec_is_refused_at_acceptance_within_a_second(
+    env: Env, figure: Figure
+) -> None:
     job = SubmitJobV1.model_validate(OVERSIZED)
     admit(job, data_root=env.data_root, artifacts_root=env.artifacts_root)  # within the bounds
     started = time.perf_counter()
@@ -100,7 +91,7 @@ def test_the_oversized_spec_is_refused_at_acceptance_within_a_second(env: Env) -
     assert details["budget_mb"] == 20_000
     assert (details["vocab_size"], details["vocab_source"]) == (65_536, "bpe")
     assert (details["device"], details["precision"]) == ("cpu", "fp32")
-    FIGURES.append(f"oversized spec refused in {took * 1000:.2f} ms: {estimate_mb} MB {breakdown}")
+    figure(f"memory: oversized spec refused in {took * 1000:.2f} ms: {estimate_mb} MB {breakdown}")
 
 
 def test_a_spec_just_under_the_budget_is_admitted(env: Env) -> None:
@@ -382,7 +373,7 @@ def _real_vocabulary(root: Path, job: SubmitJobV1) -> Vocabulary:
 
 @pytest.mark.parametrize("job", SHAPES, ids=[job.job_id for job in SHAPES])
 def test_the_estimate_bounds_the_measured_peak_within_2x(
-    probe: dict[str, dict[str, JsonValue]], job: SubmitJobV1
+    probe: dict[str, dict[str, JsonValue]], job: SubmitJobV1, figure: Figure
 ) -> None:
     """What is compared: the job's own memory, i.e. the peak RSS of a process running it
     minus that process's RSS just before (an idle worker: torch imported, thread pools
@@ -403,8 +394,8 @@ def test_the_estimate_bounds_the_measured_peak_within_2x(
     rss, data = result["rss_mb"], result["data_mb"]
     assert isinstance(rss, float)
     assert isinstance(data, float)
-    FIGURES.append(
-        f"{job.job_id}: estimate {est_mb:.0f} MB, measured peak RSS {rss:.0f} MB and "
+    figure(
+        f"memory: {job.job_id}: estimate {est_mb:.0f} MB, measured peak RSS {rss:.0f} MB and "
         f"VmData {data:.0f} MB above an idle {result['baseline_rss_mb']} MB "
         f"(x{est_mb / rss:.2f}; vocab {found.vocabulary.size}, {result['seconds']} s)"
     )
@@ -415,6 +406,7 @@ def test_the_estimate_bounds_the_measured_peak_within_2x(
 
 def test_past_the_workers_limit_a_job_fails_with_training_oom_and_the_next_one_runs(
     probe: dict[str, dict[str, JsonValue]],
+    figure: Figure,
 ) -> None:
     """A process limited as a worker with a 200 MB budget is (``RLIMIT_DATA`` at its idle
     size plus 200 MB) runs a job that needs about 3x that: an allocation inside torch fails,
@@ -434,8 +426,9 @@ def test_past_the_workers_limit_a_job_fails_with_training_oom_and_the_next_one_r
     assert isinstance(data, float)
     assert data <= LIMIT_MB + 1
     assert small["code"] is None, small
-    FIGURES.append(
-        f"{TOO_BIG.job_id} under a {LIMIT_MB} MB limit: {big['code']} after {big['seconds']} s; "
+    figure(
+        f"memory: {TOO_BIG.job_id} under a {LIMIT_MB} MB limit: {big['code']} "
+        f"after {big['seconds']} s; "
         f"then {FITS.job_id} completed in the same process"
     )
     with pytest.raises(ModelTrainerError):  # the refusal it would have had at acceptance

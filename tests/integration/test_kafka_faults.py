@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,8 @@ from model_trainer.client import EventWatcher, is_terminal
 from model_trainer.kafka import assign_whole_topic, committed_reader, ensure_topics
 from model_trainer.settings import Settings
 from model_trainer_contracts import CompletedEventV1, ConfigEventV1, JobStateV1, JobStatus, encode
+
+from tests.figures import Figure
 
 from .flows import (
     assert_seq_contiguous,
@@ -169,7 +170,7 @@ async def _read(stack: Stack, topic: str) -> list[bytes]:
 
 
 async def test_ten_thousand_ended_jobs_are_tombstoned_after_retention(
-    own: tuple[Stack, LocalKafka], capsys: pytest.CaptureFixture[str]
+    own: tuple[Stack, LocalKafka], figure: Figure
 ) -> None:
     stack, _broker = own
     await ensure_topics(Settings.model_validate(stack.env()))
@@ -204,10 +205,7 @@ async def test_ten_thousand_ended_jobs_are_tombstoned_after_retention(
                 await asyncio.sleep(2)
     finally:
         svc.stop()
-    with capsys.disabled():
-        sys.stdout.write(
-            f"\nstate replay of {replayed.get('records')} records took {replayed.get('seconds')}s\n"
-        )
+    figure(f"state replay of {replayed.get('records')} records took {replayed.get('seconds')}s")
     assert replayed.get("records") == 10_000
     assert tombstones == 10_000
 

@@ -17,24 +17,16 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from tests.figures import Figure
+
 from .flows import of, send, wait_readiness
 from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 C = ModelTrainerErrorCode
-FIGURES: list[str] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest) -> object:
-    yield None
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        for line in FIGURES:
-            reporter.write_line(f"memory (service): {line}")
-
-
-async def test_an_oversized_job_is_refused_at_acceptance(stack: Stack) -> None:
+async def test_an_oversized_job_is_refused_at_acceptance(stack: Stack, figure: Figure) -> None:
     """The issue's spec (965M non-embedding parameters, context 8192, batch 16, a 65,536 BPE
     vocabulary) is within the model-size bounds; its memory estimate is not, against the
     default budget (a fair share of this host) or any other this host could give."""
@@ -58,7 +50,7 @@ async def test_an_oversized_job_is_refused_at_acceptance(stack: Stack) -> None:
     assert (failed.http_status, failed.retryable, failed.stage) == (422, False, "validate")
     assert not [e for e in of(watcher, "oversized") if isinstance(e, ConfigEventV1)]
     took = (failed.ts - sent).total_seconds()  # the service's clock: this host's
-    FIGURES.append(f"oversized job refused {took * 1000:.0f} ms after it was sent")
+    figure(f"memory (service): oversized job refused {took * 1000:.0f} ms after it was sent")
     assert took <= 1.0, f"refused {took:.2f}s after it was sent"
     estimate_mb, budget_mb = failed.details["estimate_mb"], failed.details["budget_mb"]
     assert isinstance(estimate_mb, int)
@@ -67,7 +59,9 @@ async def test_an_oversized_job_is_refused_at_acceptance(stack: Stack) -> None:
     assert isinstance(failed.details["breakdown_mb"], dict)
 
 
-async def test_a_job_past_its_workers_limit_fails_typed_and_harms_no_other(stack: Stack) -> None:
+async def test_a_job_past_its_workers_limit_fails_typed_and_harms_no_other(
+    stack: Stack, figure: Figure
+) -> None:
     """Two workers with a 300 MB budget each. How the overshoot is produced: the acceptance
     check is switched off (``MODEL_TRAINER_MEMORY_CHECK=false``), so a job whose estimate is
     about 750 MB (a GPT-2 step over a batch of 128 windows of 128 tokens) is admitted anyway,
@@ -118,10 +112,11 @@ async def test_a_job_past_its_workers_limit_fails_typed_and_harms_no_other(stack
         assert svc.proc is not None
         assert svc.proc.poll() is None
         limits = [line for line in svc.log_lines() if line.get("event") == "worker memory"]
-        FIGURES.extend(
-            f"worker idle VmData {line['idle_mb']} MB, limit {line['limit_mb']} MB"
-            for line in limits
-        )
+        for line in limits:
+            figure(
+                f"memory (service): worker idle VmData {line['idle_mb']} MB, "
+                f"limit {line['limit_mb']} MB"
+            )
     finally:
         svc.stop()
     failed = big_events[-1]

@@ -17,10 +17,8 @@ accepted job has exactly one terminal event.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -47,6 +45,8 @@ from model_trainer_contracts import (
     decode_event,
     encode,
 )
+
+from tests.figures import Figure
 
 from .book_helpers import (
     TOPIC,
@@ -485,11 +485,10 @@ BookMachine.TestCase.settings = settings(
 test_job_book_interleavings = BookMachine.TestCase
 
 
-def test_report_how_many_interleavings_were_explored(capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_how_many_interleavings_were_explored(figure: Figure) -> None:
     """Runs after the state machine (same module, declared later): prints its reach."""
     assert STATS["examples"] >= 2000, STATS
-    with capsys.disabled():
-        sys.stdout.write(
-            f"\njob book: {STATS['examples']} examples, {STATS['steps']} steps, "
-            f"{len(SEQUENCES)} distinct interleavings explored\n"
-        )
+    figure(
+        f"job book: {STATS['examples']} examples, {STATS['steps']} steps, "
+        f"{len(SEQUENCES)} distinct interleavings explored"
+    )
