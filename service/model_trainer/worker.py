@@ -173,6 +173,9 @@ def worker_main(
     torch.set_num_threads(threads)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
     cuda = torch.cuda.is_available()
+    # Every job builds an optimizer, whose first construction imports torch._dynamo (seconds
+    # of CPU): done here, so no run sits silent that long (its stall clock is running).
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     preload_backends(preload)  # before the memory limit, as the worker's own imports
     guard_memory(memory, cuda)
     conn.send(WorkerReady(os.getpid(), cuda))
