@@ -48,7 +48,7 @@ def own(tmp_path: Path, local_broker: LocalKafka) -> Iterator[tuple[Stack, Local
 
 
 async def test_sigterm_with_the_broker_away_exits_in_time_and_the_job_resumes(
-    own: tuple[Stack, LocalKafka],
+    own: tuple[Stack, LocalKafka], figure: Figure
 ) -> None:
     stack, broker = own
     svc = ServiceProcess(stack, instance_id="down", shutdown_grace_s="10").start()
@@ -66,6 +66,7 @@ async def test_sigterm_with_the_broker_away_exits_in_time_and_the_job_resumes(
         broker.start()
     assert took <= 10 + 5, f"shutdown took {took:.1f}s with the broker away"
     assert code == 1, svc.tail()  # something was left unpublished
+    figure(f"SIGTERM with the broker away: exit {code} after {took:.1f} s (grace 10 s)")
     again = ServiceProcess(stack, instance_id="down").start()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
@@ -77,6 +78,7 @@ async def test_sigterm_with_the_broker_away_exits_in_time_and_the_job_resumes(
     configs = [e for e in events if isinstance(e, ConfigEventV1)]
     assert configs[-1].start_step >= 10, "did not resume from a checkpoint"
     assert_seq_contiguous(events)
+    figure(f"after it the next instance resumed at step {configs[-1].start_step}, completed")
 
 
 async def test_crash_between_the_terminal_event_and_its_commit_does_not_retrain(

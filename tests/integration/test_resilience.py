@@ -21,6 +21,8 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from tests.figures import Figure
+
 from .flows import (
     assert_seq_contiguous,
     logged,
@@ -243,7 +245,7 @@ async def test_two_instances_one_killed_all_jobs_end_once(stack: Stack) -> None:
 
 
 async def test_broker_away_30s_loses_no_event_and_logs_little(
-    tmp_path: Path, local_broker: object
+    tmp_path: Path, local_broker: object, figure: Figure
 ) -> None:
     from local_kafka import LocalKafka
 
@@ -277,6 +279,7 @@ async def test_broker_away_30s_loses_no_event_and_logs_little(
         svc.stop()
     assert unready, "/readyz stayed 200 while the broker was down"
     assert len(outage_lines) < 20, "\n".join(outage_lines[:40])
+    figure(f"broker away 30 s: {len(outage_lines)} service log lines, the job completed after")
     assert ready_again, "/readyz did not recover after the broker came back"
     assert isinstance(events[-1], CompletedEventV1), events[-1]
     assert_seq_contiguous(events)
