@@ -23,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from .stream import Job, Publisher, Topics
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("dashboard")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -58,6 +59,8 @@ from .book_helpers import (
     submit,
     user_failure,
 )
+
+pytestmark = pytest.mark.xdist_group("book_machine")  # module state: one worker
 
 JOB_IDS = ["a", "b", "c", "bad-d"]
 PARTITIONS = [TP(TOPIC, 0), TP(TOPIC, 1)]
