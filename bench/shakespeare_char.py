@@ -36,17 +36,10 @@ from model_trainer.engine import RunContext, run_job
 from model_trainer.logs import configure_logging
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
-MODELS: dict[str, dict[str, object]] = {
-    "gpt2": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0},
-    "llama": {
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "hidden_size": 128,
-        "intermediate_size": 384,
-        "block_size": 64,
-    },
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_gpt import GPT2, LLAMA, training_spec  # nanoGPT's CPU config
+
+MODELS: dict[str, dict[str, object]] = {"gpt2": GPT2, "llama": LLAMA}  # nanoGPT's shape
 
 
 def job(corpus: Path, max_steps: int, backend: str) -> SubmitJobV1:
@@ -58,22 +51,7 @@ def job(corpus: Path, max_steps: int, backend: str) -> SubmitJobV1:
             "model": MODELS[backend],
             "tokenizer": {"kind": "char"},
             "data": {"corpus_path": corpus.name, "val_fraction": 0.1},
-            "training": {
-                "max_steps": max_steps,
-                "batch_size": 12,
-                "learning_rate": 1e-3,
-                "schedule": "cosine",
-                "warmup_steps": 100,
-                "min_lr": 1e-4,
-                "optimizer": "adamw",
-                "betas": [0.9, 0.99],
-                "weight_decay": 0.1,
-                "grad_clip": 1.0,
-                "seed": 1337,
-                "device": "cpu",
-                "eval_every": 250,
-                "eval_batches": 20,
-            },
+            "training": training_spec(max_steps),
             "progress": {"every_steps": 100},
         }
     )
