@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
@@ -109,9 +110,15 @@ async def test_malformed_commands_get_typed_errors_and_service_goes_on(
 ) -> None:
     bad_lr = stack.job("bad-lr")
     bad_lr["training"] = {"max_steps": 5, "learning_rate": -1}
+    # A field name of 600 KB: its rejection would quote it in a record over the broker's
+    # 1 MB limit, were it not truncated.
+    huge = json.dumps(stack.job("huge-name")).replace(
+        '"user_id"', f'"{"x" * 600_000}": 1, "user_id"'
+    )
     async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
         await sender.send_raw(b"\xff\xfe not json", key=b"garbage")
         await sender.send_raw(json.dumps(bad_lr).encode(), key=b"bad-lr")
+        await sender.send_raw(huge.encode(), key=b"huge-name")
     await _submit(stack, stack.job("after-bad", steps=10))
 
     rejected = await watcher.until_terminal("bad-lr", timeout_s=60)
@@ -121,14 +128,39 @@ async def test_malformed_commands_get_typed_errors_and_service_goes_on(
     assert failed.http_status == 422
     assert "training.learning_rate" in json.dumps(failed.details)
 
+    truncated = (await watcher.until_terminal("huge-name", timeout_s=60))[-1]
+    assert isinstance(truncated, FailedEventV1)
+    assert truncated.code is ModelTrainerErrorCode.COMMAND_INVALID
+    original = truncated.details["truncated_from_bytes"]
+    assert isinstance(original, int)
+    assert original > 1_000_000
+    assert len(truncated.model_dump_json()) < 100_000
+
     events = await watcher.until_terminal("after-bad", timeout_s=180)
     _assert_in_order(events, "after-bad")
 
-    letters = await _dead_letters(stack, 2)
+    letters = await _dead_letters(stack, 3)
     codes = sorted(letter["error_code"] for letter in letters)
-    assert codes == ["COMMAND_INVALID", "COMMAND_UNDECODABLE"]
+    assert codes == ["COMMAND_INVALID", "COMMAND_INVALID", "COMMAND_UNDECODABLE"]
     assert all(letter["original_topic"] == stack.commands_topic for letter in letters)
     assert service.ready()
+    # Every command settled, the 600 KB one included: the group committed to the end.
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(f"group-{stack.uid}")
+    finally:
+        await admin.close()
+    reader = committed_reader(stack.bootstrap)
+    await reader.start()
+    try:
+        tps = await assign_whole_topic(reader, stack.bootstrap, stack.commands_topic)
+        ends = await reader.end_offsets(tps)
+    finally:
+        await reader.stop()
+    assert {tp.partition: meta.offset for tp, meta in committed.items()} == {
+        tp.partition: end for tp, end in ends.items() if end > 0
+    }
 
 
 def test_cli_submit_follow_shows_progress_and_exit_codes(
