@@ -30,13 +30,12 @@ demo: install kafka-fetch
 	deploy/demo.sh
 
 # Branch coverage of the service and the contracts, subprocesses and workers included.
-# The integration tests mostly wait (on brokers, rebalances, timeouts), so tests run in
-# TEST_WORKERS processes at once, each with its own broker (pytest-xdist; 0 runs in one);
-# a module whose tests share state marks itself xdist_group and runs in one process.
+# The integration tests mostly wait (on brokers, rebalances, timeouts), so files run in
+# TEST_WORKERS processes at once, each with its own broker (pytest-xdist; 0 runs in one).
 COVERAGE_FLOOR ?= 90
 TEST_WORKERS ?= 3
 test: install kafka-fetch
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --cov --cov-report=term \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
 		--cov-fail-under=$(COVERAGE_FLOOR)
 
 lint: install

@@ -23,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from .stream import Job, Publisher, Topics
 
-pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("dashboard")]
+pytestmark = pytest.mark.kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium")

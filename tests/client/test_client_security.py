@@ -27,8 +27,6 @@ from model_trainer_client.settings import (
 from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.xdist_group("client_security")  # module state: one worker
-
 PASSWORD = "s3cret-Quokka-Pa55-0042"
 
 

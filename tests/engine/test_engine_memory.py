@@ -39,8 +39,6 @@ from pydantic import JsonValue
 from tests.engine.engine_helpers import Env, Event, make_text
 from tests.figures import Figure
 
-pytestmark = pytest.mark.xdist_group("engine_memory")  # module state: one worker
-
 C = ModelTrainerErrorCode
 ROOT = Path(__file__).resolve().parents[2]
 # The issue's example: 965M non-embedding parameters (under gpt2's 1e9), a context of 8192.

@@ -36,7 +36,7 @@ from .flows import (
 )
 from .harness import ServiceProcess, Stack
 
-pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("own_broker")]
+pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture

@@ -244,7 +244,6 @@ async def test_two_instances_one_killed_all_jobs_end_once(stack: Stack) -> None:
         assert isinstance(terminal[0], CompletedEventV1), terminal[0]
 
 
-@pytest.mark.xdist_group("own_broker")  # the broker of its own that it stops
 async def test_broker_away_30s_loses_no_event_and_logs_little(
     tmp_path: Path, local_broker: object, figure: Figure
 ) -> None:

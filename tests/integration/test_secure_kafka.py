@@ -18,7 +18,7 @@ from model_trainer_contracts import CompletedEventV1, ConfigEventV1, ProgressEve
 
 from .harness import ServiceProcess, Stack
 
-pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("secure_broker")]
+pytestmark = pytest.mark.kafka
 
 # Distinctive, so that finding it in a log cannot be a coincidence.
 WRONG_PASSWORD = "Wr0ng-zebra-Pa55word-7781"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -59,8 +58,6 @@ from .book_helpers import (
     submit,
     user_failure,
 )
-
-pytestmark = pytest.mark.xdist_group("book_machine")  # module state: one worker
 
 JOB_IDS = ["a", "b", "c", "bad-d"]
 PARTITIONS = [TP(TOPIC, 0), TP(TOPIC, 1)]
