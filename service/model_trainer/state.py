@@ -156,6 +156,8 @@ def _note_seq(
     job_id = key.decode(errors="replace") if key else ""
     if job_id not in wanted:
         return
+    # Only the envelope's seq, not decode_event: an event type newer than this reader still
+    # holds a seq the job must not reuse.
     try:
         event: object = json.loads(value)
     except ValueError:
