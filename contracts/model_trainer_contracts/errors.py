@@ -51,6 +51,9 @@ class ModelTrainerErrorCode(StrEnum):
     JOB_ID_CONFLICT = "JOB_ID_CONFLICT"
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_FORBIDDEN = "JOB_FORBIDDEN"
+    JOB_ON_OTHER_PARTITION = "JOB_ON_OTHER_PARTITION"
+    COMMAND_CRASHED = "COMMAND_CRASHED"
+    ADMISSION_TIMEOUT = "ADMISSION_TIMEOUT"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -130,6 +133,22 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.JOB_NOT_FOUND: ErrorInfo(404, False, "No queued or running job has that job_id."),
     _C.JOB_FORBIDDEN: ErrorInfo(
         403, False, "The job uses another user's artifact (init_from or a job tokenizer)."
+    ),
+    _C.JOB_ON_OTHER_PARTITION: ErrorInfo(
+        421,
+        False,
+        "The command reached a commands partition that does not hold its job, and forwarding it "
+        "there failed; details name the partition (produce keyed by job_id with Kafka's default "
+        "murmur2 partitioner).",
+    ),
+    _C.COMMAND_CRASHED: ErrorInfo(
+        500,
+        False,
+        "The service process died while handling this command; it is dead-lettered instead of "
+        "handled again, so one command cannot stop the service twice.",
+    ),
+    _C.ADMISSION_TIMEOUT: ErrorInfo(
+        503, True, "Checking the job's files (corpus, model folder) took longer than allowed."
     ),
     _C.INTERNAL_ERROR: ErrorInfo(500, True, "An unexpected error; the details say where."),
 }

@@ -46,6 +46,12 @@ class JobStateV1(BaseModel):
     status: JobStatus
     request_digest: str = Field(description="sha256 of the submit command's spec (conflicts).")
     partition: int = Field(-1, ge=-1, description="Commands partition that owns the job.")
+    offset: int | None = Field(
+        None,
+        ge=0,
+        description="Offset of the job's submit on its commands partition: the state is "
+        "deleted only once the partition's commit has passed it.",
+    )
     attempt: int = Field(0, ge=0, description="Runs started so far (the events' attempt).")
     failures: int = Field(0, ge=0, description="Infrastructure failures (worker death, stall).")
     last_seq: int = Field(-1, ge=-1, description="Highest seq published; -1 before any.")

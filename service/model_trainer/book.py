@@ -14,7 +14,13 @@ The promise this module keeps:
 * a partition's commit never passes a command whose job has not ended;
 * the book alone numbers a job's events (``seq``), refusals included: +1 each, never reused;
 * a job runs on at most one worker at a time, and a job handed back on revoke is never lost
-  (its command stays uncommitted, so the partition's next owner resumes it).
+  (its command stays uncommitted, so the partition's next owner resumes it);
+* everything said of a job goes out through its commands partition (``Publish.via``), whose
+  owner alone can commit it: an instance that lost the partition is fenced by Kafka;
+* a command on a partition that does not hold its job is forwarded there, never run here;
+* no command stops the book: whatever admitting or decoding one raises becomes its typed
+  refusal;
+* an ended job's state is deleted only once its submit's offset is committed.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode
 EXPIRY_EVERY_S = 60.0
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+FORWARDED_FROM = "forwarded_from"  # header of a command this service moved to its partition
+Admit = Callable[[SubmitJobV1], None]
 
 
 def _time(now: float) -> datetime:
@@ -71,7 +80,7 @@ class JobBook:
     """See the module docstring. ``admit`` raises the typed refusal of a job that cannot run."""
 
     policy: Policy
-    admit: Callable[[SubmitJobV1], None]
+    admit: Admit
     # Whether the publisher is behind (the broker away): progress is then held, latest
     # values winning, so what waits in memory stays bounded however long the outage.
     behind: Callable[[], bool] = field(default=lambda: False)
@@ -86,6 +95,11 @@ class JobBook:
     dispatched: int = 0
     releasing: set[TP] = field(default_factory=set)
     stopping: bool = False
+    # Kafka's default partitioner (key, partition count) and the commands topic's partition
+    # count: where a job with no known state lives. 0: unknown, only known states decide.
+    partitioner: Callable[[bytes, int], int] | None = None
+    partition_count: int = 0
+    committed: dict[TP, int] = field(default_factory=dict)  # commit position per partition
 
     # -------------------------------------------------------------------- views
 
@@ -153,6 +167,7 @@ class JobBook:
             status=status,
             request_digest=job.digest,
             partition=job.record.partition,
+            offset=job.offset,
             attempt=job.attempt,
             failures=job.failures,
             last_seq=job.next_seq - 1,
@@ -174,12 +189,18 @@ class JobBook:
 
     # -------------------------------------------------------------------- commands
 
-    def command(self, record: Record, now: float) -> list[Effect]:
-        """A record from the commands topic."""
+    def command(self, record: Record, now: float, admit: Admit | None = None) -> list[Effect]:
+        """A record from the commands topic. ``admit`` stands in for the book's own admission
+        of this one command (the shell checks a job's files off the event loop first)."""
         self.offsets.add(record.tp, record.offset)
         try:
             command = decode_command(record.value, max_bytes=self.policy.max_command_bytes)
-        except ModelTrainerError as undecodable:
+        except Exception as exc:  # any decoder failure refuses this record, never the book
+            undecodable = (
+                exc
+                if isinstance(exc, ModelTrainerError)
+                else ModelTrainerError(_C.COMMAND_UNDECODABLE, f"undecodable: {exc!r}"[:500])
+            )
             job_id = salvage_job_id(record.value)
             keyed = job_id is not None and record.key == job_id.encode()
             return self._dead_letter(record, undecodable, job_id if keyed else None, now)
@@ -193,20 +214,97 @@ class JobBook:
                 details={"violations": [{"field": "(key)", "error": "must equal job_id"}]},
             )
             return self._dead_letter(record, wrong_key, None, now)
+        home = self.home(command.job_id)
+        if home is not None and home != record.partition:
+            return self._misplaced(record, command.job_id, home, now)
         if isinstance(command, SubmitJobV1):
-            return self._submit(command, record, now)
+            return self._submit(command, record, now, admit or self.admit)
         return self._cancel(command, record, now)
+
+    def refuse(self, record: Record, error: ModelTrainerError, now: float) -> list[Effect]:
+        """Dead-letter ``record`` unhandled: it killed the service once, or handling it raised.
+        Its offset is settled, so it is never read again."""
+        self.offsets.add(record.tp, record.offset)
+        return self._dead_letter(record, error, None, now)
+
+    def home(self, job_id: str) -> int | None:
+        """The commands partition that holds ``job_id``: its job's or its state's, else where
+        Kafka's default partitioner puts its key (None while the partition count is unknown)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.record.partition
+        state = self.states.get(job_id)
+        if state is not None and state.partition >= 0:
+            return state.partition
+        if self.partitioner is None or self.partition_count < 1:
+            return None
+        return self.partitioner(job_id.encode(), self.partition_count)
+
+    def admits(self, record: Record) -> SubmitJobV1 | None:
+        """The submit in ``record`` if :meth:`command` would admit it (a new job, on its
+        partition): the shell checks its files off the event loop, then hands the verdict in."""
+        try:
+            command = decode_command(record.value, max_bytes=self.policy.max_command_bytes)
+        except Exception:  # refused by command() itself
+            return None
+        if not isinstance(command, SubmitJobV1) or record.key != command.job_id.encode():
+            return None
+        if self.home(command.job_id) not in (None, record.partition):
+            return None
+        state = self.states.get(command.job_id)
+        if command.job_id in self.jobs or (state is not None and state.status.terminal):
+            return None
+        if state is not None and state.request_digest not in ("", request_digest(command)):
+            return None
+        return command
+
+    def _misplaced(self, record: Record, job_id: str, home: int, now: float) -> list[Effect]:
+        """A command on a partition that does not hold its job (clients' partitioners differ;
+        added partitions move keys): forwarded to ``home`` in the transaction that commits it
+        here, so the job's owner alone acts on it. Forwarded once: a second miss is refused."""
+        if any(name == FORWARDED_FROM for name, _ in record.headers):
+            error = ModelTrainerError(
+                _C.JOB_ON_OTHER_PARTITION,
+                f"job {job_id!r} lives on partition {home} of {record.topic}, and this command "
+                f"was already forwarded once; produce it keyed by job_id",
+                details={"partition": home, "received_on": record.partition},
+            )
+            return self._dead_letter(record, error, None, now)
+        origin = f"{record.partition}:{record.offset}".encode()
+        moved = Outgoing(
+            self.policy.commands_topic,
+            record.key or b"",
+            record.value,
+            [*record.headers, (FORWARDED_FROM, origin)],
+            partition=home,
+        )
+        log.info(
+            "command forwarded to its job's partition",
+            job_id=job_id,
+            partition=record.partition,
+            to=home,
+            offset=record.offset,
+        )
+        return [self._settle(record, [moved])]
 
     def _settle(
         self, record: Record, records: list[Outgoing], events: list[EventBase] | None = None
     ) -> Publish:
         """Publish ``records`` with the commit of every offset this record's end unblocks."""
-        committable = self.offsets.finish(record.tp, record.offset)
-        commits = {record.tp: committable} if committable is not None else {}
-        return Publish(tuple(records), commits, tuple(events or ()))
+        return Publish(
+            record.tp, tuple(records), self._commit(record.tp, record.offset), tuple(events or ())
+        )
+
+    def _commit(self, tp: TP, offset: int) -> dict[TP, int]:
+        """The commit that finishing ``offset`` unblocks (none, or one for ``tp``)."""
+        committable = self.offsets.finish(tp, offset)
+        if committable is None:
+            return {}
+        self.committed[tp] = max(committable, self.committed.get(tp, 0))
+        return {tp: committable}
 
     def _rejection(
-        self, job_id: str, user_id: int, error: ModelTrainerError, now: float
+        self, job_id: str, user_id: int, error: ModelTrainerError, now: float, tp: TP
     ) -> tuple[list[Outgoing], EventBase]:
         """A failed event answering a refused command (it ends no job), and its state."""
         error.details.setdefault("command_rejected", True)
@@ -227,6 +325,7 @@ class JobBook:
                 user_id=user_id,
                 status=JobStatus.REJECTED,
                 request_digest="",
+                partition=tp.partition,
                 last_seq=seq,
                 submitted_at=_time(now),
                 updated_at=_time(now),
@@ -244,16 +343,22 @@ class JobBook:
             ("original_partition", str(record.partition).encode()),
             ("original_offset", str(record.offset).encode()),
         ]
+        key = record.key or b""
+        if len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+            # Key and value together must fit the record limit: the key is cut too.
+            headers.append(("original_key_size", str(len(key)).encode()))
+            key = key[:DEAD_LETTER_MAX_KEY_BYTES]
         value = record.value
         if len(value) > DEAD_LETTER_MAX_BYTES:
             # The dead letter must fit the broker's record limit, or publishing it would be
             # retried forever; its header says how much of the original it keeps.
             headers.append(("original_size", str(len(value)).encode()))
             value = value[:DEAD_LETTER_MAX_BYTES]
-        records = [Outgoing(self.policy.dead_letter_topic, record.key or b"", value, headers)]
+        records = [Outgoing(self.policy.dead_letter_topic, key, value, headers)]
         events: list[EventBase] = []
         if job_id is not None:
-            answer, event = self._rejection(job_id, salvage_user_id(record.value), error, now)
+            user = salvage_user_id(record.value)
+            answer, event = self._rejection(job_id, user, error, now, record.tp)
             records += answer
             events.append(event)
         log.info(
@@ -265,7 +370,7 @@ class JobBook:
         )
         return [self._settle(record, records, events)]
 
-    def _submit(self, spec: SubmitJobV1, record: Record, now: float) -> list[Effect]:
+    def _submit(self, spec: SubmitJobV1, record: Record, now: float, admit: Admit) -> list[Effect]:
         bound = log.bind(job_id=spec.job_id)
         digest = request_digest(spec)
         active = self.jobs.get(spec.job_id)
@@ -278,7 +383,7 @@ class JobBook:
                 f"job {spec.job_id} was already submitted with a different spec",
                 details={"request_digest": digest, "existing_request_digest": known},
             )
-            answer, event = self._rejection(spec.job_id, spec.user_id, error, now)
+            answer, event = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
             return [self._settle(record, answer, [event])]
         if active is not None or (state is not None and state.status.terminal):
             bound.info("duplicate submit settled", status=str(state.status) if state else "active")
@@ -295,18 +400,21 @@ class JobBook:
             next_seq=state.last_seq + 1 if state else 0,
         )
         try:
-            self.admit(spec)
-        except ModelTrainerError as error:
+            admit(spec)
+        except Exception as exc:  # whatever admission raises refuses this job, never the book
+            error = exc if isinstance(exc, ModelTrainerError) else _admission_failed(exc)
             bound.info("job refused", code=str(error.code), error=error.message)
             self.jobs[spec.job_id] = job
             return self._end(job, failed_event(job.envelope(), error), now)
         self.jobs[spec.job_id] = job
         bound.info("job accepted", attempt=job.attempt, queued=len(self.queue))
         reason = "preempted" if resumed else "submitted"
-        return [self._enqueue(job, reason, now, first=False), *self._dispatch(now)]
+        return [*self._enqueue(job, reason, now, first=False), *self._dispatch(now)]
 
-    def _enqueue(self, job: Job, reason: str, now: float, *, first: bool) -> Publish:
-        """Queue the job (at the front when ``first``); its queued event and state go out."""
+    def _enqueue(self, job: Job, reason: str, now: float, *, first: bool) -> list[Effect]:
+        """Queue the job (at the front when ``first``); its queued event and state go out,
+        after what its last run said and was held (so the state's last_seq covers it)."""
+        effects = self._flush_held(job, now)
         job.phase = Phase.QUEUED
         if first:
             self.queue.appendleft(job.job_id)
@@ -321,7 +429,7 @@ class JobBook:
             reason=reason,
         )
         records = (self._event_record(event), self._state(job, JobStatus.QUEUED, now))
-        return Publish(records, {}, (event,))
+        return [*effects, Publish(job.record, records, {}, (event,))]
 
     def _cancel(self, cancel: CancelJobV1, record: Record, now: float) -> list[Effect]:
         bound = log.bind(job_id=cancel.job_id)
@@ -334,7 +442,7 @@ class JobBook:
             if state is not None and state.status is not JobStatus.REJECTED:
                 error.details["status"] = str(state.status)
             bound.info("cancel for an unknown or ended job")
-            answer, event = self._rejection(cancel.job_id, 0, error, now)
+            answer, event = self._rejection(cancel.job_id, 0, error, now, record.tp)
             return [self._settle(record, answer, [event])]
         # The cancel's own offset may be committed now: the submit's, older, holds the
         # partition's commit back until the job ends, so a crash redelivers both.
@@ -392,7 +500,7 @@ class JobBook:
             )
             self.runs[job.job_id] = RunSlot(job.job_id, job.attempt)
             effects.append(Run(job.job_id, order))
-            effects.append(Publish((self._state(job, JobStatus.RUNNING, now),), {}))
+            effects.append(Publish(job.record, (self._state(job, JobStatus.RUNNING, now),), {}))
             log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)
         return effects
 
@@ -456,14 +564,26 @@ class JobBook:
         if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1):
             return []
         job.last_heard = now
-        if (
-            isinstance(event, ProgressEventV1)
-            and event.val_loss is None
-            and self._too_soon(job, now)
-        ):
-            job.held = event  # coalesced: the latest values win
+        if isinstance(event, ProgressEventV1) and self._too_soon(job, now):
+            # Coalesced: the latest values win; an evaluation waits apart, so a plain step
+            # never replaces it, and the last of each always goes out.
+            if event.val_loss is None:
+                job.held = event
+            else:
+                job.held_eval = event
             return []
         return self._publish_progress(job, event, now)
+
+    def _flush_held(self, job: Job, now: float) -> list[Effect]:
+        """What the job's run said and was held: its evaluation, then a later step."""
+        effects: list[Effect] = []
+        held, job.held = job.held, None
+        evaluated = job.held_eval
+        if evaluated is not None:
+            effects += self._publish_progress(job, evaluated, now)
+        if held is not None and (evaluated is None or held.step > evaluated.step):
+            effects += self._publish_progress(job, held, now)
+        return effects
 
     def _too_soon(self, job: Job, now: float) -> bool:
         last = job.last_progress_at
@@ -474,14 +594,21 @@ class JobBook:
     def _publish_progress(
         self, job: Job, event: ConfigEventV1 | ProgressEventV1, now: float
     ) -> list[Effect]:
-        job.held = None
+        if (
+            job.held is not None
+            and isinstance(event, ProgressEventV1)
+            and job.held.step <= event.step
+        ):
+            job.held = None  # superseded
+        if event is job.held_eval:
+            job.held_eval = None
         if isinstance(event, ProgressEventV1):
             job.last_progress_at = now
         stamped = self._stamp(job, event)
         records = [self._event_record(stamped)]
         if job.state_at is None or now - job.state_at >= self.policy.state_every_s:
             records.append(self._state(job, JobStatus.RUNNING, now))
-        return [Publish(tuple(records), {}, (stamped,))]
+        return [Publish(job.record, tuple(records), {}, (stamped,))]
 
     def ended(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
         """The run's terminal event (completed, or a failure the worker decided)."""
@@ -489,8 +616,7 @@ class JobBook:
         job = self._current(job_id, attempt)
         if job is None:
             return effects + self._dispatch(now)
-        if job.held is not None:  # the run's last progress goes out before its end
-            effects += self._publish_progress(job, job.held, now)
+        effects += self._flush_held(job, now)  # the run's last progress goes out before its end
         if isinstance(event, CompletedEventV1 | FailedEventV1):
             final = self._stamp(job, event)
         else:
@@ -532,7 +658,7 @@ class JobBook:
                 else "worker died; retrying the job from its checkpoint",
                 failures=job.failures,
             )
-            return [*effects, self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
+            return [*effects, *self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
         if stalled:
             error = ModelTrainerError(
                 _C.TRAINING_STALLED,
@@ -562,7 +688,7 @@ class JobBook:
         if job.cancel_reason is not None:
             return self._end(job, self._cancelled(job, "train"), now)
         if job.record in self.assigned and job.record not in self.releasing and not self.stopping:
-            return [self._enqueue(job, "preempted", now, first=True), *self._dispatch(now)]
+            return [*self._enqueue(job, "preempted", now, first=True), *self._dispatch(now)]
         self.jobs.pop(job.job_id, None)  # its command stays uncommitted: the next owner runs it
         return self._dispatch(now)
 
@@ -576,10 +702,10 @@ class JobBook:
         if job.job_id in self.queue:
             self.queue.remove(job.job_id)
         self.jobs.pop(job.job_id, None)
-        committable = self.offsets.finish(job.record, job.offset)
-        commits = {job.record: committable} if committable is not None else {}
+        commits = self._commit(job.record, job.offset)
         log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
-        return [Publish(tuple(records), commits, (event,), job.job_id), *self._dispatch(now)]
+        ended = Publish(job.record, tuple(records), commits, (event,), job.job_id)
+        return [ended, *self._dispatch(now)]
 
     def _timed_out(self, job: Job) -> FailedEventV1:
         error = ModelTrainerError(
@@ -599,8 +725,9 @@ class JobBook:
         """Kill runs past their grace, deadline or silence; start what can start."""
         effects: list[Effect] = []
         for job in list(self.jobs.values()):
-            if job.held is not None and not self._too_soon(job, now):
-                effects += self._publish_progress(job, job.held, now)
+            held = job.held is not None or job.held_eval is not None
+            if held and job.phase is not Phase.QUEUED and not self._too_soon(job, now):
+                effects += self._flush_held(job, now)
             slot = self.runs.get(job.job_id)
             if job.phase is Phase.QUEUED or slot is None or slot.killed is not None:
                 continue
@@ -626,30 +753,46 @@ class JobBook:
 
     def _expire(self, now: float) -> list[Effect]:
         """Tombstone the state records of jobs that ended more than the retention ago, on
-        the partitions this instance owns (so each is deleted once, by its owner)."""
+        the partitions this instance owns (so each is deleted once, by its owner), and only
+        once the partition's commit has passed the job's submit: a submit still uncommitted
+        (behind a longer job) would otherwise run its job again after a restart."""
         self.expired_at = now
-        owned = {tp.partition for tp in self.assigned}
+        owned = {tp.partition: tp for tp in self.assigned if tp not in self.releasing}
+        if not owned:
+            return []
         cutoff = now - self.policy.state_retention_s
         done = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
-        expired = [
-            state.job_id
-            for state in self.states.values()
-            if state.status in done
-            and state.partition in owned | {-1}
-            and state.updated_at.timestamp() < cutoff
-            and state.job_id not in self.jobs
-        ]
-        for job_id in expired:
-            del self.states[job_id]
-        tombstones = [Outgoing(self.policy.state_topic, j.encode(), None, []) for j in expired]
-        if expired:
-            log.info("ended jobs' states deleted", jobs=len(expired))
-        return [Publish(tuple(tombstones[i : i + 1000]), {}) for i in range(0, len(expired), 1000)]
+        by_partition: dict[TP, list[str]] = {}
+        for state in self.states.values():
+            via = owned.get(state.partition) if state.partition >= 0 else min(owned.values())
+            if (
+                via is None
+                or state.status not in done
+                or state.updated_at.timestamp() >= cutoff
+                or state.job_id in self.jobs
+                or (state.offset is not None and state.offset >= self.committed.get(via, 0))
+            ):
+                continue
+            by_partition.setdefault(via, []).append(state.job_id)
+        effects: list[Effect] = []
+        for via, expired in sorted(by_partition.items()):
+            for job_id in expired:
+                del self.states[job_id]
+            tombstones = [Outgoing(self.policy.state_topic, j.encode(), None, []) for j in expired]
+            log.info("ended jobs' states deleted", jobs=len(expired), partition=via.partition)
+            effects += [
+                Publish(via, tuple(tombstones[i : i + 1000]), {})
+                for i in range(0, len(expired), 1000)
+            ]
+        return effects
 
     # -------------------------------------------------------------------- rebalance, shutdown
 
-    def assign(self, tps: Iterable[TP]) -> None:
+    def assign(self, tps: Iterable[TP], committed: Mapping[TP, int] | None = None) -> None:
+        """Partitions now ours, with their committed offsets where known."""
         self.assigned |= set(tps)
+        for tp, offset in (committed or {}).items():
+            self.committed[tp] = max(offset, self.committed.get(tp, 0))
         self.expired_at = 0.0  # the next tick looks at the new partitions' ended jobs
 
     def revoke(self, tps: Iterable[TP], now: float) -> list[Effect]:
@@ -676,6 +819,8 @@ class JobBook:
         self.offsets.forget(list(released))
         self.assigned -= released
         self.releasing -= released
+        for tp in released:
+            self.committed.pop(tp, None)
         return effects
 
     def shutdown(self, now: float) -> list[Effect]:
@@ -697,3 +842,14 @@ class JobBook:
             job.stop_sent = StopReason.SHUTDOWN
             effects.append(Stop(job.job_id, StopReason.SHUTDOWN))
         return effects
+
+
+def _admission_failed(exc: Exception) -> ModelTrainerError:
+    """The typed refusal of a job whose admission raised something untyped (a bug, an OS
+    error it did not expect): the job is refused and the service goes on."""
+    log.error("admission raised", error=repr(exc)[:500])
+    return ModelTrainerError(
+        _C.INTERNAL_ERROR,
+        f"the job could not be checked: {type(exc).__name__}: {exc}"[:1000],
+        details={"exception": type(exc).__name__},
+    )

@@ -31,6 +31,10 @@ class CommandConsumer(Protocol):
     def pause(self, *tps: TP) -> None: ...
     def resume(self, *tps: TP) -> None: ...
     async def topics(self) -> set[str]: ...
+    async def owns(self, tp: TP) -> bool: ...
+    async def committed(self, tps: set[TP]) -> dict[TP, int]: ...
+    def partition_count(self, topic: str) -> int: ...
+    async def rewind(self, tp: TP) -> None: ...
 
 
 class Rebalance(Protocol):
@@ -42,6 +46,7 @@ class Rebalance(Protocol):
 
 ConsumerFactory = Callable[[Settings, Rebalance], CommandConsumer]
 log = structlog.get_logger(__name__)
+OWNERSHIP_CHECK_S = 10.0
 
 
 class _Listener:
@@ -87,6 +92,41 @@ class _KafkaCommands:
 
     async def topics(self) -> set[str]:
         return set(await self.kafka.topics())
+
+    async def owns(self, tp: TP) -> bool:
+        """Whether the group still gives ``tp`` to this member: an offset commit carries the
+        member's generation, and the broker refuses it once the member was evicted or a
+        rebalance began. The committed offset is committed again, unchanged."""
+        partition = TopicPartition(*tp)
+        if partition not in self.kafka.assignment():
+            return False
+        try:
+            async with asyncio.timeout(OWNERSHIP_CHECK_S):
+                at = await self.kafka.committed(partition)
+                if at is None:
+                    at = (await self.kafka.beginning_offsets([partition]))[partition]
+                await self.kafka.commit({partition: at})
+        except Exception as exc:  # any failure: not confirmed now
+            log.info("partition ownership not confirmed", partition=tp.partition, error=repr(exc))
+            return False
+        return True
+
+    async def committed(self, tps: set[TP]) -> dict[TP, int]:
+        found: dict[TP, int] = {}
+        for tp in tps:
+            at = await self.kafka.committed(TopicPartition(*tp))
+            if isinstance(at, int):
+                found[tp] = at
+        return found
+
+    def partition_count(self, topic: str) -> int:
+        partitions = self.kafka.partitions_for_topic(topic)
+        return len(partitions) if partitions else 0
+
+    async def rewind(self, tp: TP) -> None:
+        """Read ``tp`` again from its committed offset (what this instance skipped while it
+        did not know whether the partition was still its own)."""
+        await self.kafka.seek_to_committed(TopicPartition(*tp))
 
 
 def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:

@@ -19,8 +19,11 @@ from .records import TP, Outgoing
 class Publish:
     """Records to publish in one transaction, committing ``commits`` with them.
 
+    ``via`` is the commands partition the records speak for: its owner's transactional
+    producer carries them, so an instance that lost the partition can commit none of them.
     ``events`` are the job events among ``records`` (for the job's metrics.jsonl)."""
 
+    via: TP
     records: tuple[Outgoing, ...]
     commits: dict[TP, int]
     events: tuple[EventBase, ...] = ()
@@ -69,6 +72,7 @@ class Policy:
     artifacts_root: Path
     max_corpus_bytes: int
     max_command_bytes: int
+    commands_topic: str = "trainer.commands"
 
 
 def request_digest(job: SubmitJobV1) -> str:

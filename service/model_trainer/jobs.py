@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
+from model_trainer_contracts import ProgressEventV1, SubmitJobV1
 
 from .core.envelope import Envelope
 from .core.stop import StopReason
@@ -47,7 +47,8 @@ class Job:
     cancel_reason: str | None = None  # set once a cancel arrived: never lost
     last_progress_at: float | None = None  # when a progress event last went out
     state_at: float | None = None  # when its state record last went out
-    held: ConfigEventV1 | ProgressEventV1 | None = None  # the newest progress not yet out
+    held: ProgressEventV1 | None = None  # the newest progress not yet out
+    held_eval: ProgressEventV1 | None = None  # the newest evaluation not yet out
 
     @property
     def job_id(self) -> str:

@@ -18,6 +18,7 @@ from .settings import Settings
 
 def policy_of(settings: Settings) -> Policy:
     return Policy(
+        commands_topic=settings.commands_topic,
         events_topic=settings.events_topic,
         state_topic=settings.state_topic,
         dead_letter_topic=settings.dead_letter_topic,

@@ -1,33 +1,53 @@
-"""The producer: events, state records and offset commits, published in Kafka transactions.
+"""The producers: events, state records and offset commits, published in Kafka transactions.
 
-Everything the service writes goes through :class:`Publisher`. Writes are batched into one
-transaction at a time, with the consumed offsets they settle, so a terminal event, its job
-state and its command's offset commit land together or not at all. While the broker is away
-batches wait in memory and are retried; nothing is dropped.
+Everything the service writes goes through :class:`Publishers`: one transactional producer
+(:class:`Publisher`) per commands partition this instance owns, its ``transactional.id`` made
+of the group, the topic and the partition. Fencing is Kafka's own: the partition's next owner
+starts a producer with the same id, which aborts the old owner's open transaction and makes
+every later one of its fail (``ProducerFenced``). So an instance that lost a partition (revoked,
+or evicted while its process was paused) can never again commit an event, a state record or
+an offset of that partition's jobs. A producer that failed for another reason is replaced
+only once the consumer group confirms the partition is still ours (a generation-checked
+offset commit): a paused instance that wakes up must not fence the rightful owner.
+
+Writes are batched into one transaction at a time per partition, with the consumed offsets
+they settle, so a terminal event, its job state and its command's offset commit land
+together or not at all. While the broker is away batches wait in memory and are retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+import anyio
+import anyio.abc
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from model_trainer_client.settings import client_kwargs
 
 from .metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
-from .records import Outgoing
-from .settings import Settings
+from .records import TP, Outgoing
+from .settings import PRODUCER_REQUEST_TIMEOUT_MS, TRANSACTION_BOUND_S, Settings
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 500
-TRANSACTION_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_MS = PRODUCER_REQUEST_TIMEOUT_MS
+# Our own bound on one transaction; the broker's (transaction_timeout_ms) must be longer, or
+# a slow broker would abort the transaction and bump the epoch: a fence we did not earn.
+TRANSACTION_TIMEOUT_S = TRANSACTION_BOUND_S
 
 
 class PublisherFencedError(RuntimeError):
-    """Another process took this instance's transactional id: this one must stop."""
+    """Another process took this producer's transactional id: its partition is not ours."""
+
+
+async def _always() -> bool:
+    return True
 
 
 @dataclass
@@ -40,9 +60,15 @@ class _Item:
 class Publisher:
     """A transactional, idempotent (acks=all) producer with an in-memory retry buffer."""
 
-    def __init__(self, settings: Settings, transactional_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transactional_id: str,
+        owned: Callable[[], Awaitable[bool]] = _always,
+    ) -> None:
         self._settings = settings
         self._transactional_id = transactional_id
+        self._owned = owned
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._producer: AIOKafkaProducer | None = None
         self._inflight = 0
@@ -58,7 +84,7 @@ class Publisher:
             acks="all",
             linger_ms=5,
             max_request_size=4 * 1024 * 1024,
-            request_timeout_ms=15_000,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
         )
 
     async def start(self) -> None:
@@ -83,6 +109,15 @@ class Publisher:
     def behind(self) -> bool:
         """Whether ``MODEL_TRAINER_MAX_UNPUBLISHED`` batches wait: the book holds progress."""
         return self.pending >= self._settings.max_unpublished
+
+    def abandon(self) -> int:
+        """Drop every queued batch (the partition is no longer ours: its commands stay
+        uncommitted, and the next owner acts on them); returns how many were dropped."""
+        dropped = 0
+        while not self._queue.empty():
+            self._queue.get_nowait().done.cancel()
+            dropped += 1
+        return dropped
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (at once when nothing is: the
@@ -145,7 +180,11 @@ class Publisher:
         async with producer.transaction():
             deliveries: list[asyncio.Future[object]] = [
                 await producer.send(
-                    record.topic, record.value, key=record.key, headers=record.headers
+                    record.topic,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=record.partition,
                 )
                 for record in records
             ]
@@ -157,14 +196,18 @@ class Publisher:
 
     async def _replace_producer(self, backoff: float) -> None:
         """Swap in a started producer with the same transactional id (which aborts the old
-        one's open transaction); waits, retrying, while the broker is away. A producer that
-        failed to start is never used."""
+        one's open transaction); waits, retrying, while the broker is away or the group has
+        not confirmed that the partition is still ours. A producer that failed to start is
+        never used."""
         old, self._producer = self._producer, None
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=5)
         while True:
             await asyncio.sleep(backoff)
+            if not await self._owned():
+                backoff = min(backoff * 2, 5.0)
+                continue
             fresh = self._new_producer()
             try:
                 async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
@@ -182,3 +225,119 @@ class Publisher:
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), timeout=timeout_s)
+
+
+class Publishers:
+    """A :class:`Publisher` for each commands partition this instance owns.
+
+    :meth:`open` starts a partition's producer, which fences its previous owner; a fenced
+    producer's partition is put on :attr:`fenced` for the service to give up; :meth:`close`
+    drops what a partition had not committed. ``owns`` asks the consumer group whether a
+    partition is still ours (see the module docstring)."""
+
+    def __init__(self, settings: Settings, owns: Callable[[TP], Awaitable[bool]]) -> None:
+        self._settings = settings
+        self._owns = owns
+        self._by_tp: dict[TP, Publisher] = {}
+        self._scopes: dict[TP, anyio.CancelScope] = {}
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._ready = anyio.Event()
+        self.fenced: asyncio.Queue[TP] = asyncio.Queue()
+
+    def transactional_id(self, tp: TP) -> str:
+        return f"{self._settings.group_id}-{tp.topic}-{tp.partition}"
+
+    async def run(self) -> None:
+        """Host each partition's publishing loop; runs until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            self._ready.set()
+            await anyio.sleep_forever()
+
+    async def open(self, tps: Iterable[TP]) -> None:
+        """Start the producers of ``tps`` (fencing their previous owners) and their loops."""
+        await self._ready.wait()
+        for tp in sorted(set(tps) - set(self._by_tp)):
+            publisher = Publisher(
+                self._settings,
+                self.transactional_id(tp),
+                owned=functools.partial(self._owns, tp),
+            )
+            await publisher.start()
+            self._by_tp[tp] = publisher
+            assert self._tasks is not None
+            self._tasks.start_soon(self._serve, tp, publisher)
+
+    async def _serve(self, tp: TP, publisher: Publisher) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes[tp] = scope
+            try:
+                await publisher.run()
+            except PublisherFencedError as exc:
+                log.warning(
+                    "fenced: another instance owns the partition",
+                    partition=tp.partition,
+                    error=str(exc)[:300],
+                )
+                self.fenced.put_nowait(tp)
+
+    async def close(self, tps: Iterable[TP]) -> int:
+        """Stop the producers of ``tps``; returns the batches dropped uncommitted."""
+        dropped = 0
+        for tp in sorted(set(tps) & set(self._by_tp)):
+            publisher = self._by_tp.pop(tp)
+            scope = self._scopes.pop(tp, None)
+            if scope is not None:
+                scope.cancel()
+            dropped += publisher.abandon()
+            await publisher.stop()
+        if dropped:
+            log.warning("uncommitted batches dropped with their partitions", batches=dropped)
+        return dropped
+
+    def owned(self) -> set[TP]:
+        return set(self._by_tp)
+
+    def publish(
+        self, via: TP, records: list[Outgoing], offsets: dict[TopicPartition, int] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue records on ``via``'s producer; the future resolves once committed (and is
+        cancelled when the partition is not, or no longer, ours)."""
+        publisher = self._by_tp.get(via)
+        if publisher is None:
+            log.warning(
+                "not published: the partition is not ours",
+                partition=via.partition,
+                records=len(records),
+            )
+            dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            dropped.cancel()
+            return dropped
+        return publisher.publish(records, offsets)
+
+    @property
+    def pending(self) -> int:
+        return sum(publisher.pending for publisher in self._by_tp.values())
+
+    def behind(self) -> bool:
+        return self.pending >= self._settings.max_unpublished
+
+    @property
+    def healthy(self) -> bool:
+        return all(publisher.healthy for publisher in self._by_tp.values())
+
+    @property
+    def failing_since(self) -> float | None:
+        since = [p.failing_since for p in self._by_tp.values() if p.failing_since is not None]
+        return min(since) if since else None
+
+    async def flush(self, tps: Iterable[TP] | None = None) -> None:
+        """Wait until what ``tps``' producers (default: all) hold is committed."""
+        chosen = (
+            self._by_tp if tps is None else {tp: self._by_tp[tp] for tp in tps if tp in self._by_tp}
+        )
+        for publisher in list(chosen.values()):
+            await publisher.flush()
+
+    async def stop(self) -> None:
+        await self.close(list(self._by_tp))

@@ -36,9 +36,10 @@ class Record:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One record to produce."""
+    """One record to produce (to ``partition`` when given, else by its key)."""
 
     topic: str
     key: bytes
     value: bytes | None
     headers: Headers
+    partition: int | None = None

@@ -1,19 +1,24 @@
 """The service: the thin async shell around the job book.
 
 Commands, worker messages, rebalances and a clock go into the :class:`~.book.JobBook`; its
-effects come out as transactions (:mod:`.publisher`) and pool orders (:mod:`.pool`). One anyio
-task group runs every loop (a failing task fails the service); ``shutdown_grace_s`` bounds stop.
+effects come out as transactions (:mod:`.publisher`, one producer per owned partition, which
+is how a partition's next owner fences this one) and pool orders (:mod:`.pool`). A job's files
+are checked off the event loop, within ``admission_timeout_s``, so heartbeats never wait on a
+disk. One anyio task group runs every loop (a failing task fails the service);
+``shutdown_grace_s`` bounds stop.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import anyio
 import structlog
 from aiokafka import TopicPartition
-from model_trainer_contracts import SubmitJobV1
+from model_trainer_client.kafka import partition_for_key
+from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 
 from .book import JobBook
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
@@ -21,16 +26,22 @@ from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
 from .journal import journal, policy_of
 from .kafka import command_record, ensure_topics, wait_for_broker
+from .marker import CrashMarkers
 from .metrics import JOBS
 from .pool import WorkerPool
-from .publisher import Publisher
-from .records import TP
+from .publisher import Publishers
+from .records import TP, Record
 from .settings import Settings
 from .state import StateReader
 from .sweeper import sweeping
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
+ADOPT_TRIES = 5  # an assignment whose catch-up keeps failing stops the service (exit non-zero)
+
+
+class AssignmentFailedError(RuntimeError):
+    """Partitions were assigned but could not be taken up: never serve them paused."""
 
 
 class TrainerService:
@@ -39,9 +50,12 @@ class TrainerService:
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
         self.pool = WorkerPool.for_settings(settings)
-        self.publisher = Publisher(settings, transactional_id=settings.transactional_id)
-        self.book = JobBook(policy_of(settings), self._admit, self.publisher.behind)
+        self.publisher = Publishers(settings, self._owns)
+        self.book = JobBook(
+            policy_of(settings), self._admit, self.publisher.behind, partitioner=partition_for_key
+        )
         self.state = StateReader(settings, self.book.load, self.book.forget)
+        self.markers = CrashMarkers(settings.artifacts_root / ".handling" / settings.group_id)
         self._consumers = consumers
         self.consumer: CommandConsumer | None = None
         self.started = anyio.Event()
@@ -51,6 +65,11 @@ class TrainerService:
         self._changed = anyio.Event()
         self._paused = False
         self._catching_up: set[TP] = set()
+        self._fenced: set[TP] = set()  # lost to a fence; not served until assigned again
+        self._skipped: set[TP] = set()  # records passed over while not ours to act on
+        self._rebalancing = anyio.Lock()
+        self._assigned_send, self._assigned = anyio.create_memory_object_stream[set[TP]](math.inf)
+        self._admissions = anyio.CapacityLimiter(2)
 
     def _broker_problem(self, why: str | None) -> None:
         self.broker_problem = why
@@ -66,13 +85,16 @@ class TrainerService:
             memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
         )
 
+    async def _owns(self, tp: TP) -> bool:
+        return self.consumer is not None and await self.consumer.owns(tp)
+
     async def run(self, stop: anyio.Event) -> None:
         settings = self.settings
         await wait_for_broker(settings.connection, timeout_s=60, on_problem=self._broker_problem)
         if settings.create_topics:
             await ensure_topics(settings)
+        self.markers.load()
         await self.state.start()
-        await self.publisher.start()
         await self.pool.start()
         self.consumer = self._consumers(settings, self)
         await self.consumer.start()
@@ -80,6 +102,8 @@ class TrainerService:
             async with anyio.create_task_group() as tasks:
                 for loop in (
                     self.publisher.run,
+                    self._adoptions,
+                    self._fences,
                     self.pool.supervise,
                     self.state.follow,
                     self._pool_messages,
@@ -126,7 +150,8 @@ class TrainerService:
         for effect in effects:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
-                journal(effect, self.settings, self.publisher.publish([*effect.records], commits))
+                committed = self.publisher.publish(effect.via, [*effect.records], commits)
+                journal(effect, self.settings, committed)
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
             elif isinstance(effect, Stop):
@@ -147,14 +172,70 @@ class TrainerService:
                 batches = await consumer.getmany(timeout_ms=200, max_records=max(1, min(room, 100)))
                 for messages in batches.values():
                     for message in messages:
-                        self._apply(self.book.command(command_record(message), time.time()))
+                        record = command_record(message)
+                        if record.tp in self._fenced or record.tp in self._catching_up:
+                            self._skipped.add(record.tp)  # read again from the commit
+                            continue
+                        await self._handle(record)
                 self._backpressure(consumer)
+
+    async def _handle(self, record: Record) -> None:
+        """One command: nothing it holds or raises stops the service. Its files are checked
+        off the event loop; a command being handled when the process died is refused."""
+        if self.markers.crashed_on(record):
+            error = ModelTrainerError(
+                ModelTrainerErrorCode.COMMAND_CRASHED,
+                f"the service died while handling this command (offset {record.offset}); "
+                "it is not handled again",
+            )
+            self._apply(self.book.refuse(record, error, time.time()))
+            return
+        with self.markers.handling(record):
+            verdict: ModelTrainerError | None = None
+            spec = self.book.admits(record)
+            if spec is not None:
+                verdict = await self._check_files(spec)
+            try:
+                effects = self.book.command(record, time.time(), admit=_verdict(verdict))
+            except Exception as exc:  # a bug in the book must not stop every instance
+                log.exception("handling a command raised", offset=record.offset)
+                error = ModelTrainerError(
+                    ModelTrainerErrorCode.INTERNAL_ERROR,
+                    f"handling the command raised {type(exc).__name__}: {exc}"[:1000],
+                )
+                effects = self.book.refuse(record, error, time.time())
+            self._apply(effects)
+
+    async def _check_files(self, spec: SubmitJobV1) -> ModelTrainerError | None:
+        """Admission in a thread, bounded: a slow disk refuses the job, never stalls the loop
+        (a thread still stuck past the bound is abandoned, at most two at a time)."""
+        limit = self.settings.admission_timeout_s
+        try:
+            with anyio.fail_after(limit):
+                await anyio.to_thread.run_sync(
+                    self._admit, spec, abandon_on_cancel=True, limiter=self._admissions
+                )
+        except TimeoutError:
+            return ModelTrainerError(
+                ModelTrainerErrorCode.ADMISSION_TIMEOUT,
+                f"checking the job's files took longer than {limit:g}s",
+                details={"admission_timeout_s": limit},
+            )
+        except ModelTrainerError as refused:
+            return refused
+        except Exception as exc:  # the book turns it into the job's typed refusal
+            return ModelTrainerError(
+                ModelTrainerErrorCode.INTERNAL_ERROR,
+                f"the job could not be checked: {type(exc).__name__}: {exc}"[:1000],
+                details={"exception": type(exc).__name__},
+            )
+        return None
 
     def _backpressure(self, consumer: CommandConsumer) -> None:
         full = self.book.queued() >= self.settings.queue_size and self.book.free_slots() == 0
         if full != self._paused:
             (consumer.pause if full else consumer.resume)(
-                *(consumer.assignment() - self._catching_up)
+                *(consumer.assignment() - self._catching_up - self._fenced)
             )
             self._paused = full
             log.info("partitions paused: queue full" if full else "partitions resumed")
@@ -177,24 +258,87 @@ class TrainerService:
                 await record_lag(self.consumer)
 
     async def on_revoked(self, tps: set[TP]) -> None:
-        """Hand back the jobs of ``tps`` before the partitions go: bounded by the grace."""
-        self._apply(self.book.revoke(tps, time.time()))
-        with anyio.move_on_after(self.settings.handback_grace_s + 5):
-            await self._until(lambda: not self.book.handing_back(tps))
-        with anyio.move_on_after(5):
-            await self.publisher.flush()
-        self._apply(self.book.release(tps))
-        log.info("partitions revoked", partitions=sorted(tp.partition for tp in tps))
+        """Hand back the jobs of ``tps`` before the partitions go: bounded by the grace. What
+        is still unpublished then is dropped with the partition's producer: its commands stay
+        uncommitted and the next owner, whose producer fences this one, acts on them."""
+        async with self._rebalancing:
+            self._catching_up -= tps
+            self._apply(self.book.revoke(tps, time.time()))
+            with anyio.move_on_after(self.settings.handback_grace_s + 5):
+                await self._until(lambda: not self.book.handing_back(tps))
+            with anyio.move_on_after(5):
+                await self.publisher.flush(tps)
+            self._apply(self.book.release(tps))
+            await self.publisher.close(tps)
+            log.info("partitions revoked", partitions=sorted(tp.partition for tp in tps))
 
     async def on_assigned(self, tps: set[TP]) -> None:
-        # No command of these partitions before the previous owner's last state records.
+        """Pause ``tps`` and take them up in :meth:`_adoptions`: aiokafka runs this callback
+        with heartbeats held and swallows its errors, so nothing slow or failing runs here."""
         self._catching_up |= tps
         if self.consumer is not None:
             self.consumer.pause(*tps)
-        await self.state.catch_up()  # then the events since a running job's state record:
-        self.book.published(await self.state.published_seqs(self.book.unsure(tps)))
-        self.book.assign(tps)
-        self._catching_up -= tps
-        if self.consumer is not None and not self._paused:
-            self.consumer.resume(*tps)
-        log.info("partitions assigned", partitions=sorted(tp.partition for tp in tps))
+        self._assigned_send.send_nowait(set(tps))
+
+    async def _adoptions(self) -> None:
+        async for tps in self._assigned:
+            for attempt in range(1, ADOPT_TRIES + 1):
+                try:
+                    await self._adopt(tps)
+                    break
+                except Exception as exc:  # retried; past the tries the service stops
+                    log.warning("taking up partitions failed", attempt=attempt, error=repr(exc))
+                    if attempt == ADOPT_TRIES:
+                        raise AssignmentFailedError(
+                            f"partitions {sorted(tp.partition for tp in tps)} could not be "
+                            f"taken up after {ADOPT_TRIES} tries: {exc!r}"
+                        ) from exc
+                    await anyio.sleep(min(2.0**attempt, 15.0))
+
+    async def _adopt(self, tps: set[TP]) -> None:
+        """Fence the previous owner (our producers start), then read what it committed: its
+        last state records and, for a job it was running, its events since; then serve."""
+        consumer = self.consumer
+        assert consumer is not None
+        async with self._rebalancing:
+            tps = tps & consumer.assignment() & self._catching_up  # not revoked meanwhile
+            if not tps:
+                return
+            await self.publisher.open(tps)
+            await self.state.catch_up()
+            self.book.published(await self.state.published_seqs(self.book.unsure(tps)))
+            self.book.partition_count = consumer.partition_count(self.settings.commands_topic)
+            self.book.assign(tps, await consumer.committed(tps))
+            for tp in tps & self._skipped:
+                await consumer.rewind(tp)
+            self._skipped -= tps
+            self._fenced -= tps
+            self._catching_up -= tps
+            if not self._paused:
+                consumer.resume(*tps)
+            log.info("partitions assigned", partitions=sorted(tp.partition for tp in tps))
+
+    async def _fences(self) -> None:
+        """A partition whose producer was fenced is another instance's now: its jobs are
+        dropped here (their runs killed, nothing they say published). If the group still
+        gives it to us (the fence was a transaction the broker timed out), take it up again."""
+        while True:
+            tp = await self.publisher.fenced.get()
+            async with self._rebalancing:
+                self._fenced.add(tp)
+                self._apply(self.book.release({tp}))
+                await self.publisher.close({tp})
+            if self.consumer is not None and await self.consumer.owns(tp):
+                self._catching_up.add(tp)
+                self.consumer.pause(tp)
+                self._assigned_send.send_nowait({tp})
+
+
+def _verdict(refusal: ModelTrainerError | None) -> Callable[[SubmitJobV1], None]:
+    """The book's admission of one job, decided beforehand by the shell."""
+
+    def admitted(_spec: SubmitJobV1) -> None:
+        if refusal is not None:
+            raise refusal
+
+    return admitted

@@ -27,6 +27,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .limits import default_worker_memory_mb
 
 ENV_PREFIX = "MODEL_TRAINER_"
+TRANSACTION_BOUND_S = 30.0  # the service's own bound on one transaction (the publisher's)
+PRODUCER_REQUEST_TIMEOUT_MS = 15_000
 
 
 def _default_workers() -> int:
@@ -222,7 +224,17 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(300_000, description="Longest gap between polls.")
     rebalance_timeout_ms: int = Field(60_000, description="Time to hand back partitions.")
     transaction_timeout_ms: int = Field(
-        10_000, description="An unfinished transaction of a dead producer is aborted after."
+        60_000,
+        description="The broker aborts a transaction left open this long. Longer than the "
+        "service's own bound on a transaction (30 s of requests of up to 15 s), so a slow "
+        "broker is retried, not taken for a fence. A dead owner's transaction does not wait "
+        "for it: the partition's next owner aborts it when its producer starts.",
+    )
+    admission_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Checking a job's files at acceptance (corpus, model folder) may take this "
+        "long, off the event loop; past it the job is refused with ADMISSION_TIMEOUT.",
     )
 
     @field_validator(
@@ -247,6 +259,16 @@ class Settings(BaseSettings):
     @classmethod
     def _mechanism(cls, value: object) -> object:
         return sasl_mechanism(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _transactions_outlast_the_client(self) -> Settings:
+        floor = int(TRANSACTION_BOUND_S * 1000) + PRODUCER_REQUEST_TIMEOUT_MS
+        if self.transaction_timeout_ms <= floor:
+            raise ValueError(
+                f"transaction_timeout_ms must be over {floor} (the service's own bound on a "
+                "transaction plus one request), or a slow broker fences the service"
+            )
+        return self
 
     @model_validator(mode="after")
     def _connection_is_consistent(self) -> Settings:

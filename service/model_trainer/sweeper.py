@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -23,7 +24,6 @@ import structlog
 from .book import JobBook
 from .core.sweep import Doomed, Found, Kind, Retention, ended_jobs, plan
 from .metrics import SWEPT, SWEPT_BYTES
-from .publisher import Publisher
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -31,7 +31,14 @@ SETTLE_WAIT_S = 60.0  # a sweep waits this long at most for every end to be comm
 SETTLE_POLL_S = 0.2
 
 
-def committed_ends(book: JobBook, publisher: Publisher) -> set[str] | None:
+class Pending(Protocol):
+    """What the sweep asks of the publishers: batches not yet committed."""
+
+    @property
+    def pending(self) -> int: ...
+
+
+def committed_ends(book: JobBook, publisher: Pending) -> set[str] | None:
     """The jobs that ended for good, their terminal events committed; None while the
     publisher holds uncommitted batches: the book may then know an end that a crash would
     undo, and the job's next owner would resume it from the checkpoints a sweep deleted."""
@@ -41,7 +48,7 @@ def committed_ends(book: JobBook, publisher: Publisher) -> set[str] | None:
 
 
 def sweeping(
-    settings: Settings, book: JobBook, publisher: Publisher
+    settings: Settings, book: JobBook, publisher: Pending
 ) -> Callable[[], Coroutine[object, object, None]]:
     """The service's sweep loop: :func:`sweep_forever` with the ends its book has committed."""
     return lambda: sweep_forever(settings, lambda: committed_ends(book, publisher))

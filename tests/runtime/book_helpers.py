@@ -28,6 +28,7 @@ PARTITIONS = 2
 
 
 BASE = Policy(
+    commands_topic=TOPIC,
     events_topic="events",
     state_topic="state",
     dead_letter_topic="dlq",

@@ -473,15 +473,29 @@ def test_progress_is_held_while_the_publisher_is_behind() -> None:
     out: list[object] = []
     for step in range(1, 1001):  # an outage: a thousand progress reports, none goes out
         out += book.progress("a", 1, progress("a", step), now=float(step))
-    evaluated = progress("a", 1001).model_copy(update={"val_loss": 1.5})
-    out += book.progress("a", 1, evaluated, now=1001)  # evaluations are never held
+        if step % 100 == 0:  # evaluations are held too (the latest wins), apart from steps
+            evaluated = progress("a", step).model_copy(update={"val_loss": 2.0 - step / 1000})
+            out += book.progress("a", 1, evaluated, now=float(step))
     out += book.progress("a", 1, progress("a", 1002), now=1002)
     out += book.tick(now=1003)
-    shown = [e for e in published(out) if isinstance(e, ProgressEventV1)]
-    assert [(e.step, e.val_loss) for e in shown] == [(1001, 1.5)]
-    behind = False  # the broker is back: the latest held values go out with the next tick
+    assert [e for e in published(out) if isinstance(e, ProgressEventV1)] == []
+    behind = False  # the broker is back: the last evaluation, then the latest step, go out
     shown = [e for e in published(book.tick(now=1004)) if isinstance(e, ProgressEventV1)]
-    assert [(e.step, e.seq) for e in shown] == [(1002, 2)]
+    assert [(e.step, e.val_loss, e.seq) for e in shown] == [(1000, 1.0, 1), (1002, None, 2)]
+
+
+def test_evaluations_are_coalesced_under_the_rate_and_the_last_one_always_goes_out() -> None:
+    book = JobBook(policy(max_progress_per_s=1.0), refuse_bad)
+    book.assign([P0])
+    book.command(record(submit("a"), 0), now=0)
+    out: list[object] = []
+    for step in range(1, 301):  # eval_every: 1 at a hundred steps a second
+        evaluated = progress("a", step).model_copy(update={"val_loss": 3.0 - step / 100})
+        out += book.progress("a", 1, evaluated, now=step / 100)
+    out += book.ended("a", 1, completed("a"), now=3.01)
+    shown = [e for e in published(out) if isinstance(e, ProgressEventV1)]
+    assert [e.step for e in shown] == [1, 101, 202, 300]  # 2.02 - 1.01 is the first >= 1 s
+    assert [e.seq for e in published(out)] == list(range(1, len(published(out)) + 1))
 
 
 def test_a_new_owner_tombstones_its_partitions_expired_states_at_its_next_tick() -> None:
