@@ -56,8 +56,9 @@ def of(watcher: EventWatcher, job_id: str) -> list[Event]:
 
 
 def assert_seq_contiguous(events: list[Event]) -> None:
-    seqs = sorted({e.seq for e in events})
-    assert seqs == list(range(len(seqs))), f"seq gaps: {seqs}"
+    """Seqs 0..n-1, each once: a list, so a reused seq fails as surely as a gap."""
+    seqs = sorted(e.seq for e in events)
+    assert seqs == list(range(len(seqs))), f"seq gaps or reuse: {seqs}"
 
 
 async def until_end(watcher: EventWatcher, job_id: str, timeout_s: float) -> list[Event]:
