@@ -123,9 +123,10 @@ class JobBook:
     # -------------------------------------------------------------------- state topic
 
     def load(self, state: JobStateV1) -> None:
-        """A state record read from the topic (replay at start, or another instance's)."""
-        if state.job_id in self.jobs:
-            return  # ours, and newer than anything on the topic
+        """A state record read from the topic (replay at start, or another instance's).
+
+        Kept even for a job this book runs: once it loses the job (a revoke, a fence), the
+        records its new owner wrote meanwhile must be what it knows, not its own last one."""
         known = self.states.get(state.job_id)
         if known is not None and known.status.terminal and not state.status.terminal:
             return

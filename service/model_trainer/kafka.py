@@ -72,9 +72,23 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        # A job's submit must outlive the job: its record is what a new owner resumes from.
+        commands = {"retention.ms": str(settings.commands_retention_ms)}
         wanted = [
-            NewTopic(name, settings.topic_partitions, settings.replication_factor, None, None)
-            for name in (settings.commands_topic, settings.dead_letter_topic)
+            NewTopic(
+                settings.commands_topic,
+                settings.topic_partitions,
+                settings.replication_factor,
+                None,
+                commands,
+            ),
+            NewTopic(
+                settings.dead_letter_topic,
+                settings.topic_partitions,
+                settings.replication_factor,
+                None,
+                None,
+            ),
         ]
         # Kept long enough that a dashboard started later rebuilds every job of the window.
         retention = {"retention.ms": str(settings.events_retention_ms)}

@@ -50,6 +50,11 @@ async def _always() -> bool:
     return True
 
 
+def _retrieved(delivery: asyncio.Future[object]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
+
+
 @dataclass
 class _Item:
     records: list[Outgoing]
@@ -178,16 +183,18 @@ class Publisher:
         producer = self._producer
         assert producer is not None
         async with producer.transaction():
-            deliveries: list[asyncio.Future[object]] = [
-                await producer.send(
+            deliveries: list[asyncio.Future[object]] = []
+            for record in records:
+                delivery = await producer.send(
                     record.topic,
                     record.value,
                     key=record.key,
                     headers=record.headers,
                     partition=record.partition,
                 )
-                for record in records
-            ]
+                # Read by gather below, or by this when a later send fails first (a fence).
+                delivery.add_done_callback(_retrieved)
+                deliveries.append(delivery)
             # A record the broker refused fails its own future only: wait for every
             # delivery, so such a transaction aborts instead of committing without it.
             await asyncio.gather(*deliveries)

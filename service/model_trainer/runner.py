@@ -9,22 +9,21 @@ import anyio
 import structlog
 
 from .health import start_http
-from .publisher import PublisherFencedError
-from .service import TrainerService
+from .service import AssignmentFailedError, TrainerService
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
 EXIT_UNPUBLISHED = 1
-EXIT_FENCED = 4
+EXIT_UNASSIGNABLE = 4
 
 
 async def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT, then shut down within ``shutdown_grace_s``.
 
     Returns the exit code: 0 after a clean stop, 1 when batches were left unpublished (their
-    commands stay uncommitted, so the next owner resumes those jobs), 4 when another process
-    took over this instance's transactional id (fenced). (2 and 3, bad settings and no Kafka,
-    come from the CLI.)"""
+    commands stay uncommitted, so the next owner resumes those jobs), 4 when partitions
+    assigned to it could not be taken up (a fenced partition is given up, not fatal). (2 and
+    3, bad settings and no Kafka, come from the CLI.)"""
     stop = anyio.Event()
     service = TrainerService(settings)
 
@@ -61,16 +60,16 @@ async def serve(settings: Settings) -> int:
             settings.http_host, settings.http_port, liveness, readiness, reasons
         )
         log.info("http endpoints up", host=settings.http_host, port=settings.http_port)
-    fenced = False
+    unassignable = False
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(on_signals)
             await service.run(stop)
             tasks.cancel_scope.cancel()
-    except* PublisherFencedError:
-        log.error("fenced: another process runs with this instance id; stopping")
-        fenced = True
+    except* AssignmentFailedError as failed:
+        log.error("partitions could not be taken up; stopping", error=str(failed.exceptions[0]))
+        unassignable = True
     finally:
         if runner is not None:
             await runner.cleanup()
-    return EXIT_FENCED if fenced else EXIT_UNPUBLISHED if service.unpublished else 0
+    return EXIT_UNASSIGNABLE if unassignable else EXIT_UNPUBLISHED if service.unpublished else 0

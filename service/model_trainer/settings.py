@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         description="retention.ms of the events topic it creates (-1: for ever); dashboards "
         "and exports rebuild every job of this window.",
     )
+    commands_retention_ms: int = Field(
+        -1,
+        ge=-1,
+        description="retention.ms of the commands topic it creates (-1: for ever). A job's "
+        "submit record must outlive the job, or a restart after it expired never ends the job; "
+        "set it only above the longest job you allow.",
+    )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
     replication_factor: int = Field(1, ge=1, description="Replicas of topics it creates.")
 

@@ -67,3 +67,25 @@ def test_the_service_side_imports_no_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("a" * 300, ModelTrainerErrorCode.PATH_NOT_ALLOWED),
+        ("corpus\x00.txt", ModelTrainerErrorCode.PATH_NOT_ALLOWED),
+        ("loop-a/corpus.txt", ModelTrainerErrorCode.PATH_NOT_ALLOWED),
+    ],
+    ids=["300-byte-name", "nul-byte", "symlink-loop"],
+)
+def test_what_the_os_says_of_a_path_is_a_typed_refusal(
+    tmp_path: Path, path: str, code: ModelTrainerErrorCode
+) -> None:
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    job = SubmitJobV1.model_validate(
+        {"job_id": "j", "user_id": 1, "backend": "char_lstm", "data": {"corpus_path": path}}
+    )
+    with pytest.raises(ModelTrainerError) as refused:
+        admit(job, data_root=tmp_path)
+    assert refused.value.code is code

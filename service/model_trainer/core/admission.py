@@ -7,7 +7,9 @@ ones only they can make, such as CUDA) before any work.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from model_trainer_contracts import (
@@ -89,6 +91,36 @@ def admit(
             },
         )
     check_placement(job.training, caps, cuda_available=cuda_available)
+    with _usable_paths(job):
+        _check_files(
+            job, caps, data_root, artifacts_root, cuda_available, shared_artifacts, memory_budget_mb
+        )
+
+
+@contextlib.contextmanager
+def _usable_paths(job: SubmitJobV1) -> Iterator[None]:
+    """What the OS says of a path the job names (too long, a NUL byte, a symlink loop, no
+    permission) refuses the job with PATH_NOT_ALLOWED and the OS's reason."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ModelTrainerError(
+            _C.PATH_NOT_ALLOWED,
+            f"a path the job names cannot be used: {reason}",
+            details={"corpus_path": job.data.corpus_path, "reason": reason[:300]},
+        ) from None
+
+
+def _check_files(
+    job: SubmitJobV1,
+    caps: Capabilities,
+    data_root: Path | None,
+    artifacts_root: Path | None,
+    cuda_available: bool | None,
+    shared_artifacts: bool,
+    memory_budget_mb: int | None,
+) -> None:
     if data_root is not None and job.data.corpus_path is not None:
         target = resolve_inside(data_root, job.data.corpus_path)
         if not target.exists():

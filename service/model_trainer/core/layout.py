@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +24,10 @@ def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> 
     """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``
     (``field`` names the offending spec field in the message and details)."""
     base = root.resolve()
-    target = (base / relative).resolve()
+    try:
+        target = (base / relative).resolve()
+    except RuntimeError as exc:  # what Python before 3.13 raises for a symlink loop
+        raise OSError(errno.ELOOP, "Too many levels of symbolic links", relative) from exc
     if not target.is_relative_to(base):
         what = "corpus path" if field == "corpus_path" else field
         raise ModelTrainerError(
