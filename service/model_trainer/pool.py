@@ -57,7 +57,10 @@ def worker_entry(
     preload: tuple[str, ...] = (),
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
+    from .lifeline import watch_parent
     from .limits import return_freed_memory
+
+    watch_parent()  # first: a service killed while this worker imports torch takes it along
 
     return_freed_memory()  # before torch allocates anything
     from .worker import worker_main

@@ -25,9 +25,10 @@ from pydantic import JsonValue
 from .core.envelope import failed_event
 from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
-from .engine.context import Preempted, RunContext
+from .engine.context import Preempted, RunContext, Superseded
 from .engine.registry import preload as preload_backends
 from .engine.stages import is_oom
+from .lifeline import orphaned
 from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
 from .logs import configure_logging
 from .protocol import (
@@ -56,9 +57,9 @@ class _Stopper:
         self._parent = os.getppid()
 
     def __call__(self) -> StopReason | None:
-        if os.getppid() != self._parent:
-            # The service died (kill -9): checkpoint and stop, so whoever takes the job over
-            # resumes it instead of racing an orphan.
+        if orphaned() or os.getppid() != self._parent:
+            # The service died (kill -9): checkpoint and stop in the lifeline's grace (it
+            # ends this process soon after), so whoever takes the job over resumes from here.
             return StopReason.SHUTDOWN
         return reason_of(self._flag.value) or self._deadline()
 
@@ -105,6 +106,9 @@ def run_order(
             exc.details.setdefault("budget_mb", memory.limit_mb)
         bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
         return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), exc)))
+    except Superseded as exc:
+        bound.warning("job superseded: a later attempt owns it", by=exc.by, step=exc.step)
+        return JobPreempted(job.job_id, order.attempt, exc.step)
     except Preempted as exc:
         bound.info("job preempted", step=exc.step)
         return JobPreempted(job.job_id, order.attempt, exc.step)

@@ -168,9 +168,15 @@ def losses(events: list[Event]) -> dict[int, float]:
     return {e.step: e.train_loss for e in events if isinstance(e, ProgressEventV1)}
 
 
+def checkpoint_file(job_dir: Path) -> Path:
+    """The latest checkpoint of the job's highest attempt."""
+    attempts = sorted((job_dir / CHECKPOINTS).glob("attempt-*"), key=lambda p: int(p.name[8:]))
+    return attempts[-1] / FILE
+
+
 def checkpoint_step(job_dir: Path) -> int:
-    """The step recorded in a job's checkpoint."""
-    state: object = torch.load(job_dir / CHECKPOINTS / FILE, weights_only=True)
+    """The step recorded in a job's latest checkpoint (of its highest attempt)."""
+    state: object = torch.load(checkpoint_file(job_dir), weights_only=True)
     assert isinstance(state, dict)
     step = state["loop"]["step"]
     assert isinstance(step, int)

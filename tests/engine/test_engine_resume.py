@@ -8,7 +8,7 @@ from model_trainer.engine import Preempted, StopReason, run_job
 from model_trainer.engine.checkpoint import FILE
 from model_trainer_contracts import ConfigEventV1, ModelTrainerError, ModelTrainerErrorCode
 
-from tests.engine.engine_helpers import Env, Event, checkpoint_step, losses
+from tests.engine.engine_helpers import Env, Event, checkpoint_file, checkpoint_step, losses
 
 
 @pytest.mark.parametrize("backend", ["char_lstm", "gpt2", "llama"])
@@ -65,8 +65,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(env: Env) -> None:
     for step in (2, 4):  # two stops: checkpoints at step 2, then at step 4
         with pytest.raises(Preempted):
             run_job(env.ctx(job, [], stop_at_step=step, reason=StopReason.SHUTDOWN))
-    folder = env.artifacts_root / "dmg" / CHECKPOINTS
-    latest = folder / FILE
+    latest = checkpoint_file(env.artifacts_root / "dmg")
     latest.write_bytes(latest.read_bytes()[:-64] + b"\0" * 64)  # same size, wrong content
     events: list[Event] = []
     run_job(env.ctx(job, events, attempt=3))

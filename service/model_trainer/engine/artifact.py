@@ -12,11 +12,13 @@ Layout of ``<artifacts_root>/<job_id>/``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -49,6 +51,9 @@ def write_artifact(
     model: nn.Module,
     tokenizer: TextTokenizer,
     manifest: dict[str, JsonValue],
+    *,
+    attempt: int = 1,
+    check: Callable[[], None] = lambda: None,
 ) -> str:
     """Write weights, tokenizer and ``manifest.json`` (extended with file digests and library
     versions); returns the manifest's sha256.
@@ -56,22 +61,33 @@ def write_artifact(
     Files are written into a staging folder and renamed into place, the manifest last: a
     folder with a manifest holds a complete artifact. The checkpoints stay: whoever publishes
     the completed event removes them once it is committed (a crash before that resumes from
-    the final checkpoint instead of training again)."""
+    the final checkpoint instead of training again).
+
+    Each attempt stages in its own ``.staging/attempt-<n>``, and ``check`` runs (raising when
+    a later attempt owns the job) before anything is renamed into place: a superseded run
+    drops its staging and never touches the job folder."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    staging = job_dir / STAGING
+    staging = job_dir / STAGING / f"attempt-{attempt}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging.mkdir(parents=True)
     backend.save_weights(model, staging)
     tokenizer.save_pretrained(staging)
+    try:
+        check()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for written in sorted(staging.iterdir()):
         os.replace(written, job_dir / written.name)
     staging.rmdir()
+    with contextlib.suppress(OSError):  # another attempt may still be staging
+        staging.parent.rmdir()
     files: dict[str, JsonValue] = {
         path.relative_to(job_dir).as_posix(): sha256_file(path)
         for path in sorted(job_dir.rglob("*"))
         if path.is_file()
         and path.relative_to(job_dir).parts[0] not in NOT_DIGESTED
-        and not path.name.startswith(".")
+        and not any(part.startswith(".") for part in path.relative_to(job_dir).parts)
     }
     full: dict[str, JsonValue] = {
         **manifest,

@@ -1,11 +1,17 @@
 """Checkpoints: everything needed to continue a run exactly, in one atomically written file.
 
-``<job_dir>/checkpoints/checkpoint.pt`` holds the model, optimizer and (fp16) scaler states,
-the RNG states (torch, CUDA, numpy, python), the loop counters, and digests of the job spec and
-token data it belongs to. It is read with ``torch.load(weights_only=True)``: tensors and plain
-containers only, never arbitrary pickles. The learning-rate schedule and the batch sampler are
-pure functions of the step, so the step is all the "scheduler state" and "data position" a
-resume needs.
+``<job_dir>/checkpoints/attempt-<n>/checkpoint.pt`` holds the model, optimizer and (fp16)
+scaler states, the RNG states (torch, CUDA, numpy, python), the loop counters, and digests of
+the job spec and token data it belongs to. It is read with ``torch.load(weights_only=True)``:
+tensors and plain containers only, never arbitrary pickles. The learning-rate schedule and the
+batch sampler are pure functions of the step, so the step is all the "scheduler state" and
+"data position" a resume needs.
+
+Each attempt writes only into its own ``attempt-<n>`` folder (:class:`Fence`), so a run the
+service lost track of (its process paused past the session timeout, a kill -9 of the service
+while its worker trained on) can never overwrite the files of the attempt that took the job
+over, nor be resumed from once that attempt exists: creating its folder is the new attempt's
+claim, and a run that sees a higher attempt's folder before it writes stops (:class:`Superseded`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import contextlib
 import os
 import pickle
 import random
+import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +31,8 @@ import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
+from model_trainer.core.layout import temp_path
+from model_trainer.engine.context import Superseded
 from model_trainer.engine.files import atomic_write, atomic_write_bytes, sha256_file
 
 log = structlog.get_logger()
@@ -32,6 +42,8 @@ FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"  # the one before, kept in case the latest is damaged
 DIGEST = ".sha256"  # beside each file: its content digest, checked before loading
 FORMAT = 1
+ATTEMPT = re.compile(r"^attempt-([0-9]+)$")
+LEGACY_ATTEMPT = 0  # files directly in checkpoints/, written before attempts had folders
 
 
 @dataclass
@@ -180,3 +192,84 @@ def _corrupt(path: Path, why: str) -> ModelTrainerError:
     return ModelTrainerError(
         _C.CHECKPOINT_CORRUPT, f"checkpoint {path.name}: {why}", details={"checkpoint": str(path)}
     )
+
+
+def _attempts(root: Path) -> dict[int, Path]:
+    """The attempt folders under ``root`` by attempt number (legacy flat files as attempt 0)."""
+    found: dict[int, Path] = {}
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in root.iterdir():
+            match = ATTEMPT.match(entry.name)
+            if match is not None and entry.is_dir():
+                found[int(match.group(1))] = entry
+    if (root / FILE).is_file() or (root / PREVIOUS).is_file():
+        found.setdefault(LEGACY_ATTEMPT, root)
+    return found
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (folder / FILE).is_file() or (folder / PREVIOUS).is_file()
+
+
+class Fence:
+    """Attempt ``attempt``'s checkpoint folder under ``root`` (``<job_dir>/checkpoints``).
+
+    :meth:`claim` creates the folder (from then on every lower attempt is fenced off) and
+    brings the newest checkpoint of the highest earlier attempt into it; :meth:`check` raises
+    :class:`Superseded` once a higher attempt has claimed the job."""
+
+    def __init__(self, root: Path, attempt: int) -> None:
+        self.root = root
+        self.attempt = attempt
+        self.folder = root / f"attempt-{attempt}"
+
+    def superseded_by(self) -> int | None:
+        """The highest attempt above this one that has claimed the job, if any."""
+        higher = [n for n in _attempts(self.root) if n > self.attempt]
+        return max(higher) if higher else None
+
+    def check(self, step: int) -> None:
+        """Stop (Superseded) when a later attempt owns the job: its files are not ours."""
+        newer = self.superseded_by()
+        if newer is not None:
+            log.warning("engine.superseded", attempt=self.attempt, by=newer, step=step)
+            raise Superseded(step, newer)
+
+    def claim(self) -> bool:
+        """Create this attempt's folder and, unless it holds a checkpoint already (the same
+        attempt run again, as ``model-trainer run`` does), copy in the files of the highest
+        earlier attempt that has one. Returns whether there is a checkpoint to resume."""
+        self.check(0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if has_checkpoint(self.folder):
+            return True
+        earlier = sorted((n for n in _attempts(self.root) if n < self.attempt), reverse=True)
+        for n in earlier:
+            source = self.root if n == LEGACY_ATTEMPT else self.root / f"attempt-{n}"
+            if has_checkpoint(source):
+                _copy_checkpoint(source, self.folder)
+                log.info("engine.checkpoint_claimed", attempt=self.attempt, source=n)
+                return True
+        return False
+
+
+def _copy_checkpoint(source: Path, target: Path) -> None:
+    """Bring ``source``'s checkpoint files into ``target``: a hard link when the filesystem
+    allows (a later save replaces the file, never writes into it), else a copy; each lands
+    under its final name in one rename, so a reader never sees half a file."""
+    for name in (PREVIOUS, PREVIOUS + DIGEST, FILE, FILE + DIGEST):
+        src = source / name
+        if not src.is_file():
+            continue
+        tmp = temp_path(target / name, os.getpid())
+        tmp.unlink(missing_ok=True)
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, target / name)
+        except FileNotFoundError:  # replaced by a run that is still saving: the next file
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -37,6 +37,17 @@ class Preempted(Exception):
         self.step = step
 
 
+class Superseded(Preempted):
+    """A later attempt (``by``) owns the job: this run stops without writing anything more.
+
+    It is reported as preempted: the service keeps no run of an attempt it has moved past,
+    and an orphaned run's report reaches no one."""
+
+    def __init__(self, step: int, by: int) -> None:
+        super().__init__(step)
+        self.by = by
+
+
 def _never_stop() -> StopReason | None:
     return None
 

@@ -101,16 +101,15 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     optimizer = build_optimizer(model, tr, fused=placement.fused_adamw)
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
     digest = run_digest(job)
-    if (
-        ctx.job_dir / CHECKPOINTS / checkpoint.FILE
-    ).exists() and not backend.capabilities.can_resume:
+    fence = checkpoint.Fence(ctx.job_dir / CHECKPOINTS, ctx.attempt)
+    if fence.claim() and not backend.capabilities.can_resume:
         raise ModelTrainerError(
             _C.RUN_NOT_RESUMABLE, f"backend {backend.name!r} cannot resume from a checkpoint"
         )
     if placement.compile:  # after loading: parameter names never change
         backend.compile(model)
     loop = checkpoint.restore(
-        ctx.job_dir / CHECKPOINTS,
+        fence.folder,
         model=model,
         optimizer=optimizer,
         scaler=scaler,

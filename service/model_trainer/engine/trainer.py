@@ -98,8 +98,15 @@ class BaseTrainer:
         self.ctx.obey_stop("save", p.loop.step)
         self._checkpoint(p)  # the final step: a crash from here on resumes without training
         with stage("save", device):
+            fence = checkpoint.Fence(self.ctx.job_dir / CHECKPOINTS, self.ctx.attempt)
             digest = write_artifact(
-                self.ctx.job_dir, self.backend, p.model, p.tokenizer, self._manifest(p, test_loss)
+                self.ctx.job_dir,
+                self.backend,
+                p.model,
+                p.tokenizer,
+                self._manifest(p, test_loss),
+                attempt=self.ctx.attempt,
+                check=lambda: fence.check(p.loop.step),
             )
         log.info("engine.completed", job_id=self.job.job_id, step=p.loop.step, test_loss=test_loss)
         return CompletedEventV1(
@@ -241,8 +248,10 @@ class BaseTrainer:
         raise stopped(reason, step, "train")
 
     def _checkpoint(self, p: Prepared) -> None:
+        fence = checkpoint.Fence(self.ctx.job_dir / CHECKPOINTS, self.ctx.attempt)
+        fence.check(p.loop.step)
         checkpoint.save(
-            self.ctx.job_dir / CHECKPOINTS,
+            fence.folder,
             model=p.model,
             optimizer=p.optimizer,
             scaler=p.scaler,

@@ -1,0 +1,44 @@
+"""A worker dies with its service: the lifeline ends it within a second of a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_CHILD = (
+    "from model_trainer.lifeline import watch_parent; import time; watch_parent(); time.sleep(60)"
+)
+_PARENT = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {_CHILD!r}])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_worker_outlives_its_killed_parent_by_under_a_second() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)  # the child's lifeline is watching
+    assert _alive(child)
+    os.kill(parent.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    parent.wait()
+    while _alive(child) and time.monotonic() - killed < 5:
+        time.sleep(0.02)
+    gone_after = time.monotonic() - killed
+    assert not _alive(child)
+    assert gone_after < 1.0, f"the orphan lived {gone_after:.2f} s"
