@@ -6,6 +6,7 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer
 from model_trainer.client import CommandSender, EventWatcher, is_terminal
+from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import CancelJobV1, Event, ProgressEventV1, SubmitJobV1
 
 from .harness import ServiceProcess, Stack
@@ -102,3 +103,26 @@ async def wait_log(svc: ServiceProcess, event: str, timeout_s: float, **fields: 
 
 def logged(svc: ServiceProcess, event: str) -> list[dict[str, object]]:
     return [line for line in svc.log_lines() if line.get("event") == event]
+
+
+async def dead_letters(stack: Stack, count: int, wait_s: float = 60.0) -> list[dict[str, str]]:
+    """The dead-letter topic's records (headers, ``value`` and ``key_bytes``), once ``count``
+    are there or ``wait_s`` has passed."""
+    consumer = committed_reader(stack.bootstrap)
+    await consumer.start()
+    try:
+        assert await assign_whole_topic(consumer, stack.bootstrap, stack.dead_letter_topic)
+        found: list[dict[str, str]] = []
+        for _ in range(int(wait_s * 2)):
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    record = to_record(message)
+                    headers = {k: v.decode() for k, v in record.headers}
+                    headers["value"] = record.value.decode("utf-8", "replace")
+                    headers["key_bytes"] = str(len(record.key or b""))
+                    found.append(headers)
+            if len(found) >= count:
+                break
+        return found
+    finally:
+        await consumer.stop()

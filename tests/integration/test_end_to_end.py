@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from model_trainer_client import CommandSender, EventWatcher
-from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_client.kafka import assign_whole_topic, committed_reader
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -21,6 +21,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from .flows import dead_letters
 from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
@@ -85,26 +86,6 @@ def test_service_process_does_not_map_torch(service: ServiceProcess) -> None:
     assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in workers)
 
 
-async def _dead_letters(stack: Stack, count: int) -> list[dict[str, str]]:
-    consumer = committed_reader(stack.bootstrap)
-    await consumer.start()
-    try:
-        assert await assign_whole_topic(consumer, stack.bootstrap, stack.dead_letter_topic)
-        found: list[dict[str, str]] = []
-        for _ in range(60):
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    record = to_record(message)
-                    headers = {k: v.decode() for k, v in record.headers}
-                    headers["value"] = record.value.decode("utf-8", "replace")
-                    found.append(headers)
-            if len(found) >= count:
-                break
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def test_malformed_commands_get_typed_errors_and_service_goes_on(
     stack: Stack, service: ServiceProcess, watcher: EventWatcher
 ) -> None:
@@ -139,7 +120,7 @@ async def test_malformed_commands_get_typed_errors_and_service_goes_on(
     events = await watcher.until_terminal("after-bad", timeout_s=180)
     _assert_in_order(events, "after-bad")
 
-    letters = await _dead_letters(stack, 3)
+    letters = await dead_letters(stack, 3)
     codes = sorted(letter["error_code"] for letter in letters)
     assert codes == ["COMMAND_INVALID", "COMMAND_INVALID", "COMMAND_UNDECODABLE"]
     assert all(letter["original_topic"] == stack.commands_topic for letter in letters)

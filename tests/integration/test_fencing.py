@@ -14,10 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_client.kafka import (
-    assign_whole_topic,
-    committed_reader,
     partition_for_key,
-    to_record,
 )
 from model_trainer_contracts import (
     CancelJobV1,
@@ -31,7 +28,7 @@ from model_trainer_contracts import (
 
 from tests.figures import Figure
 
-from .flows import assert_seq_contiguous, long_job, of, send, wait_for_step
+from .flows import assert_seq_contiguous, dead_letters, long_job, of, send, wait_for_step
 from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
@@ -200,26 +197,6 @@ async def test_a_command_on_another_partition_is_forwarded_never_run_twice(
     )
 
 
-async def _dead_letters(stack: Stack, count: int) -> list[dict[str, str]]:
-    consumer = committed_reader(stack.bootstrap)
-    await consumer.start()
-    try:
-        assert await assign_whole_topic(consumer, stack.bootstrap, stack.dead_letter_topic)
-        found: list[dict[str, str]] = []
-        for _ in range(120):
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    record = to_record(message)
-                    headers = {k: v.decode() for k, v in record.headers}
-                    headers["key_bytes"] = str(len(record.key or b""))
-                    found.append(headers)
-            if len(found) >= count:
-                break
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def test_no_command_stops_the_service_not_even_one_it_died_on(
     stack: Stack, figure: Figure
 ) -> None:
@@ -268,7 +245,7 @@ async def test_no_command_stops_the_service_not_even_one_it_died_on(
             answers: dict[str, Event] = {}
             for job_id in [*hostile, "many-labels", "after-poison"]:
                 answers[job_id] = (await watcher.until_terminal(job_id, timeout_s=180))[-1]
-        letters = await _dead_letters(stack, 3)
+        letters = await dead_letters(stack, 3)
         assert svc.proc is not None
         assert svc.proc.poll() is None, "the service exited"
         assert svc.ready()
