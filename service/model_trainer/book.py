@@ -227,6 +227,8 @@ class JobBook:
                 user_id=user_id,
                 status=JobStatus.REJECTED,
                 request_digest="",
+                error_code=str(error.code),
+                error_message=error.message,
                 last_seq=seq,
                 submitted_at=_time(now),
                 updated_at=_time(now),
