@@ -170,6 +170,7 @@ def state_views(states: Sequence[JobStateV1]) -> list[JobView]:
 # ``jobs``' columns, most useful first: a narrow terminal loses the last ones first.
 _COLUMNS = ("job", "status", "reason", "progress", "user", "submitted", "labels", "attempt")
 _PADDING = 3  # a column's borders and padding
+_REASON_MIN = 24
 
 
 def _cells(view: JobView) -> dict[str, str]:
@@ -194,12 +195,24 @@ def render_states(states: Sequence[JobStateV1], width: int | None = None) -> Tab
     natural = {name: max([len(name)] + [len(row[name]) for row in rows]) for name in _COLUMNS}
     kept = list(_COLUMNS)
     if width is not None:
-        while len(kept) > 3 and sum(natural[n] + _PADDING for n in kept) > width:
+        # the reason may be cut short, to a few words; the other columns stay whole
+        needs = {**natural, "reason": min(natural["reason"], _REASON_MIN)}
+        while len(kept) > 3 and sum(needs[n] + _PADDING for n in kept) > width:
             kept.pop()
+    room = None
+    if width is not None:
+        others = sum(natural[n] + _PADDING for n in kept if n != "reason")
+        room = max(_REASON_MIN, width - others - _PADDING - 1)
     table = Table(title=f"{len(states)} jobs", title_justify="left", expand=False)
     for name in kept:
-        cut = name == "reason" and width is not None
-        table.add_column(name, no_wrap=True, overflow="ellipsis" if cut else "fold")
+        cut = name == "reason" and room is not None
+        table.add_column(
+            name,
+            no_wrap=True,
+            overflow="ellipsis" if cut else "fold",
+            min_width=None if cut else natural[name],
+            max_width=room if cut else None,
+        )
     for row in rows:
         cells: list[str | Text] = [row[name] for name in kept]
         cells[1] = status_text(ViewStatus(row["status"]))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -144,34 +144,39 @@ class TensorBoardExport:
 
     def _write(self, run: _Run, event: Update, walltime: float) -> None:
         writer = run.writer
-        if isinstance(event, ConfigEventV1):
-            fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
-            fields["attempt"] = event.attempt
-            writer.add_text("config", markdown_table(fields), event.start_step, walltime)
-        elif isinstance(event, ProgressEventV1):
-            step = event.step
-            run.last_step = max(run.last_step, step)
-            writer.add_scalar("loss/train", event.train_loss, step, walltime)
-            writer.add_scalar("ppl/train", event.train_ppl, step, walltime)
-            writer.add_scalar("optim/lr", event.learning_rate, step, walltime)
-            writer.add_scalar("optim/grad_norm", event.grad_norm, step, walltime)
-            writer.add_scalar("throughput/tokens_per_sec", event.tokens_per_sec, step, walltime)
-            if event.val_loss is not None:
-                writer.add_scalar("loss/val", event.val_loss, step, walltime)
-            if event.val_ppl is not None:
-                writer.add_scalar("ppl/val", event.val_ppl, step, walltime)
-        elif isinstance(event, CompletedEventV1):
-            if event.test_loss is not None:
-                writer.add_scalar("loss/test", event.test_loss, event.steps, walltime)
-            if event.test_ppl is not None:
-                writer.add_scalar("ppl/test", event.test_ppl, event.steps, walltime)
-            fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
-            writer.add_text("result", markdown_table(fields), event.steps, walltime)
-            self._end(event)
-        elif isinstance(event, FailedEventV1):
-            text = f"{event.code} at {event.stage}: {event.message}"
-            writer.add_text("error", text, max(run.last_step, 0), walltime)
-            self._end(event)
+        match event:
+            case QueuedNotice():
+                pass  # a wait, not a measurement
+            case ConfigEventV1():
+                fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
+                fields["attempt"] = event.attempt
+                writer.add_text("config", markdown_table(fields), event.start_step, walltime)
+            case ProgressEventV1():
+                step = event.step
+                run.last_step = max(run.last_step, step)
+                writer.add_scalar("loss/train", event.train_loss, step, walltime)
+                writer.add_scalar("ppl/train", event.train_ppl, step, walltime)
+                writer.add_scalar("optim/lr", event.learning_rate, step, walltime)
+                writer.add_scalar("optim/grad_norm", event.grad_norm, step, walltime)
+                writer.add_scalar("throughput/tokens_per_sec", event.tokens_per_sec, step, walltime)
+                if event.val_loss is not None:
+                    writer.add_scalar("loss/val", event.val_loss, step, walltime)
+                if event.val_ppl is not None:
+                    writer.add_scalar("ppl/val", event.val_ppl, step, walltime)
+            case CompletedEventV1():
+                if event.test_loss is not None:
+                    writer.add_scalar("loss/test", event.test_loss, event.steps, walltime)
+                if event.test_ppl is not None:
+                    writer.add_scalar("ppl/test", event.test_ppl, event.steps, walltime)
+                fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
+                writer.add_text("result", markdown_table(fields), event.steps, walltime)
+                self._end(event)
+            case FailedEventV1():
+                text = f"{event.code} at {event.stage}: {event.message}"
+                writer.add_text("error", text, max(run.last_step, 0), walltime)
+                self._end(event)
+            case _:
+                assert_never(event)
 
     def _end(self, event: EventBase) -> None:
         run = self._runs.pop(event.job_id, None)
