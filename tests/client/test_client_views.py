@@ -166,7 +166,8 @@ def test_a_rejected_id_shows_its_reason_in_status_jobs_watch_and_the_dashboard()
     state = typo.state(
         JobStatus.REJECTED, error_code="JOB_NOT_FOUND", error_message=refusal.message
     )
-    for items in ([state], [refusal, state], [state, refusal]):
+    orders: list[list[Update | JobStateV1]] = [[state], [refusal, state], [state, refusal]]
+    for items in orders:
         board = JobBoard()
         board.apply_all(items)
         view = board.get("nope-job")
