@@ -28,6 +28,7 @@ from model_trainer_contracts import (
     ConfigEventV1,
     Event,
     FailedEventV1,
+    JobStateV1,
     JobStatus,
     ModelTrainerErrorCode,
     ProgressEventV1,
