@@ -474,7 +474,8 @@ async def jobs(
         out.print(render_states(chosen, width=out.width))
     else:  # a pipe or a log: every column, whole, however wide the lines get
         table = render_states(chosen)
-        out.print(table, width=out.measure(table, options=out.options.update(width=10_000)).maximum)
+        width = Console(width=10_000).measure(table).maximum
+        Console(file=out.file, width=width, color_system=None).print(table)
     return 0
 
 

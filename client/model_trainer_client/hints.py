@@ -4,6 +4,7 @@ with a job after the CLI stops following it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from model_trainer_contracts import SubmitJobV1
 
 from .settings import KafkaConnection, client_kwargs
@@ -40,7 +42,16 @@ async def group_members(connection: KafkaConnection | str, group: str) -> int:
     admin = AIOKafkaAdminClient(**client_kwargs(connection))
     await admin.start()
     try:
-        responses = await admin.describe_consumer_groups([group])
+        for attempt in range(3):
+            try:
+                responses = await admin.describe_consumer_groups([group])
+                break
+            except GroupCoordinatorNotAvailableError:
+                # No coordinator yet: the offsets topic is still being made (no group has
+                # ever joined this broker), or moving; either way nobody is in the group now.
+                if attempt == 2:
+                    return 0
+                await asyncio.sleep(1.0)
     finally:
         await admin.close()
     members = 0
