@@ -7,7 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -182,3 +187,39 @@ async def test_a_follow_nobody_picks_up_says_so_then_how_to_go_on(
     assert "no end within 6s: lonely-1 goes on (not picked up yet)" in said
     assert "watch lonely-1" in said
     assert "cancel lonely-1" in said
+
+
+def test_ctrl_c_during_a_follow_exits_130_and_says_how_to_go_on(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topics = Topics(kafka_bootstrap)
+    asyncio.run(topics.create(partitions=1))
+    (tmp_path / "job.json").write_text(spec("ctrl-c-1").model_dump_json())
+    err = tmp_path / "err"
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "model_trainer_client", "submit", "job.json", "--follow"],
+        cwd=tmp_path,
+        env={**os.environ, **topics.env()},
+        stdout=subprocess.PIPE,
+        stderr=err.open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "following its events" not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        follow.send_signal(signal.SIGINT)
+        out, _ = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 130
+    assert out == b"ctrl-c-1\n"
+    said = err.read_text().splitlines()
+    assert said[-4:] == [
+        "interrupted: ctrl-c-1 goes on (not picked up yet)",
+        "  follow it: model-trainer-client watch ctrl-c-1",
+        "  its state: model-trainer-client status ctrl-c-1",
+        "  cancel it: model-trainer-client cancel ctrl-c-1",
+    ]
+    assert not [line for line in said if "Traceback" in line or "aiokafka" in line]

@@ -16,12 +16,13 @@ import pytest
 from model_trainer.effects import request_digest
 from model_trainer_client.board import JobBoard, JobView, ViewStatus, view_status
 from model_trainer_client.cli import app, load_job, violation_text
-from model_trainer_client.dashboard import snapshot
+from model_trainer_client.dashboard import Feed, snapshot
 from model_trainer_client.decode import Update
 from model_trainer_client.flows import FollowPrinter, board_line, select_states
 from model_trainer_client.hints import spec_digest
-from model_trainer_client.outage import BrokerWatch
+from model_trainer_client.outage import BrokerWatch, install
 from model_trainer_client.render import render_board, render_states, render_status
+from model_trainer_client.settings import ClientSettings
 from model_trainer_client.tb_export import TensorBoardExport
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -326,3 +327,24 @@ def test_a_broker_outage_is_two_lines_however_loud_the_library() -> None:
         "Kafka broker unreachable; retrying (Unable connect to node with id 1: refused)",
         "Kafka broker reachable again",
     ]
+
+
+async def test_the_dashboard_marks_its_page_stale_while_kafka_is_away() -> None:
+    watch = install(lambda line: None)
+    feed = Feed(ClientSettings())
+    page = feed.subscribe()
+    watch.arm()
+    logging.getLogger("aiokafka.conn").error("Unable connect to node with id 1")
+    watch.quiet_s = 0.0
+    watch.polled()
+    sent = [page.queue.get_nowait() for _ in range(page.queue.qsize())]
+    assert [message.split(b"\n")[0] for message in sent] == [
+        b"event: snapshot",
+        b"event: kafka",
+        b"event: kafka",
+    ]
+    assert [json.loads(m.split(b"data: ")[1]) for m in sent[1:]] == [
+        {"live": False},
+        {"live": True},
+    ]
+    assert feed.kafka_live

@@ -53,6 +53,14 @@ def test_client_follows_a_real_job_then_reads_its_status_and_the_job_list(
         assert "step 6/6" in followed.stderr
         artifact = stack.artifacts_root / "client-e2e"
         assert f"artifact: {artifact}" in followed.stderr
+        # into a pipe: the job id alone on stdout; one whole line per event, no bar, no repeat
+        assert followed.stdout == "client-e2e\n"
+        lines = followed.stderr.splitlines()
+        assert "━" not in followed.stderr
+        assert [n for n in ("completed in ", "artifact: ") if sum(n in x for x in lines) != 1] == []
+        config = next(line for line in lines if line.startswith("config: "))
+        assert config.endswith("attempt 1")
+        assert [line.split()[1] for line in lines if line.startswith("step ")][-1] == "6/6"
 
         runner = CliRunner()
         client_env = {k: v for k, v in env.items() if k.startswith("MODEL_TRAINER_")}
