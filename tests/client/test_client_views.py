@@ -84,6 +84,9 @@ class Writer:
     def add_text(self, tag: str, text_string: str, global_step: int, walltime: float) -> None:
         self.calls.append(tag)
 
+    def add_hparams(self, hparams: dict[str, str | int | float | bool], metrics: list[str]) -> None:
+        self.calls.append("hparams")
+
     def close(self) -> None:
         self.calls.append("close")
 
