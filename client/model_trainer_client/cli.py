@@ -510,34 +510,39 @@ def export_tensorboard(
 
 
 DEBUG = [False]  # --debug, as given to this process
-DIST = ["model-trainer-client"]  # whose version --version prints
 
 
-def _show_version(value: bool) -> None:
-    if value:
-        out.print(f"{DIST[0]} {version(DIST[0])}", highlight=False)
-        raise typer.Exit()
+def _version_of(dist: str) -> Callable[[bool], None]:
+    def show(value: bool) -> None:
+        if value:
+            out.print(f"{dist} {version(dist)}", highlight=False)
+            raise typer.Exit()
 
-
-def options(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
-    ] = False,
-) -> None:
-    """Options of every command."""
-    DEBUG[0] = debug
+    return show
 
 
 def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
     """Add the client's commands to ``app`` (the service's CLI carries them too), and the
     options of every command: ``--version`` (of ``dist``) and ``--debug``."""
-    DIST[0] = dist
+    show_version = _version_of(dist)
+
+    # Defaults, not Annotated: the callback is this app's own, and typer resolves annotations
+    # in the module's namespace, where it is not.
+    def options(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+        debug: bool = typer.Option(
+            False, "--debug", help="Show the traceback of an unexpected error."
+        ),
+    ) -> None:
+        """Options of every command."""
+        DEBUG[0] = debug
+
     app.callback()(options)
     for command in (submit, cancel, status, jobs, watch, dashboard):
         app.command()(command)

@@ -84,6 +84,7 @@ class FollowPrinter:
             TextColumn("eta {task.fields[eta]}"),
             TimeElapsedColumn(),
             console=console,
+            transient=True,  # the result line replaces it; no stale bar is left behind
         )
         self.task = self.progress.add_task(
             "train", total=None, job=job_id, step="-", loss="-", val="-", tps="-", eta="-"

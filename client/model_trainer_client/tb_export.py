@@ -5,8 +5,9 @@ Scalars per progress event (at its step, with the event's time as wall time): ``
 ``throughput/tokens_per_sec``; ``loss/test`` and ``ppl/test`` from the completed event. The
 config event is written as a text summary ``config`` (a Markdown table) and as HParams
 (compared by ``loss/val`` and ``loss/test``), a failure as ``error``. An export replaces the
-event files an earlier one wrote for a job, so a second export does not double its series. When a later attempt resumes from an earlier step, its run is reopened with
-``purge_step`` so TensorBoard drops the replaced steps of the attempt before.
+event files an earlier one wrote for a job, so a second export does not double its series.
+When a later attempt resumes from an earlier step, its run is reopened with ``purge_step`` so
+TensorBoard drops the replaced steps of the attempt before.
 
 The writer is tensorboardX (the client's ``tensorboard`` extra): it writes event files with
 protobuf alone, no TensorFlow, no torch.

@@ -308,6 +308,10 @@ def test_version_and_completion() -> None:
     assert shown.exit_code == 0
     assert re.fullmatch(r"model-trainer-client \d+\.\d+\.\d+\n", shown.stdout)
     assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
+    from model_trainer.cli import app as service_app  # registers the same commands again
+
+    assert runner.invoke(service_app, ["--version"]).stdout.startswith("model-trainer 0.")
+    assert runner.invoke(app, ["--version"]).stdout.startswith("model-trainer-client 0.")
 
 
 def test_a_broker_outage_is_two_lines_however_loud_the_library() -> None:
