@@ -376,6 +376,9 @@ def jobs(
     ssl_keyfile: SslKeyfileOption = None,
     ssl_check_hostname: SslCheckHostnameOption = None,
     as_json: JsonOption = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N jobs.")
+    ] = None,
 ) -> None:
     """Every job of the compacted state topic, newest first, as a table (or JSON)."""
     labels = _labels(label or [])
@@ -394,7 +397,13 @@ def jobs(
     _run(
         settings,
         lambda: flows.jobs(
-            settings, status=status, user_id=user, labels=labels, out=out, as_json=as_json
+            settings,
+            status=status,
+            user_id=user,
+            labels=labels,
+            out=out,
+            as_json=as_json,
+            limit=limit,
         ),
     )
 

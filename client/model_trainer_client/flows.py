@@ -1,6 +1,6 @@
 """What the commands do, over Kafka alone: submit and follow, cancel and wait, status, jobs,
 watch. Each returns the process's exit code (see :mod:`.board`: 0 completed, 1 failed,
-2 bad input, 3 timed out)."""
+2 bad input, 3 timed out, 4 cancelled, 5 rejected)."""
 
 from __future__ import annotations
 
@@ -465,9 +465,10 @@ async def jobs(
     labels: dict[str, str],
     out: Console,
     as_json: bool = False,
+    limit: int | None = None,
 ) -> int:
     states = list((await read_states(settings)).values())
-    chosen = select_states(states, status=status, user_id=user_id, labels=labels)
+    chosen = select_states(states, status=status, user_id=user_id, labels=labels)[:limit]
     if as_json:
         _say_out(out, json.dumps([view.row() for view in state_views(chosen)]))
         return 0

@@ -124,6 +124,7 @@ def test_stdout_is_data_and_every_status_reads_right(kafka_bootstrap: str, tmp_p
     assert f"JOB_NOT_FOUND: {REFUSED}" in listed.stdout  # the reason, whole, in a pipe
     only = json.loads(cli("jobs", "--json", "--status", "cancelled").stdout)
     assert [row["job_id"] for row in only] == ["out-cancelled"]
+    assert len(json.loads(cli("jobs", "--json", "--limit", "2").stdout)) == 2
 
     # submit: the job id, alone, on stdout; a missing id is generated
     body = spec("x").model_dump(mode="json")
