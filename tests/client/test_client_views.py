@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import socket
 import typing
 from datetime import timedelta
 from pathlib import Path
@@ -355,3 +356,12 @@ async def test_the_dashboard_marks_its_page_stale_while_kafka_is_away() -> None:
         {"live": True},
     ]
     assert feed.kafka_live
+
+
+def test_dashboard_on_a_taken_port_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = CliRunner().invoke(app, ["dashboard", "--port", str(port)])
+    assert done.exit_code == 2
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"cannot serve the dashboard at 127.0.0.1:{port}: ")
