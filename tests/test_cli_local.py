@@ -69,3 +69,11 @@ def test_run_reports_a_bad_corpus_as_a_failed_event(tmp_path: Path) -> None:
     failed = json.loads(done.stdout.splitlines()[-1])
     assert failed["type"] == "trainer.job.failed.v1"
     assert failed["code"] == "PATH_NOT_ALLOWED"
+
+
+def test_sample_of_a_folder_without_an_artifact_is_one_line(tmp_path: Path) -> None:
+    done = _cli("sample", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"MODEL_NOT_FOUND: no artifact (manifest.json) in {tmp_path}"
+    ]

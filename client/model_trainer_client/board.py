@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
+from typing import assert_never
 
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -16,6 +18,7 @@ from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,
     JobStatus,
+    ModelTrainerErrorCode,
     ProgressEventV1,
 )
 from pydantic import JsonValue
@@ -29,6 +32,61 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TIMED_OUT = 3
+EXIT_CANCELLED = 4
+EXIT_REJECTED = 5
+EXIT_INTERRUPTED = 130
+
+
+class ViewStatus(StrEnum):
+    """A job's status as the views show it: the service's :class:`JobStatus`, with a
+    cancelled job told apart from a failed one (its failed event's code says so)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def active(self) -> bool:
+        return self in (ViewStatus.QUEUED, ViewStatus.RUNNING)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The CLI's exit code for a job in this status; ``None`` while it goes on."""
+        match self:
+            case ViewStatus.QUEUED | ViewStatus.RUNNING:
+                return None
+            case ViewStatus.COMPLETED:
+                return EXIT_COMPLETED
+            case ViewStatus.FAILED:
+                return EXIT_FAILED
+            case ViewStatus.CANCELLED:
+                return EXIT_CANCELLED
+            case ViewStatus.REJECTED:
+                return EXIT_REJECTED
+            case _:
+                assert_never(self)
+
+
+def view_status(status: JobStatus, error_code: str | None) -> ViewStatus:
+    """What the views show for a job in ``status`` whose failure (if any) has ``error_code``."""
+    match status:
+        case JobStatus.QUEUED:
+            return ViewStatus.QUEUED
+        case JobStatus.RUNNING:
+            return ViewStatus.RUNNING
+        case JobStatus.COMPLETED:
+            return ViewStatus.COMPLETED
+        case JobStatus.FAILED:
+            if error_code == ModelTrainerErrorCode.TRAINING_CANCELLED:
+                return ViewStatus.CANCELLED
+            return ViewStatus.FAILED
+        case JobStatus.REJECTED:
+            return ViewStatus.REJECTED
+        case _:
+            assert_never(status)
 
 
 @dataclass
@@ -96,10 +154,10 @@ class JobView:
     @property
     def status(self) -> JobStatus:
         """The newer of what the events and the state record say; terminal is final."""
+        if self.rejected:
+            return JobStatus.REJECTED
         if self.event_status is None:
-            if self.state_status is None:
-                return JobStatus.FAILED if self.rejected else JobStatus.QUEUED
-            return self.state_status
+            return JobStatus.QUEUED if self.state_status is None else self.state_status
         if self.state_status is None:
             return self.event_status
         if self.event_status.terminal:
@@ -109,18 +167,18 @@ class JobView:
         return self.event_status
 
     @property
+    def shown(self) -> ViewStatus:
+        """The status the views show (cancelled told apart from failed)."""
+        return view_status(self.status, self.error_code)
+
+    @property
     def active(self) -> bool:
-        return not self.status.terminal
+        return self.shown.active
 
     @property
     def exit_code(self) -> int | None:
-        """0 completed, 1 failed, ``None`` while it has not ended."""
-        status = self.status
-        if status is JobStatus.COMPLETED:
-            return EXIT_COMPLETED
-        if status is JobStatus.FAILED:
-            return EXIT_FAILED
-        return None
+        """0 completed, 1 failed, 4 cancelled, 5 rejected, ``None`` while it goes on."""
+        return self.shown.exit_code
 
     @property
     def fraction(self) -> float | None:
@@ -141,7 +199,7 @@ class JobView:
         """The job's table row, as JSON."""
         return {
             "job_id": self.job_id,
-            "status": str(self.status),
+            "status": str(self.shown),
             "user_id": self.user_id,
             "labels": dict(self.labels),
             "attempt": self.attempt,
@@ -160,7 +218,9 @@ class JobView:
             "queue_reason": self.queue_reason,
             "error_code": self.error_code,
             "error_message": self.error_message,
+            "error_stage": self.error_stage,
             "artifact_path": self.artifact_path,
+            "duration_s": self.duration_s,
             "submitted_at": _iso(self.submitted_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -210,8 +270,12 @@ class JobBoard:
 
     def _apply_state(self, state: JobStateV1) -> JobView | None:
         view = self.jobs.get(state.job_id)
-        if view is None or view.rejected:
+        refused = state.status is JobStatus.REJECTED
+        if view is None or (view.rejected and not refused):
             view = self.jobs[state.job_id] = JobView(job_id=state.job_id)
+        if refused and view.event_status is None:
+            view.rejected = True  # and its refusal's reason, if the record has it
+            view.error_message = view.error_message or state.error_message
         view.state_status = state.status
         view.state_seq = state.last_seq
         view.user_id = state.user_id

@@ -1,6 +1,7 @@
 """``model-trainer-client``: submit, cancel, status, jobs, watch, dashboard, export.
 
-Exit codes: 0 completed (or done), 1 failed, 2 bad input, 3 timed out (or no broker).
+Exit codes: 0 completed (or done), 1 failed (or refused), 2 bad input, 3 timed out (or no
+broker), 4 cancelled, 5 rejected, 130 interrupted (Ctrl-C).
 The service's ``model-trainer`` carries the same commands (:func:`register`).
 """
 
@@ -8,20 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import socket
+import sys
 from collections.abc import Callable, Coroutine
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from aiokafka.errors import KafkaConnectionError
-from model_trainer_contracts import JobStatus, ModelTrainerError, SubmitJobV1, decode_command
+from model_trainer_contracts import CancelJobV1, ModelTrainerError, SubmitJobV1, decode_command
 from model_trainer_contracts.commands import JOB_ID_PATTERN
 from rich.console import Console
 from rich.markup import escape
 
-from . import flows
-from .board import EXIT_BAD_INPUT, EXIT_TIMED_OUT
+from . import flows, hints, outage
+from .board import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TIMED_OUT, ViewStatus
+from .hints import new_job_id
 from .kafka import probe_brokers
 from .settings import ClientSettings, ConnectionOverrides, KafkaConfigError
 
@@ -41,6 +47,8 @@ Bootstrap = Annotated[
     ),
 ]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the job before giving up.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+SUBMIT_TYPE = str(SubmitJobV1.model_fields["type"].default)
 # How to connect, beyond the servers: each option wins over its MODEL_TRAINER_KAFKA_* variable.
 # The password has no option (a command line is visible to every user of the machine): it is
 # MODEL_TRAINER_KAFKA_SASL_PASSWORD.
@@ -96,15 +104,67 @@ SslCheckHostnameOption = Annotated[
 _job_id = re.compile(JOB_ID_PATTERN)
 
 
-def load_job(path: Path) -> SubmitJobV1:
-    """The submit command in ``path``; a bad one is reported and exits 2."""
+COMMAND_TYPES = ", ".join(
+    str(model.model_fields["type"].default) for model in (SubmitJobV1, CancelJobV1)
+)
+_wrong_tag = re.compile(r"Input tag '(.*)' found using '(\w+)' does not match")
+
+
+def violation_text(violation: object) -> str:
+    """One validation error as ``field: what was expected``, pydantic's wording of the
+    command's ``type`` (its discriminator) turned into what a user can act on."""
+    if not isinstance(violation, dict):
+        return str(violation)
+    field, error = str(violation.get("field", "")), str(violation.get("error", ""))
+    if "Unable to extract tag using discriminator" in error:
+        error = f"missing; expected one of {COMMAND_TYPES}"
+    elif (wrong := _wrong_tag.search(error)) is not None:
+        error = f"{wrong.group(1)!r} is not a command type; expected one of {COMMAND_TYPES}"
+    return f"{field}: {error}" if field else error
+
+
+def _stem_id(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip("._-")
+    return stem or "job"
+
+
+def _with_job_id(data: bytes, path: Path, job_id: str | None) -> bytes:
+    """The command with ``job_id`` put in, before it is validated; a submit command without
+    a job id gets a fresh one (said on stderr). Bytes that are not a JSON object stay as they
+    are, for the decoder to say where they go wrong."""
     try:
-        command = decode_command(path.read_bytes())
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return data
+    if not isinstance(parsed, dict):
+        return data
+    if job_id is None and parsed.get("job_id") is None and parsed.get("type") == SUBMIT_TYPE:
+        job_id = new_job_id(_stem_id(path))
+        console.print(f"no job_id in {escape(str(path))}: using {job_id}", soft_wrap=True)
+    if job_id is None:
+        return data
+    return json.dumps({**parsed, "job_id": job_id}).encode()
+
+
+def load_job(path: Path, job_id: str | None = None) -> SubmitJobV1:
+    """The submit command in ``path`` (its ``job_id`` replaced by ``job_id``, or generated
+    when it has none); a bad one is reported, each problem once, and exits 2."""
+    try:
+        command = decode_command(_with_job_id(path.read_bytes(), path, job_id))
     except ModelTrainerError as exc:
-        console.print(f"[red]{path}: {exc.code}[/red] {exc.message}")
         violations = exc.details.get("violations")
-        for violation in violations if isinstance(violations, list) else []:
-            console.print(f"  - {violation}")
+        problems = violations if isinstance(violations, list) else []
+        if problems:
+            console.print(f"[red]{escape(str(path))}: {exc.code}[/red]", soft_wrap=True)
+            for violation in problems:
+                text = escape(violation_text(violation))
+                console.print(f"  - {text}", soft_wrap=True, highlight=False)
+        else:
+            console.print(
+                f"[red]{escape(str(path))}: {exc.code}[/red] {escape(exc.message)}",
+                soft_wrap=True,
+                highlight=False,
+            )
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if not isinstance(command, SubmitJobV1):
         console.print(f"[red]{path} holds a {command.type}, not a submit command[/red]")
@@ -152,6 +212,7 @@ def _run(
 ) -> NoReturn:
     """Run a flow and exit with its code; no broker (or one that refuses us) is exit 3, a
     TLS file that cannot be read exit 2, Ctrl-C ``interrupted``."""
+    outage.install(lambda line: console.print(line, style="yellow", soft_wrap=True))
     try:
         code = asyncio.run(main())
     except KafkaConnectionError as exc:
@@ -180,12 +241,14 @@ def submit(
     ssl_keyfile: SslKeyfileOption = None,
     ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Timeout = 3600.0,
-    job_id: Annotated[str | None, typer.Option(help="Override the file's job_id.")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option(help="The job's id, over the file's (default: the file's, else a new one)."),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Publish a training job; with --follow, follow it and exit with its result."""
-    job = load_job(job_file)
-    if job_id is not None:
-        job = SubmitJobV1.model_validate({**job.model_dump(), "job_id": _check_job_id(job_id)})
+    """Publish a training job, its id on stdout; --follow: follow it, exit with its result."""
+    job = load_job(job_file, None if job_id is None else _check_job_id(job_id))
     settings = _settings(
         ConnectionOverrides(
             bootstrap_servers,
@@ -200,7 +263,15 @@ def submit(
     )
     _run(
         settings,
-        lambda: flows.submit(settings, job, follow=follow, timeout_s=timeout, console=console),
+        lambda: flows.submit(
+            settings,
+            job,
+            follow=follow,
+            timeout_s=timeout,
+            console=console,
+            out=out,
+            as_json=as_json,
+        ),
     )
 
 
@@ -252,8 +323,12 @@ def status(
     ssl_certfile: SslCertfileOption = None,
     ssl_keyfile: SslKeyfileOption = None,
     ssl_check_hostname: SslCheckHostnameOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """A job's state, progress, losses, and its artifact or error, read from Kafka."""
+    """A job's state, progress, losses, and its artifact or error, read from Kafka.
+
+    Exit code: 0 queued, running or completed; 1 failed; 4 cancelled; 5 rejected; 2 unknown.
+    """
     _check_job_id(job_id)
     settings = _settings(
         ConnectionOverrides(
@@ -267,7 +342,10 @@ def status(
             ssl_check_hostname,
         )
     )
-    _run(settings, lambda: flows.status(settings, job_id, console=console, out=out))
+    _run(
+        settings,
+        lambda: flows.status(settings, job_id, console=console, out=out, as_json=as_json),
+    )
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -283,7 +361,7 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 def jobs(
     status: Annotated[
-        JobStatus | None, typer.Option("--status", "-s", help="Only jobs in this state.")
+        ViewStatus | None, typer.Option("--status", "-s", help="Only jobs in this state.")
     ] = None,
     user: Annotated[int | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
     label: Annotated[
@@ -297,8 +375,12 @@ def jobs(
     ssl_certfile: SslCertfileOption = None,
     ssl_keyfile: SslKeyfileOption = None,
     ssl_check_hostname: SslCheckHostnameOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N jobs.")
+    ] = None,
 ) -> None:
-    """Every job of the compacted state topic, newest first, as a table."""
+    """Every job of the compacted state topic, newest first, as a table (or JSON)."""
     labels = _labels(label or [])
     settings = _settings(
         ConnectionOverrides(
@@ -314,7 +396,15 @@ def jobs(
     )
     _run(
         settings,
-        lambda: flows.jobs(settings, status=status, user_id=user, labels=labels, out=out),
+        lambda: flows.jobs(
+            settings,
+            status=status,
+            user_id=user,
+            labels=labels,
+            out=out,
+            as_json=as_json,
+            limit=limit,
+        ),
     )
 
 
@@ -377,6 +467,12 @@ def dashboard(
             ssl_check_hostname,
         )
     )
+    try:
+        with socket.create_server((host, port)):
+            pass  # free now; a race with another program still ends in aiohttp's error
+    except OSError as exc:
+        _say(f"cannot serve the dashboard at {host}:{port}", exc.strerror or exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     _run(settings, lambda: serve(settings, host, port, console), interrupted=0)
 
 
@@ -422,20 +518,66 @@ def export_tensorboard(
     _run(settings, lambda: export(settings, logdir, follow=follow, console=console), interrupted=0)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the client's commands to ``app`` (the service's CLI carries them too)."""
+DEBUG = [False]  # --debug, as given to this process
+
+
+def _version_of(dist: str) -> Callable[[bool], None]:
+    def show(value: bool) -> None:
+        if value:
+            out.print(f"{dist} {version(dist)}", highlight=False)
+            raise typer.Exit()
+
+    return show
+
+
+def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
+    """Add the client's commands to ``app`` (the service's CLI carries them too), and the
+    options of every command: ``--version`` (of ``dist``) and ``--debug``."""
+    show_version = _version_of(dist)
+
+    # Defaults, not Annotated: the callback is this app's own, and typer resolves annotations
+    # in the module's namespace, where it is not.
+    def options(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=show_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+        debug: bool = typer.Option(
+            False, "--debug", help="Show the traceback of an unexpected error."
+        ),
+    ) -> None:
+        """Options of every command."""
+        DEBUG[0] = debug
+
+    app.callback()(options)
     for command in (submit, cancel, status, jobs, watch, dashboard):
         app.command()(command)
     app.add_typer(export_app, name="export")
 
 
+def run_app(app: typer.Typer, prog: str) -> None:
+    """Run ``app``: an unexpected error is one line on stderr (its traceback with --debug)."""
+    hints.PROG[0] = prog
+    try:
+        app(prog_name=prog, standalone_mode=True)
+    except Exception as exc:
+        if DEBUG[0] or "--debug" in sys.argv:
+            raise
+        _say(f"{prog}: {type(exc).__name__}", exc)
+        console.print("(run it again with --debug for the traceback)", style="dim")
+        raise SystemExit(EXIT_FAILED) from None
+
+
 app = typer.Typer(
     help="Client of model-trainer: submit, follow and inspect training jobs over Kafka.",
     no_args_is_help=True,
-    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 register(app)
 
 
 def main() -> None:
-    app()
+    run_app(app, "model-trainer-client")

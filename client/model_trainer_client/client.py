@@ -23,6 +23,7 @@ from model_trainer_contracts import (
     encode,
 )
 
+from . import outage
 from .kafka import assign_whole_topic, committed_reader, to_record
 from .settings import KafkaConnection, client_kwargs
 
@@ -37,7 +38,12 @@ class CommandSender:
         )
 
     async def __aenter__(self) -> CommandSender:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # or aiokafka warns of an unclosed producer
+            raise
+        outage.arm()
         return self
 
     async def __aexit__(

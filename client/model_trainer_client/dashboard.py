@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import JsonValue
 from rich.console import Console
 
+from . import outage
 from .board import JobBoard, JobView
 from .readers import LiveTail
 from .settings import ClientSettings
@@ -101,12 +102,25 @@ class Feed:
         self.cursors: Cursors = {}
         self.subscribers: set[_Subscriber] = set()
         self.caught_up = asyncio.Event()
+        self.kafka_live = True
+        watch = outage.current()
+        if watch is not None:
+            watch.listeners.append(self.kafka)
 
     def subscribe(self) -> _Subscriber:
         sub = _Subscriber()
         sub.queue.put_nowait(sse("snapshot", snapshot(self.board)))
+        if not self.kafka_live:
+            sub.queue.put_nowait(sse("kafka", {"live": False}))
         self.subscribers.add(sub)
         return sub
+
+    def kafka(self, live: bool) -> None:
+        """Kafka went away (the page says its data is stale) or came back."""
+        self.kafka_live = live
+        for sub in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                sub.queue.put_nowait(sse("kafka", {"live": live}))
 
     def unsubscribe(self, sub: _Subscriber) -> None:
         self.subscribers.discard(sub)

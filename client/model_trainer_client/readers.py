@@ -14,6 +14,7 @@ from types import TracebackType
 from aiokafka import TopicPartition
 from model_trainer_contracts import JobStateV1
 
+from . import outage
 from .decode import Update, decode_state, decode_update
 from .kafka import Record, committed_reader, partition_for_key, to_record, topic_partitions
 from .settings import ClientSettings, KafkaConnection
@@ -31,7 +32,12 @@ class TopicReader:
         self._ends: dict[TopicPartition, int] = {}
 
     async def __aenter__(self) -> TopicReader:
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.consumer.stop()  # or aiokafka warns of an unclosed consumer
+            raise
+        outage.arm()
         return self
 
     async def __aexit__(
@@ -92,6 +98,7 @@ class TopicReader:
             await asyncio.sleep(timeout_ms / 1000)
             return []
         batches = await self.consumer.getmany(timeout_ms=timeout_ms)
+        outage.polled()
         return [to_record(message) for messages in batches.values() for message in messages]
 
     async def read_to_end(self) -> list[Record]:
@@ -163,16 +170,20 @@ class JobFollower:
         records = await self._reader.read_to_end()
         return [update for record in records if (update := self._mine(record)) is not None]
 
+    async def poll(self) -> list[Update]:
+        """The job's events read within one poll, after :meth:`history` (none while the
+        topic does not exist)."""
+        if self.partition is None and not await self._locate():
+            await asyncio.sleep(POLL_MS / 1000)
+            return []
+        records = await self._reader.poll()
+        return [update for record in records if (update := self._mine(record)) is not None]
+
     async def updates(self) -> AsyncIterator[Update]:
         """The job's events after :meth:`history`, as they come (waits for the topic)."""
-        while self.partition is None:
-            if not await self._locate():
-                await asyncio.sleep(POLL_MS / 1000)
         while True:
-            for record in await self._reader.poll():
-                update = self._mine(record)
-                if update is not None:
-                    yield update
+            for update in await self.poll():
+                yield update
 
 
 async def read_job_state(settings: ClientSettings, job_id: str) -> JobStateV1 | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import assert_never
 
 from model_trainer_contracts import JobStateV1, JobStatus
 from rich.console import RenderableType
@@ -11,18 +12,39 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .board import JobView
-
-STATUS_STYLE = {
-    JobStatus.QUEUED: "yellow",
-    JobStatus.RUNNING: "cyan",
-    JobStatus.COMPLETED: "green",
-    JobStatus.FAILED: "red",
-}
+from .board import JobBoard, JobView, ViewStatus
 
 
-def status_text(status: JobStatus) -> Text:
-    return Text(str(status), style=STATUS_STYLE[status])
+def status_style(status: ViewStatus) -> str:
+    match status:
+        case ViewStatus.QUEUED:
+            return "yellow"
+        case ViewStatus.RUNNING:
+            return "cyan"
+        case ViewStatus.COMPLETED:
+            return "green"
+        case ViewStatus.FAILED:
+            return "red"
+        case ViewStatus.CANCELLED:
+            return "magenta"
+        case ViewStatus.REJECTED:
+            return "bright_red"
+        case _:
+            assert_never(status)
+
+
+def status_text(status: ViewStatus | JobStatus) -> Text:
+    shown = ViewStatus(str(status))
+    return Text(str(shown), style=status_style(shown))
+
+
+def reason(view: JobView) -> str:
+    """Why the job ended as it did (or its command was refused): code, stage and message."""
+    if view.error_code is None and view.error_message is None:
+        return ""
+    stage = f" at {view.error_stage}" if view.error_stage else ""
+    message = f": {view.error_message}" if view.error_message else ""
+    return f"{view.error_code or '-'}{stage}{message}"
 
 
 def fmt_float(value: float | None, digits: int = 4) -> str:
@@ -47,16 +69,25 @@ def fmt_labels(labels: dict[str, str]) -> str:
 
 
 def _when(ts: datetime | None) -> str:
-    return "-" if ts is None else ts.strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if ts is None else ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _progress(view: JobView, width: int = 24) -> RenderableType:
-    if view.status is JobStatus.QUEUED:
-        where = "" if view.queue_position is None else f" #{view.queue_position}"
-        return Text(f"waiting{where}", style="yellow")
-    total = view.total_steps if view.total_steps > 0 else None
-    completed = view.total_steps if view.status is JobStatus.COMPLETED else view.step
-    return ProgressBar(total=total, completed=completed, width=width)
+    status = view.shown
+    match status:
+        case ViewStatus.QUEUED:
+            where = "" if view.queue_position is None else f" #{view.queue_position}"
+            return Text(f"waiting{where}", style="yellow")
+        case ViewStatus.REJECTED:
+            return Text(view.error_code or "refused", style=status_style(status))
+        case ViewStatus.RUNNING | ViewStatus.FAILED | ViewStatus.CANCELLED:
+            total = view.total_steps if view.total_steps > 0 else None
+            return ProgressBar(total=total, completed=view.step, width=width)
+        case ViewStatus.COMPLETED:
+            total = view.total_steps if view.total_steps > 0 else None
+            return ProgressBar(total=total, completed=view.total_steps, width=width)
+        case _:
+            assert_never(status)
 
 
 def render_board(views: Sequence[JobView], now: datetime, *, title: str = "jobs") -> Table:
@@ -69,7 +100,7 @@ def render_board(views: Sequence[JobView], now: datetime, *, title: str = "jobs"
         step = f"{view.step}/{view.total_steps}" if view.total_steps else "-"
         table.add_row(
             view.job_id,
-            status_text(view.status),
+            status_text(view.shown),
             str(view.user_id),
             str(view.attempt or "-"),
             _progress(view),
@@ -87,9 +118,10 @@ def render_board(views: Sequence[JobView], now: datetime, *, title: str = "jobs"
 def render_status(view: JobView, now: datetime) -> Text:
     """``status JOB_ID``: everything known of one job, a ``key  value`` line each (print it
     with ``soft_wrap=True`` so that paths and messages stay whole on one line)."""
+    status = view.shown
     lines: list[tuple[str, str | Text]] = [
         ("job", view.job_id),
-        ("status", status_text(view.status)),
+        ("status", status_text(status)),
         ("user", str(view.user_id)),
         ("labels", fmt_labels(view.labels)),
         ("attempt", str(view.attempt or "-")),
@@ -98,45 +130,91 @@ def render_status(view: JobView, now: datetime) -> Text:
         lines.append(("failures", str(view.failures)))
     if view.model is not None:
         lines.append(("model", f"{view.model} on {view.device}"))
-    if view.status is JobStatus.QUEUED and view.queue_position is not None:
-        where = f"position {view.queue_position} {view.queue_reason or ''}"
-        lines.append(("queue", where.strip()))
     if view.total_steps:
         lines.append(("step", f"{view.step}/{view.total_steps}"))
-    lines.append(("train loss", fmt_float(view.train_loss)))
-    lines.append(("val loss", fmt_float(view.val_loss)))
-    if view.status is JobStatus.RUNNING:
-        lines.append(("tok/s", fmt_rate(view.tokens_per_sec)))
-        lines.append(("eta", fmt_duration(view.eta_at(now))))
-    if view.status is JobStatus.COMPLETED:
-        lines.append(("best val loss", fmt_float(view.best_val_loss)))
-        lines.append(("test loss", fmt_float(view.test_loss)))
-        lines.append(("duration", fmt_duration(view.duration_s)))
-        lines.append(("artifact", view.artifact_path or "-"))
-    if view.status is JobStatus.FAILED:
-        stage = f" at {view.error_stage}" if view.error_stage else ""
-        lines.append(("error", Text(f"{view.error_code or '-'}{stage}", style="red")))
-        lines.append(("message", view.error_message or "-"))
+    if status is not ViewStatus.REJECTED:
+        lines.append(("train loss", fmt_float(view.train_loss)))
+        lines.append(("val loss", fmt_float(view.val_loss)))
+    match status:
+        case ViewStatus.QUEUED:
+            if view.queue_position is not None:
+                where = f"position {view.queue_position} {view.queue_reason or ''}"
+                lines.append(("queue", where.strip()))
+        case ViewStatus.RUNNING:
+            lines.append(("tok/s", fmt_rate(view.tokens_per_sec)))
+            lines.append(("eta", fmt_duration(view.eta_at(now))))
+        case ViewStatus.COMPLETED:
+            lines.append(("best val loss", fmt_float(view.best_val_loss)))
+            lines.append(("test loss", fmt_float(view.test_loss)))
+            lines.append(("duration", fmt_duration(view.duration_s)))
+            lines.append(("artifact", view.artifact_path or "-"))
+        case ViewStatus.FAILED | ViewStatus.CANCELLED | ViewStatus.REJECTED:
+            stage = f" at {view.error_stage}" if view.error_stage else ""
+            code = f"{view.error_code or '-'}{stage}"
+            lines.append(("error", Text(code, style=status_style(status))))
+            lines.append(("message", view.error_message or "-"))
+        case _:
+            assert_never(status)
     lines.append(("submitted", _when(view.submitted_at)))
     lines.append(("updated", _when(view.updated_at)))
     width = max(len(key) for key, _ in lines) + 2
     return Text("\n").join(Text.assemble((key.ljust(width), "bold"), value) for key, value in lines)
 
 
-def render_states(states: Sequence[JobStateV1]) -> Table:
-    """``jobs``: one row per job of the state topic."""
-    table = Table(title=f"{len(states)} jobs", title_justify="left")
-    for name in ("job", "status", "user", "labels", "attempt", "error", "submitted", "updated"):
-        table.add_column(name, no_wrap=name in ("job", "status", "submitted", "updated"))
-    for state in states:
-        table.add_row(
-            state.job_id,
-            status_text(state.status),
-            str(state.user_id),
-            fmt_labels(state.labels),
-            str(state.attempt),
-            state.error_code or "",
-            _when(state.submitted_at),
-            _when(state.updated_at),
+def state_views(states: Sequence[JobStateV1]) -> list[JobView]:
+    """The jobs of state records, in their order."""
+    board = JobBoard()
+    return [view for state in states if (view := board.apply(state)) is not None]
+
+
+# ``jobs``' columns, most useful first: a narrow terminal loses the last ones first.
+_COLUMNS = ("job", "status", "reason", "progress", "user", "submitted", "labels", "attempt")
+_PADDING = 3  # a column's borders and padding
+_REASON_MIN = 24
+
+
+def _cells(view: JobView) -> dict[str, str]:
+    step = f"{view.step}/{view.total_steps}" if view.total_steps else "-"
+    return {
+        "job": view.job_id,
+        "status": str(view.shown),
+        "reason": reason(view),
+        "progress": step,
+        "user": str(view.user_id),
+        "submitted": _when(view.submitted_at),
+        "labels": fmt_labels(view.labels),
+        "attempt": str(view.attempt),
+    }
+
+
+def render_states(states: Sequence[JobStateV1], width: int | None = None) -> Table:
+    """``jobs``: one row per job of the state topic. Within ``width`` (a terminal's), the
+    least useful columns are left out first and the reason is cut short; without one (a
+    pipe, a log) every column is there, whole."""
+    rows = [_cells(view) for view in state_views(states)]
+    natural = {name: max([len(name)] + [len(row[name]) for row in rows]) for name in _COLUMNS}
+    kept = list(_COLUMNS)
+    if width is not None:
+        # the reason may be cut short, to a few words; the other columns stay whole
+        needs = {**natural, "reason": min(natural["reason"], _REASON_MIN)}
+        while len(kept) > 3 and sum(needs[n] + _PADDING for n in kept) > width:
+            kept.pop()
+    room = None
+    if width is not None:
+        others = sum(natural[n] + _PADDING for n in kept if n != "reason")
+        room = max(_REASON_MIN, width - others - _PADDING - 1)
+    table = Table(title=f"{len(states)} jobs", title_justify="left", expand=False)
+    for name in kept:
+        cut = name == "reason" and room is not None
+        table.add_column(
+            name,
+            no_wrap=True,
+            overflow="ellipsis" if cut else "fold",
+            min_width=None if cut else natural[name],
+            max_width=room if cut else None,
         )
+    for row in rows:
+        cells: list[str | Text] = [row[name] for name in kept]
+        cells[1] = status_text(ViewStatus(row["status"]))
+        table.add_row(*cells)
     return table

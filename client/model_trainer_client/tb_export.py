@@ -3,9 +3,11 @@
 Scalars per progress event (at its step, with the event's time as wall time): ``loss/train``,
 ``loss/val``, ``ppl/train``, ``ppl/val``, ``optim/lr``, ``optim/grad_norm``,
 ``throughput/tokens_per_sec``; ``loss/test`` and ``ppl/test`` from the completed event. The
-config event is written as a text summary ``config`` (a Markdown table), a failure as
-``error``. When a later attempt resumes from an earlier step, its run is reopened with
-``purge_step`` so TensorBoard drops the replaced steps of the attempt before.
+config event is written as a text summary ``config`` (a Markdown table) and as HParams
+(compared by ``loss/val`` and ``loss/test``), a failure as ``error``. An export replaces the
+event files an earlier one wrote for a job, so a second export does not double its series.
+When a later attempt resumes from an earlier step, its run is reopened with ``purge_step`` so
+TensorBoard drops the replaced steps of the attempt before.
 
 The writer is tensorboardX (the client's ``tensorboard`` extra): it writes event files with
 protobuf alone, no TensorFlow, no torch.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -38,6 +40,7 @@ from .readers import LiveTail
 from .settings import ClientSettings
 
 ENVELOPE = set(EventBase.model_fields)
+HPARAM_METRICS = ["loss/val", "loss/test"]  # what the HParams view compares runs by
 
 
 class ScalarWriter(Protocol):
@@ -49,7 +52,39 @@ class ScalarWriter(Protocol):
 
     def add_text(self, tag: str, text_string: str, global_step: int, walltime: float) -> object: ...
 
+    def add_hparams(self, hparams: dict[str, HParam], metrics: list[str]) -> object: ...
+
     def close(self) -> object: ...
+
+
+HParam = str | int | float | bool
+
+
+class _HParamsWriter:
+    """tensorboardX's writer, and the HParams plugin's summaries written into its own run
+    (``SummaryWriter.add_hparams`` makes a run of its own per call)."""
+
+    def __init__(self, logdir: Path, purge_step: int | None, suffix: str) -> None:
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(
+            logdir=str(logdir), purge_step=purge_step, filename_suffix=suffix
+        )
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int, walltime: float) -> None:
+        self._writer.add_scalar(tag, scalar_value, global_step, walltime)
+
+    def add_text(self, tag: str, text_string: str, global_step: int, walltime: float) -> None:
+        self._writer.add_text(tag, text_string, global_step, walltime)
+
+    def add_hparams(self, hparams: dict[str, HParam], metrics: list[str]) -> None:
+        from tensorboardX.summary import hparams as summaries
+
+        for summary in summaries(hparams, dict.fromkeys(metrics, 0.0)):
+            self._writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 # (run folder, purge_step, file name suffix) -> writer
@@ -81,12 +116,7 @@ def tensorboardx_writer(logdir: Path, purge_step: int | None, suffix: str) -> Sc
             import tensorboardX  # noqa: F401
         finally:
             sys.meta_path.remove(blocker)
-    from tensorboardX import SummaryWriter
-
-    writer: ScalarWriter = SummaryWriter(
-        logdir=str(logdir), purge_step=purge_step, filename_suffix=suffix
-    )
-    return writer
+    return _HParamsWriter(logdir, purge_step, suffix)
 
 
 def markdown_table(fields: dict[str, object]) -> str:
@@ -110,9 +140,16 @@ class TensorBoardExport:
         self._factory = writer_factory
         self._runs: dict[str, _Run] = {}
         self._ended: dict[str, int] = {}  # job -> seq of its terminal event
+        self._rewritten: set[str] = set()  # jobs whose earlier exports' files are gone
 
     def _run(self, event: EventBase, purge_step: int | None = None) -> _Run:
         run = self._runs.get(event.job_id)
+        if run is None and event.job_id not in self._rewritten:
+            # This export reads the job's events from the start of the topic's retention: the
+            # event files an earlier export wrote for it would show every series twice.
+            self._rewritten.add(event.job_id)
+            for old in (self.logdir / event.job_id).glob("events.out.tfevents.*"):
+                old.unlink()
         if run is None:
             # Event files are named by the second they are opened in and read in name order:
             # the suffix keeps a run reopened within the same second apart, and after.
@@ -144,34 +181,41 @@ class TensorBoardExport:
 
     def _write(self, run: _Run, event: Update, walltime: float) -> None:
         writer = run.writer
-        if isinstance(event, ConfigEventV1):
-            fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
-            fields["attempt"] = event.attempt
-            writer.add_text("config", markdown_table(fields), event.start_step, walltime)
-        elif isinstance(event, ProgressEventV1):
-            step = event.step
-            run.last_step = max(run.last_step, step)
-            writer.add_scalar("loss/train", event.train_loss, step, walltime)
-            writer.add_scalar("ppl/train", event.train_ppl, step, walltime)
-            writer.add_scalar("optim/lr", event.learning_rate, step, walltime)
-            writer.add_scalar("optim/grad_norm", event.grad_norm, step, walltime)
-            writer.add_scalar("throughput/tokens_per_sec", event.tokens_per_sec, step, walltime)
-            if event.val_loss is not None:
-                writer.add_scalar("loss/val", event.val_loss, step, walltime)
-            if event.val_ppl is not None:
-                writer.add_scalar("ppl/val", event.val_ppl, step, walltime)
-        elif isinstance(event, CompletedEventV1):
-            if event.test_loss is not None:
-                writer.add_scalar("loss/test", event.test_loss, event.steps, walltime)
-            if event.test_ppl is not None:
-                writer.add_scalar("ppl/test", event.test_ppl, event.steps, walltime)
-            fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
-            writer.add_text("result", markdown_table(fields), event.steps, walltime)
-            self._end(event)
-        elif isinstance(event, FailedEventV1):
-            text = f"{event.code} at {event.stage}: {event.message}"
-            writer.add_text("error", text, max(run.last_step, 0), walltime)
-            self._end(event)
+        match event:
+            case QueuedNotice():
+                pass  # a wait, not a measurement
+            case ConfigEventV1():
+                fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
+                fields["attempt"] = event.attempt
+                writer.add_text("config", markdown_table(fields), event.start_step, walltime)
+                hparams = {k: v for k, v in fields.items() if isinstance(v, HParam)}
+                writer.add_hparams(hparams, HPARAM_METRICS)
+            case ProgressEventV1():
+                step = event.step
+                run.last_step = max(run.last_step, step)
+                writer.add_scalar("loss/train", event.train_loss, step, walltime)
+                writer.add_scalar("ppl/train", event.train_ppl, step, walltime)
+                writer.add_scalar("optim/lr", event.learning_rate, step, walltime)
+                writer.add_scalar("optim/grad_norm", event.grad_norm, step, walltime)
+                writer.add_scalar("throughput/tokens_per_sec", event.tokens_per_sec, step, walltime)
+                if event.val_loss is not None:
+                    writer.add_scalar("loss/val", event.val_loss, step, walltime)
+                if event.val_ppl is not None:
+                    writer.add_scalar("ppl/val", event.val_ppl, step, walltime)
+            case CompletedEventV1():
+                if event.test_loss is not None:
+                    writer.add_scalar("loss/test", event.test_loss, event.steps, walltime)
+                if event.test_ppl is not None:
+                    writer.add_scalar("ppl/test", event.test_ppl, event.steps, walltime)
+                fields = {k: v for k, v in event.model_dump().items() if k not in ENVELOPE}
+                writer.add_text("result", markdown_table(fields), event.steps, walltime)
+                self._end(event)
+            case FailedEventV1():
+                text = f"{event.code} at {event.stage}: {event.message}"
+                writer.add_text("error", text, max(run.last_step, 0), walltime)
+                self._end(event)
+            case _:
+                assert_never(event)
 
     def _end(self, event: EventBase) -> None:
         run = self._runs.pop(event.job_id, None)

@@ -56,6 +56,9 @@ class JobStateV1(BaseModel):
     failures: int = Field(0, ge=0, description="Infrastructure failures (worker death, stall).")
     last_seq: int = Field(-1, ge=-1, description="Highest seq published; -1 before any.")
     error_code: str | None = Field(None, description="The failed event's code, once failed.")
+    error_message: str | None = Field(
+        None, description="Why a command for this job_id was refused (status rejected)."
+    )
     submitted_at: AwareDatetime = Field(default_factory=_now)
     updated_at: AwareDatetime = Field(default_factory=_now)
 

@@ -327,6 +327,8 @@ class JobBook:
                 status=JobStatus.REJECTED,
                 request_digest="",
                 partition=tp.partition,
+                error_code=str(error.code),
+                error_message=error.message,
                 last_seq=seq,
                 submitted_at=_time(now),
                 updated_at=_time(now),

@@ -12,11 +12,13 @@ from typing import Annotated
 
 import structlog
 import typer
-from model_trainer_client.cli import load_job, register
+from model_trainer_client.cli import load_job, register, run_app
 from model_trainer_client.kafka import KafkaAccessError
 from model_trainer_client.settings import KafkaConfigError
+from model_trainer_contracts import ModelTrainerError
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from .kafka import BrokerUnreachableError
 from .logs import configure_logging
@@ -25,7 +27,7 @@ from .settings import ENV_PREFIX, Settings
 app = typer.Typer(
     help="Kafka-native service that trains language models on request.",
     no_args_is_help=True,
-    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 out = Console()
@@ -126,7 +128,12 @@ def sample(
     """Generate text from a trained model's artifact folder."""
     from .engine import sample as generate
 
-    out.print(generate(artifact_dir, prompt, max_new_tokens, temperature, seed), markup=False)
+    try:
+        text = generate(artifact_dir, prompt, max_new_tokens, temperature, seed)
+    except ModelTrainerError as exc:
+        console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    out.print(text, markup=False)
 
 
 @app.command()
@@ -140,8 +147,8 @@ def schema(
         console.print(f"wrote {path}")
 
 
-register(app)
+register(app, "model-trainer")
 
 
 def main() -> None:
-    app()
+    run_app(app, "model-trainer")

@@ -118,7 +118,8 @@ def test_rejections_do_not_end_a_known_job_but_show_an_unknown_one() -> None:
     other = board.get("b-4")
     assert other is not None
     assert other.rejected
-    assert other.status is JobStatus.FAILED
+    assert other.status is JobStatus.REJECTED
+    assert other.exit_code == 5  # the README's exit code for a rejected id
     board.apply(Job("b-4").queued())  # accepted later under the same id
     again = board.get("b-4")
     assert again is not None

@@ -149,6 +149,35 @@ async def test_dashboard_shows_a_job_queued_then_running_with_a_growing_curve_th
             api = await asyncio.to_thread(_get, f"{dashboard.url}api/jobs")
             assert b"shakespeare-42" in api
 
+            # a refused cancel of a mistyped id, and a job cancelled while it ran
+            typo = Job("nope-job", user_id=0, labels={}, t0=now + timedelta(minutes=2))
+            stopped = Job("stopped-1", t0=now + timedelta(minutes=3))
+            await pub.send(
+                topics.events, typo.failed(ModelTrainerErrorCode.JOB_NOT_FOUND, rejected=True)
+            )
+            await pub.send_all(
+                topics.events,
+                [
+                    stopped.queued(),
+                    stopped.config(),
+                    stopped.progress(2),
+                    stopped.failed(ModelTrainerErrorCode.TRAINING_CANCELLED),
+                ],
+            )
+            await until(browser, status_is("nope-job", "rejected"))
+            await until(browser, status_is("stopped-1", "cancelled"))
+            counts = browser.find_element("id", "counts").text
+            assert "rejected 1" in counts
+            assert "cancelled 1" in counts
+            badge = browser.execute_script(
+                "const b = document.querySelector(`tr[data-job='nope-job'] .badge`);"
+                "return getComputedStyle(b).backgroundColor"
+            )
+            assert badge not in ("rgba(0, 0, 0, 0)", "transparent")  # a visible badge
+            browser.execute_script("document.querySelector(`tr[data-job='nope-job']`).click()")
+            info = browser.find_element("id", "detail-info").text
+            assert "JOB_NOT_FOUND: job_not_found happened" in info
+
             shot = tmp_path / "dashboard.png"
             assert await asyncio.to_thread(browser.save_screenshot, str(shot))
             assert shot.stat().st_size > 10_000

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from model_trainer_client import flows
 from model_trainer_client.cli import app
 from model_trainer_client.decode import QueuedNotice
+from model_trainer_client.hints import spec_digest
 from model_trainer_client.readers import JobFollower, LiveTail, TopicReader, read_states
 from model_trainer_client.settings import ClientSettings
 from model_trainer_contracts import (
@@ -123,7 +124,8 @@ async def test_submit_follow_of_a_running_job_shows_history_then_follows(topics:
         sent = decode_command(await next_command(topics, job.job_id))
         assert isinstance(sent, SubmitJobV1)
         assert sent.job_id == job.job_id
-        assert "history: 3 events; running at step 2/10, loss 3.6000" in buffer.getvalue()
+        assert "history of live-1: 3 events\n" in buffer.getvalue()
+        assert "now running at step 2/10, loss 3.6000" in buffer.getvalue()
         await pub.send_all(topics.events, [job.progress(4, val=True), job.completed()])
         assert await asyncio.wait_for(follow, 30) == 0
     out = buffer.getvalue()
@@ -168,7 +170,7 @@ async def test_cancel_waits_for_the_jobs_end(topics: Topics) -> None:
         assert not cancel.done()
         await pub.send(topics.events, job.failed(ModelTrainerErrorCode.TRAINING_CANCELLED))
         assert await asyncio.wait_for(cancel, 30) == 0
-    assert "failed TRAINING_CANCELLED at prepare" in buffer.getvalue()
+    assert "cancelled TRAINING_CANCELLED at prepare" in buffer.getvalue()
     console, buffer = recording()
     again = flows.cancel(
         settings_of(topics), job.job_id, reason="", wait=True, timeout_s=30, console=console
@@ -207,6 +209,11 @@ async def test_watch_starts_each_partition_at_its_oldest_active_job(topics: Topi
     assert not {j.job_id for j in elsewhere} & seen
 
 
+def digest_of(job_id: str) -> str:
+    """The request digest the service records for :func:`submit_file`'s job."""
+    return spec_digest(SubmitJobV1.model_validate({**EXAMPLES[0].model_dump(), "job_id": job_id}))
+
+
 async def _publish_three_jobs(topics: Topics) -> None:
     done = Job("cli-done", labels={"team": "nlp"})
     bad = Job("cli-bad", user_id=9, labels={"team": "vision"})
@@ -219,8 +226,12 @@ async def _publish_three_jobs(topics: Topics) -> None:
         await pub.send_all(
             topics.state,
             [
-                done.state(JobStatus.COMPLETED),
-                bad.state(JobStatus.FAILED, error_code="CORPUS_NOT_FOUND"),
+                done.state(JobStatus.COMPLETED, request_digest=digest_of("cli-done")),
+                bad.state(
+                    JobStatus.FAILED,
+                    error_code="CORPUS_NOT_FOUND",
+                    request_digest=digest_of("cli-bad"),
+                ),
                 running.state(JobStatus.RUNNING),
             ],
         )

@@ -95,6 +95,31 @@ def test_export_writes_one_run_per_job_that_tensorboard_reads_back(
     assert error.startswith(b"CORPUS_NOT_FOUND at prepare")
 
 
+def test_a_second_export_into_the_same_folder_gives_each_series_once_with_hparams(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topics = Topics(kafka_bootstrap)
+    job = Job("tb-twice")
+    asyncio.run(_publish(topics, list(job.run(steps=6))))
+    logdir = tmp_path / "tb"
+    for _ in range(2):
+        done = CliRunner().invoke(
+            app, ["export", "tensorboard", "--logdir", str(logdir)], env=topics.env()
+        )
+        assert done.exit_code == 0, done.output
+    run = _read(logdir / "tb-twice")
+    assert [s.step for s in run.Scalars("loss/train")] == [2, 4, 6]
+    assert len(run.Tensors("config/text_summary")) == 1
+    hparams = run.PluginTagToContent("hparams")
+    assert sorted(hparams) == [
+        "_hparams_/experiment",
+        "_hparams_/session_end_info",
+        "_hparams_/session_start_info",
+    ]
+    assert b"learning_rate" in hparams["_hparams_/session_start_info"]
+    assert b"loss/val" in hparams["_hparams_/experiment"]
+
+
 def test_export_of_a_missing_topic_says_so(kafka_bootstrap: str, tmp_path: Path) -> None:
     topics = Topics(kafka_bootstrap)
     env = {**topics.env(), "MODEL_TRAINER_EVENTS_TOPIC": f"absent-{datetime.now(UTC):%H%M%S%f}"}

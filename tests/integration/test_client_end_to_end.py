@@ -13,12 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from model_trainer.client import EventWatcher
+from model_trainer_client import CommandSender
 from model_trainer_client.cli import app
 from model_trainer_client.flows import job_view
+from model_trainer_client.kafka import Record, topic_partitions
+from model_trainer_client.readers import TopicReader
 from model_trainer_client.render import render_board
 from model_trainer_client.settings import ClientSettings
-from model_trainer_contracts import CancelJobV1
+from model_trainer_contracts import CancelJobV1, encode
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -49,6 +53,14 @@ def test_client_follows_a_real_job_then_reads_its_status_and_the_job_list(
         assert "step 6/6" in followed.stderr
         artifact = stack.artifacts_root / "client-e2e"
         assert f"artifact: {artifact}" in followed.stderr
+        # into a pipe: the job id alone on stdout; one whole line per event, no bar, no repeat
+        assert followed.stdout == "client-e2e\n"
+        lines = followed.stderr.splitlines()
+        assert "━" not in followed.stderr
+        assert [n for n in ("completed in ", "artifact: ") if sum(n in x for x in lines) != 1] == []
+        config = next(line for line in lines if line.startswith("config: "))
+        assert config.endswith("attempt 1")
+        assert [line.split()[1] for line in lines if line.startswith("step ")][-1] == "6/6"
 
         runner = CliRunner()
         client_env = {k: v for k, v in env.items() if k.startswith("MODEL_TRAINER_")}
@@ -122,11 +134,70 @@ async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
             await asyncio.sleep(3)
             await send(stack, CancelJobV1(job_id="long"))
             ended = await follower
-            assert ended.returncode == 1, ended.stderr  # it failed: cancelled
-            assert "TRAINING_CANCELLED" in ended.stderr
+            assert ended.returncode == 4, ended.stderr  # cancelled: its own exit code
+            assert "cancelled TRAINING_CANCELLED" in ended.stderr
             assert time.monotonic() - started < 10 + 3
+            cancelled = await asyncio.to_thread(
+                runner.invoke, app, ["status", "long", "--json"], env=client_env
+            )
+            assert cancelled.exit_code == 4, cancelled.output
+            assert json.loads(cancelled.stdout)["status"] == "cancelled"
+
+            await _refusals_and_a_keyless_record(stack, client_env, runner)
     finally:
         service.stop()
+
+
+async def _refusals_and_a_keyless_record(
+    stack: Stack, client_env: dict[str, str], runner: CliRunner
+) -> None:
+    """A cancel of a mistyped id and a raw submit with a mistyped field: every command shows
+    both as rejected, with the service's reason; a record without a key is dead-lettered."""
+    bad = {**stack.job("typo-job"), "learning_rat": 0.1}
+    keyless = long_job(stack, "keyless-job")
+    async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
+        await sender.send(CancelJobV1(job_id="nope-job"))
+        await sender.send_raw(json.dumps(bad).encode(), key=b"typo-job")
+        await sender.send_raw(encode(keyless), key=None)
+
+    async def rejected(job_id: str) -> dict[str, object]:
+        async with asyncio.timeout(60):
+            while True:
+                done = await asyncio.to_thread(
+                    runner.invoke, app, ["status", job_id, "--json"], env=client_env
+                )
+                if done.exit_code == 5:
+                    row: dict[str, object] = json.loads(done.stdout)
+                    return row
+                await asyncio.sleep(0.5)
+
+    nope, typo = await rejected("nope-job"), await rejected("typo-job")
+    assert (nope["status"], nope["error_code"]) == ("rejected", "JOB_NOT_FOUND")
+    assert "nope-job" in str(nope["error_message"])
+    assert (typo["status"], typo["error_code"]) == ("rejected", "COMMAND_INVALID")
+    assert "learning_rat" in str(typo["error_message"])
+    listed = await asyncio.to_thread(runner.invoke, app, ["jobs", "--json"], env=client_env)
+    assert listed.exit_code == 0, listed.output
+    rows = {row["job_id"]: row for row in json.loads(listed.stdout)}
+    assert [rows[j]["status"] for j in ("nope-job", "typo-job")] == ["rejected", "rejected"]
+    assert rows["typo-job"]["error_message"] == typo["error_message"]
+    table = await asyncio.to_thread(runner.invoke, app, ["jobs"], env=client_env)
+    assert f"JOB_NOT_FOUND: {nope['error_message']}" in table.stdout, table.stdout
+    watched = await asyncio.to_thread(runner.invoke, app, ["watch", "typo-job"], env=client_env)
+    assert watched.exit_code == 5, watched.output
+    assert "typo-job rejected (COMMAND_INVALID" in watched.stdout
+
+    async with TopicReader(stack.bootstrap) as reader:
+        ids = await topic_partitions(stack.bootstrap, stack.dead_letter_topic)
+        await reader.add({TopicPartition(stack.dead_letter_topic, p): None for p in ids})
+        async with asyncio.timeout(60):
+            letters: list[Record] = []
+            while not any(r.value == encode(keyless) for r in letters):
+                letters += await reader.poll()
+    letter = next(r for r in letters if r.value == encode(keyless))
+    headers = dict(letter.headers)
+    assert headers["error_code"] == b"COMMAND_INVALID"
+    assert b"key" in headers["error_message"]
 
 
 def _follow(spec: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,9 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const STATUSES = ["queued", "running", "completed", "failed"];
+// every status the server sends (board.ViewStatus; a test keeps the two lists equal)
+const STATUSES = ["queued", "running", "completed", "failed", "cancelled", "rejected"];
+const ENDED_BADLY = ["failed", "cancelled", "rejected"];
 const state = { jobs: new Map(), series: new Map(), selected: null };
 
 // ---------------------------------------------------------------- model
@@ -134,7 +136,7 @@ function renderTable() {
       } else if (row.status === "queued" && row.queue_position !== null) {
         progress.textContent = `waiting #${row.queue_position}`;
       } else {
-        progress.textContent = row.status === "failed" ? row.error_code || "-" : "-";
+        progress.textContent = ENDED_BADLY.includes(row.status) ? row.error_code || "-" : "-";
       }
       tr.append(
         el("td", { class: "job" }, row.job_id),
@@ -271,6 +273,12 @@ function connect() {
   source.addEventListener("open", () => {
     status.textContent = "live";
     status.className = "connection live";
+  });
+  // the server's own link to Kafka: while it is down the page shows what it had, stale
+  source.addEventListener("kafka", (e) => {
+    const live = JSON.parse(e.data).live;
+    status.textContent = live ? "live" : "stale: Kafka unreachable";
+    status.className = live ? "connection live" : "connection stale";
   });
   source.addEventListener("error", () => {
     status.textContent = "reconnecting…";
