@@ -427,6 +427,9 @@ def register(app: typer.Typer) -> None:
     for command in (submit, cancel, status, jobs, watch, dashboard):
         app.command()(command)
     app.add_typer(export_app, name="export")
+    from .mlflow_cli import register_mlflow
+
+    register_mlflow(export_app)
 
 
 app = typer.Typer(

@@ -1,0 +1,201 @@
+"""``export mlflow``: events from the real broker in, a real ``mlflow server`` (SQLite backend
+store, local artifact root) out, read back with MLflow's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from model_trainer_client.cli import app
+from model_trainer_contracts import (
+    CompletedEventV1,
+    ConfigEventV1,
+    EventBase,
+    ProgressEventV1,
+    QueuedEventV1,
+)
+from typer.testing import CliRunner
+
+from .stream import Job, Publisher, Topics
+
+pytestmark = pytest.mark.kafka
+
+MODEL = "tiny-char"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port, its store and artifacts in a temp folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(root / "artifacts")]
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _artifact(root: Path, job_id: str) -> Path:
+    folder = root / job_id
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"job_id": job_id, "backend": "char_lstm"}))
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    return folder
+
+
+def _jobs(artifacts: Path) -> tuple[list[EventBase], list[EventBase], dict[str, list[int]]]:
+    """A completed job, a failed one (in another experiment, from its label), and one killed
+    at step 6 whose second attempt resumed from its step-4 checkpoint: the events up to the
+    kill, the events after it, and each job's train_loss steps."""
+    done = Job("ml-done", labels={"team": "nlp", "sweep": "lr"})
+    failed = Job("ml-failed", labels={"team": "nlp", "experiment": "char-failures"})
+    resumed = Job("ml-resumed", total_steps=8)
+    first: list[EventBase] = [*done.run(steps=6)]
+    completed = first[-1]
+    assert isinstance(completed, CompletedEventV1)
+    first[-1] = completed.model_copy(update={"artifact_path": str(_artifact(artifacts, "ml-done"))})
+    first += [failed.queued(), failed.config(), failed.progress(2), failed.failed()]
+    first += [resumed.queued(), resumed.config()]
+    first += [resumed.progress(step, val=step == 4) for step in (2, 4, 6)]
+    resumed.attempt = 2
+    after: list[EventBase] = [
+        QueuedEventV1.model_validate(
+            {**resumed.queued().model_dump(), "reason": "retry", "queue": "jobs-0"}
+        ),
+        resumed.config(start_step=4),
+    ]
+    second = [resumed.progress(step, val=step == 8) for step in (6, 8)]
+    after += [p.model_copy(update={"train_loss": p.train_loss - 1.0}) for p in second]
+    after.append(resumed.completed())
+    steps = {"ml-done": [2, 4, 6], "ml-failed": [2], "ml-resumed": [2, 4, 6, 8]}
+    return first, after, steps
+
+
+async def _publish(topics: Topics, events: list[EventBase], *, create: bool) -> None:
+    if create:
+        await topics.create(partitions=2)
+    async with Publisher(topics.bootstrap) as pub:
+        await pub.send_all(topics.events, events)
+
+
+def _export(topics: Topics, uri: str) -> str:
+    args = ["export", "mlflow", "--tracking-uri", uri, "--register-model", MODEL]
+    done = CliRunner().invoke(app, args, env=topics.env())
+    assert done.exit_code == 0, done.output
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("exported 3 jobs"), done.stderr
+    return line.split(": ", 1)[1]
+
+
+def _runs(client: MlflowClient) -> dict[str, Run]:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=100)
+    return {run.data.tags["model_trainer.job_id"]: run for run in runs}
+
+
+def test_export_mirrors_jobs_into_mlflow_runs_once(
+    kafka_bootstrap: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    topics = Topics(kafka_bootstrap)
+    first, after, steps = _jobs(tmp_path / "artifacts")
+    asyncio.run(_publish(topics, first, create=True))
+    assert _export(topics, mlflow_server) == (
+        "3 runs created, 0 rebuilt, 19 metric points, 57 params, 36 tags, "
+        "1 artifacts, 1 model versions"
+    )
+    # The job resumes after the export ran: its run held attempt 1's step 6, so it is rebuilt.
+    asyncio.run(_publish(topics, after, create=False))
+    assert _export(topics, mlflow_server).startswith("1 runs created, 1 rebuilt")
+    assert _export(topics, mlflow_server) == (
+        "0 runs created, 0 rebuilt, 0 metric points, 0 params, 0 tags, "
+        "0 artifacts, 0 model versions"
+    )
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = _runs(client)
+    assert sorted(runs) == ["ml-done", "ml-failed", "ml-resumed"]
+    experiment = {
+        job: client.get_experiment(run.info.experiment_id).name for job, run in runs.items()
+    }
+    assert experiment == {
+        "ml-done": "model-trainer",
+        "ml-failed": "char-failures",
+        "ml-resumed": "model-trainer",
+    }
+    everything = first + after
+    for job_id, run in runs.items():
+        progress = {
+            e.step: e for e in everything if isinstance(e, ProgressEventV1) and e.job_id == job_id
+        }
+        if job_id == "ml-resumed":  # attempt 2's step 6 replaced attempt 1's
+            progress[6] = next(e for e in after if isinstance(e, ProgressEventV1) and e.step == 6)
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert [m.step for m in history] == steps[job_id]
+        assert [m.value for m in history] == pytest.approx(
+            [progress[s].train_loss for s in steps[job_id]]
+        )
+        assert [m.timestamp for m in history] == [
+            int(progress[s].ts.timestamp() * 1000) for s in steps[job_id]
+        ]
+        for key in run.data.metrics:
+            points = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert points == sorted(set(points)), (job_id, key)
+        config = next(e for e in everything if isinstance(e, ConfigEventV1) and e.job_id == job_id)
+        assert run.data.params["learning_rate"] == str(config.learning_rate)
+        assert run.data.params["num_parameters"] == "800000"
+        assert run.data.tags["backend"] == "gpt2"
+        assert run.data.tags["user_id"] == "7"
+        assert run.data.tags["label.team"] == "nlp"
+
+    done, failed, resumed = runs["ml-done"], runs["ml-failed"], runs["ml-resumed"]
+    assert (done.info.status, done.data.tags["status"]) == ("FINISHED", "completed")
+    assert done.data.metrics["test_loss"] == pytest.approx(2.5)
+    assert done.data.tags["label.sweep"] == "lr"
+    assert (failed.info.status, failed.data.tags["status"]) == ("FAILED", "failed")
+    assert failed.data.tags["error_code"] == "CORPUS_NOT_FOUND"
+    assert failed.data.tags["error_message"] == "corpus_not_found happened"
+    assert failed.data.tags["error_stage"] == "prepare"
+    assert (resumed.info.status, resumed.data.tags["attempt"]) == ("FINISHED", "2")
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "val_loss")] == [4, 8]
+
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", done.info.run_id)]
+    fetched = Path(client.download_artifacts(done.info.run_id, "model", str(tmp_path / "dl")))
+    assert sorted(p.name for p in fetched.iterdir()) == ["manifest.json", "model.safetensors"]
+    assert (fetched / "model.safetensors").read_bytes() == bytes(range(256)) * 4
