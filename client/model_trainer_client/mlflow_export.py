@@ -329,6 +329,7 @@ class MlflowMirror:
             f"{written.artifact_uri}/model",
             run_id=written.run_id,
             tags={JOB_ID_TAG: job.job_id},
+            await_creation_for=0,  # the file store's versions are ready at once
         )
         self.counts.versions += 1
 
