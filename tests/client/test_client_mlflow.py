@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ from model_trainer_contracts import (
 )
 from typer.testing import CliRunner
 
+from tests.figures import Figure
+
 from .stream import Job, Publisher, Topics
 
 pytestmark = pytest.mark.kafka
@@ -41,8 +44,14 @@ def _free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    started_in_s: float
+
+
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """``mlflow server`` on a free loopback port, its store and artifacts in a temp folder."""
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
@@ -69,8 +78,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert server.poll() is None, (root / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
-        print(f"mlflow server up in {time.monotonic() - started:.1f} s")
-        yield uri
+        yield MlflowServer(uri, time.monotonic() - started)
     finally:
         server.terminate()
         try:
@@ -140,24 +148,26 @@ def _runs(client: MlflowClient) -> dict[str, Run]:
 
 
 def test_export_mirrors_jobs_into_mlflow_runs_once(
-    kafka_bootstrap: str, mlflow_server: str, tmp_path: Path
+    kafka_bootstrap: str, mlflow_server: MlflowServer, tmp_path: Path, figure: Figure
 ) -> None:
+    figure(f"mlflow server (SQLite store) answered {mlflow_server.started_in_s:.1f} s after start")
+    uri = mlflow_server.uri
     topics = Topics(kafka_bootstrap)
     first, after, steps = _jobs(tmp_path / "artifacts")
     asyncio.run(_publish(topics, first, create=True))
-    assert _export(topics, mlflow_server) == (
+    assert _export(topics, uri) == (
         "3 runs created, 0 rebuilt, 49 metric points, 51 params, 25 tags, "
         "1 artifacts, 1 model versions"
     )
     # The job resumes after the export ran: its run held attempt 1's step 6, so it is rebuilt.
     asyncio.run(_publish(topics, after, create=False))
-    assert _export(topics, mlflow_server).startswith("1 runs created, 1 rebuilt")
-    assert _export(topics, mlflow_server) == (
+    assert _export(topics, uri).startswith("1 runs created, 1 rebuilt")
+    assert _export(topics, uri) == (
         "0 runs created, 0 rebuilt, 0 metric points, 0 params, 0 tags, "
         "0 artifacts, 0 model versions"
     )
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=uri)
     runs = _runs(client)
     assert sorted(runs) == ["ml-done", "ml-failed", "ml-resumed"]
     experiment = {
