@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from .stream import Job, Publisher, Topics
 pytestmark = pytest.mark.kafka
 
 MODEL = "tiny-char"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -63,7 +66,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     # No job-execution workers: the export needs the tracking API alone, and each worker is
     # another process importing MLflow (seconds of CPU).
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     deadline = started + 300  # its imports take 20 s of CPU: more on a busy machine
@@ -80,11 +85,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
             time.sleep(0.5)
         yield MlflowServer(uri, time.monotonic() - started)
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn it started
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
 
@@ -219,3 +224,31 @@ def test_export_mirrors_jobs_into_mlflow_runs_once(
     fetched = Path(client.download_artifacts(done.info.run_id, "model", str(tmp_path / "dl")))
     assert sorted(p.name for p in fetched.iterdir()) == ["manifest.json", "model.safetensors"]
     assert (fetched / "model.safetensors").read_bytes() == bytes(range(256)) * 4
+    if os.environ.get("MODEL_TRAINER_UPDATE_SCREENSHOT"):
+        _screenshot(f"{uri}/#/experiments/{done.info.experiment_id}/runs/{done.info.run_id}")
+
+
+def _screenshot(page: str) -> None:
+    """The README's picture of an exported run, by headless Debian chromium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium is not None, "needs Debian's chromium"
+    assert driver_path is not None, "needs Debian's chromium-driver"
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1000")
+    browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        browser.get(page)
+        shown = "return document.body.innerText.includes('test_loss')"
+        WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda b: b.execute_script(shown))
+        time.sleep(3)  # charts and tables settle after their data arrives
+        assert browser.save_screenshot(str(ROOT / "docs" / "mlflow.png"))
+    finally:
+        browser.quit()
