@@ -192,7 +192,7 @@ class _Checker:
                 return
         self.values(old, new, path)
         self.bounds(old, new, path)
-        if "properties" in old or "properties" in new or "additionalProperties" in new:
+        if any(key in new for key in ("properties", "additionalProperties", "propertyNames")):
             self.object(old, new, path, depth)
         old_items, new_items = old.get("items"), new.get("items")
         if isinstance(new_items, dict):

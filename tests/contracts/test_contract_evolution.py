@@ -37,7 +37,7 @@ from model_trainer_contracts.compat import (
     check_backward,
 )
 from model_trainer_contracts.schema import MESSAGES, reader_json_schema
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 from pydantic.fields import FieldInfo
 from typer.testing import CliRunner
 
@@ -205,3 +205,102 @@ def test_the_generator_refuses_to_overwrite_a_released_schema(tmp_path: Path) ->
         "trainer.metrics.progress.v1: field `gpu_temp_c`: removed or renamed field" in result.output
     )
     assert "(.v2)" in result.output
+
+
+def _field(node: dict[str, JsonValue], *, closed: bool = False) -> dict[str, JsonValue]:
+    schema: dict[str, JsonValue] = {"type": "object", "properties": {"f": node}}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+# (released field schema, current field schema, the rule broken or None; where, if deeper)
+RAW: list[tuple[str, dict[str, JsonValue], dict[str, JsonValue], str | None, str]] = [
+    ("integer widened to number", {"type": "integer"}, {"type": "number"}, None, "f"),
+    ("number narrowed to integer", {"type": "number"}, {"type": "integer"}, NARROWED_TYPE, "f"),
+    ("any value narrowed", {}, {"type": "string"}, NARROWED_TYPE, "f"),
+    ("pattern added", {"type": "string"}, {"type": "string", "pattern": "^a"}, NARROWED_TYPE, "f"),
+    ("maxLength lowered", {"maxLength": 9}, {"maxLength": 8}, NARROWED_TYPE, "f"),
+    ("minItems raised", {"type": "array"}, {"type": "array", "minItems": 1}, NARROWED_TYPE, "f"),
+    ("exclusive at the same bound", {"minimum": 0}, {"exclusiveMinimum": 0}, NARROWED_TYPE, "f"),
+    ("inclusive at the same bound", {"exclusiveMaximum": 1}, {"maximum": 1}, None, "f"),
+    ("minimum lowered", {"minimum": 2}, {"minimum": 1}, None, "f"),
+    ("const changed", {"const": "a"}, {"const": "b"}, NARROWED_TYPE, "f"),
+    ("enum where any string was", {"type": "string"}, {"enum": ["a"]}, NARROWED_TYPE, "f"),
+    (
+        "array items narrowed",
+        {"type": "array", "items": {"type": "number"}},
+        {"type": "array", "items": {"type": "integer"}},
+        NARROWED_TYPE,
+        "f[]",
+    ),
+    (
+        "tuple member narrowed",
+        {"type": "array", "prefixItems": [{"type": "string"}, {"type": "number"}]},
+        {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]},
+        NARROWED_TYPE,
+        "f[1]",
+    ),
+    (
+        "map values narrowed",
+        {"type": "object", "additionalProperties": {"type": "number"}},
+        {"type": "object", "additionalProperties": {"type": "integer"}},
+        NARROWED_TYPE,
+        "f.*",
+    ),
+    (
+        "map keys bounded",
+        {"type": "object", "additionalProperties": {"type": "string"}},
+        {"type": "object", "propertyNames": {"maxLength": 8}},
+        NARROWED_TYPE,
+        "f.(key)",
+    ),
+    (
+        "object closed",
+        {"type": "object", "properties": {}},
+        {"type": "object", "properties": {}, "additionalProperties": False},
+        NARROWED_TYPE,
+        "f",
+    ),
+    (
+        "new constraint",
+        {"type": "object"},
+        {"type": "object", "allOf": [{"not": {"required": ["a", "b"]}}]},
+        NARROWED_TYPE,
+        "f",
+    ),
+    (
+        "union option dropped",
+        {"anyOf": [{"type": "string"}, {"type": "boolean"}]},
+        {"type": "string"},
+        NARROWED_TYPE,
+        "f",
+    ),
+    (
+        "union option added",
+        {"type": "string"},
+        {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        None,
+        "f",
+    ),
+    (
+        "variant by reference",
+        {"$ref": "#/$defs/A"},
+        {"oneOf": [{"$ref": "#/$defs/A"}, {"const": 3}]},
+        None,
+        "f",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("released", "current", "rule", "where"), [r[1:] for r in RAW], ids=[r[0] for r in RAW]
+)
+def test_the_rules_on_raw_schemas(
+    released: dict[str, JsonValue], current: dict[str, JsonValue], rule: str | None, where: str
+) -> None:
+    defs: dict[str, JsonValue] = {"A": {"title": "A", "type": "object", "properties": {}}}
+    old, new = {**_field(released), "$defs": defs}, {**_field(current), "$defs": defs}
+    found = check_backward("t.v1", old, new)
+    assert [(i.field, i.rule) for i in found] == ([] if rule is None else [(where, rule)])
+    assert all(str(i).startswith(f"t.v1: field `{where}`: ") for i in found)
