@@ -225,7 +225,8 @@ def test_export_mirrors_jobs_into_mlflow_runs_once(
     assert sorted(p.name for p in fetched.iterdir()) == ["manifest.json", "model.safetensors"]
     assert (fetched / "model.safetensors").read_bytes() == bytes(range(256)) * 4
     if os.environ.get("MODEL_TRAINER_UPDATE_SCREENSHOT"):
-        _screenshot(f"{uri}/#/experiments/{done.info.experiment_id}/runs/{done.info.run_id}")
+        run_page = f"{uri}/#/experiments/{resumed.info.experiment_id}/runs/{resumed.info.run_id}"
+        _screenshot(f"{run_page}/model-metrics")
 
 
 def _screenshot(page: str) -> None:
@@ -242,11 +243,11 @@ def _screenshot(page: str) -> None:
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
+    options.add_argument("--window-size=1600,1000")
     browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
         browser.get(page)
-        shown = "return document.body.innerText.includes('test_loss')"
+        shown = "return document.querySelectorAll('svg .trace, canvas').length >= 4"
         WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda b: b.execute_script(shown))
         time.sleep(3)  # charts and tables settle after their data arrives
         assert browser.save_screenshot(str(ROOT / "docs" / "mlflow.png"))
