@@ -386,15 +386,17 @@ async def export(
             log_artifacts=log_artifacts,
         )
         touched: dict[str, JobRun] = {}
-        while follow or not await tail.caught_up():
-            for item in await tail.poll():
-                if isinstance(item, EventBase):
-                    job = folded.apply(item)
-                    if job is not None:
-                        touched[job.job_id] = job
-            if follow:  # live: after each read; once: at the end, each run written once
-                await _sync(mirror, touched)
-            await asyncio.sleep(0)
-        await _sync(mirror, touched)
-    console.print(f"exported {len(folded.jobs)} jobs to {tracking_uri}: {mirror.counts}")
+        try:
+            while follow or not await tail.caught_up():
+                for item in await tail.poll():
+                    if isinstance(item, EventBase):
+                        job = folded.apply(item)
+                        if job is not None:
+                            touched[job.job_id] = job
+                if follow:  # live: after each read; once: at the end, each run written once
+                    await _sync(mirror, touched)
+                await asyncio.sleep(0)
+            await _sync(mirror, touched)
+        finally:  # interrupted (--follow ends so) or not, say what was written
+            console.print(f"exported {len(folded.jobs)} jobs to {tracking_uri}: {mirror.counts}")
     return 0

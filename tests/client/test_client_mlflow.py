@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,3 +253,56 @@ def _screenshot(page: str) -> None:
         assert browser.save_screenshot(str(ROOT / "docs" / "mlflow.png"))
     finally:
         browser.quit()
+
+
+def _until(what: Callable[[], bool], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_follow_mirrors_a_job_live_and_rebuilds_its_run_on_resume(
+    kafka_bootstrap: str, mlflow_server: MlflowServer
+) -> None:
+    topics = Topics(kafka_bootstrap)
+    job = Job("ml-live", labels={"experiment": "live"}, total_steps=8)
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+
+    def steps() -> list[int]:
+        found = client.get_experiment_by_name("live")
+        if found is None:
+            return []
+        runs = client.search_runs([found.experiment_id])
+        if len(runs) != 1 or (runs[0].info.status != "FINISHED" and job.attempt == 2):
+            return []
+        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+
+    asyncio.run(_publish(topics, [job.queued(), job.config()], create=True))
+    script = Path(sys.executable).parent / "model-trainer-client"
+    command = [str(script), "export", "mlflow", "--tracking-uri", mlflow_server.uri, "--follow"]
+    follower = subprocess.Popen(
+        command,
+        env={**os.environ, **topics.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        asyncio.run(_publish(topics, [job.progress(s) for s in (2, 4, 6)], create=False))
+        _until(lambda: steps() == [2, 4, 6])
+        job.attempt = 2
+        resumed = [job.queued(), job.config(start_step=4), job.progress(6), job.progress(8)]
+        asyncio.run(_publish(topics, [*resumed, job.completed()], create=False))
+        _until(lambda: steps() == [2, 4, 6, 8])
+        live = client.get_experiment_by_name("live")
+        assert live is not None
+        run = client.search_runs([live.experiment_id])[0]
+        sixth = client.get_metric_history(run.info.run_id, "train_loss")[2]
+        assert sixth.timestamp == int(resumed[2].ts.timestamp() * 1000)  # attempt 2's step 6
+    finally:
+        follower.send_signal(signal.SIGINT)
+        output, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 0, output
+    assert "exported 1 jobs" in " ".join(output.split())
+    assert "1 rebuilt" in " ".join(output.split())
