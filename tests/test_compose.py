@@ -141,3 +141,16 @@ def test_gpu_override_reserves_an_nvidia_device() -> None:
     assert devices[0]["driver"] == "nvidia"
     assert "gpu" in devices[0]["capabilities"]
     assert set(_compose("compose.gpu.yaml")["services"]) == {"model-trainer"}
+
+
+def test_mlflow_is_an_optional_profile_at_the_pinned_version() -> None:
+    mlflow = _compose()["services"]["mlflow"]
+    assert mlflow["profiles"] == ["mlflow"]
+    lock = (ROOT / "uv.lock").read_text()
+    pinned = re.search(r'name = "mlflow"\nversion = "([^"]+)"', lock)
+    assert pinned is not None
+    assert mlflow["image"] == f"ghcr.io/mlflow/mlflow:v{pinned[1]}"
+    command = mlflow["command"]
+    assert isinstance(command, list)
+    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in command
+    assert mlflow["ports"] == ["5000:5000"]

@@ -556,6 +556,9 @@ def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
     for command in (submit, cancel, status, jobs, watch, dashboard):
         app.command()(command)
     app.add_typer(export_app, name="export")
+    from .mlflow_cli import register_mlflow
+
+    register_mlflow(export_app)
 
 
 def run_app(app: typer.Typer, prog: str) -> None:

@@ -116,7 +116,7 @@ def _wire_requirements(spec: MessageSpec, schema: JsonObject) -> JsonObject:
         names = set(properties)
     else:
         names.add("type")
-    if spec.model is SubmitJobV1:
+    if spec.type == "trainer.job.submit.v1":  # by type, so altered copies of the model match
         names.discard("model")
     return {**schema, "required": [name for name in properties if name in names]}
 
@@ -131,6 +131,21 @@ def message_json_schema(spec: MessageSpec, *, sort_keys: bool = True) -> JsonObj
         "description": spec.description,
     }
     return _object(sorted_json(schema)) if sort_keys else schema
+
+
+def reader_json_schema(spec: MessageSpec) -> JsonObject:
+    """What a reader built from the current model accepts: the schema the compatibility check
+    holds against the released one.
+
+    The committed schemas mark every event field required because the service writes all of
+    them; a reader needs only the fields without a default, so a new event field with a
+    default is a compatible addition.
+    """
+    schema = message_json_schema(spec)
+    if spec.kind == "event":
+        needed = spec.model.model_json_schema(mode="validation").get("required", [])
+        schema["required"] = needed if isinstance(needed, list) else []
+    return schema
 
 
 def json_schemas() -> dict[str, JsonObject]:

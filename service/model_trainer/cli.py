@@ -140,10 +140,19 @@ def sample(
 def schema(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write into.")] = Path("docs"),
 ) -> None:
-    """Write JSON Schemas, the AsyncAPI document and the message catalogue."""
-    from .schema_docs import write_schema_docs
+    """Write JSON Schemas, the AsyncAPI document and the message catalogue.
 
-    for path in write_schema_docs(out_dir):
+    Refuses (exit 1, naming each field and rule) to replace a released schema in
+    ``OUT/schemas`` with one that is not BACKWARD-compatible with it.
+    """
+    from .schema_docs import IncompatibleContractError, write_schema_docs
+
+    try:
+        written = write_schema_docs(out_dir)
+    except IncompatibleContractError as refused:
+        console.print(str(refused), markup=False)
+        raise typer.Exit(1) from refused
+    for path in written:
         console.print(f"wrote {path}")
 
 

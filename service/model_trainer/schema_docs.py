@@ -1,7 +1,10 @@
 """Write the contract's documents: JSON Schemas, AsyncAPI, examples and a Markdown catalogue.
 
 ``model-trainer schema --out DIR`` calls :func:`write_schema_docs`; ``docs/`` at the repository
-root holds the committed output, and a test fails when it is stale.
+root holds the committed output, and a test fails when it is stale. The schemas committed under
+``docs/schemas/`` are the released contract: the generator refuses to overwrite one with a schema
+that is not BACKWARD-compatible with it (:func:`released_incompatibilities`), so breaking a
+message takes a new version (``.v2``) next to it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 from pathlib import Path
 
 from model_trainer_contracts import ERROR_INFO
+from model_trainer_contracts.compat import Incompatibility, check_backward
 from model_trainer_contracts.schema import (
     DEAD_LETTER_DESCRIPTION,
     MESSAGES,
@@ -21,6 +25,7 @@ from model_trainer_contracts.schema import (
     dumps,
     example_json,
     message_json_schema,
+    reader_json_schema,
 )
 from model_trainer_contracts.topics import DEAD_LETTER_TOPIC
 from pydantic import JsonValue
@@ -28,13 +33,47 @@ from pydantic import JsonValue
 REGENERATE = "model-trainer schema --out docs"
 
 
+class IncompatibleContractError(Exception):
+    """The current contracts cannot read what the released schemas describe."""
+
+    def __init__(self, found: list[Incompatibility]) -> None:
+        self.found = found
+        lines = "\n".join(f"  {item}" for item in found)
+        super().__init__(
+            f"{len(found)} change(s) not BACKWARD-compatible with the released schemas:\n"
+            f"{lines}\nKeep the released version readable; to break it, add a new version "
+            "(.v2) of the message next to it."
+        )
+
+
+def released_incompatibilities(schemas_dir: Path) -> list[Incompatibility]:
+    """How the current contracts break the schemas released in ``schemas_dir``.
+
+    A message type without a released schema is new, so anything goes; a released type the
+    contracts no longer define is a retired version, whose file the generator removes.
+    """
+    found: list[Incompatibility] = []
+    for spec in MESSAGES:
+        path = schemas_dir / f"{spec.type}.json"
+        if path.exists():
+            released = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(released, dict):
+                found += check_backward(spec.type, released, reader_json_schema(spec))
+    return found
+
+
 def write_schema_docs(out_dir: Path) -> list[Path]:
     """Write every generated document under ``out_dir``; return the paths written, sorted.
 
     Writes ``schemas/<type>.json``, ``examples/<type>.json``, ``asyncapi.json`` and
     ``catalogue.md``. Stale ``*.json`` files in ``schemas/`` and ``examples/`` (a message type
-    that no longer exists) are removed; nothing else in ``out_dir`` is touched.
+    that no longer exists) are removed; nothing else in ``out_dir`` is touched. Raises
+    :class:`IncompatibleContractError`, writing nothing, when a schema already in
+    ``schemas/`` would be replaced by one that cannot read its messages.
     """
+    found = released_incompatibilities(out_dir / "schemas")
+    if found:
+        raise IncompatibleContractError(found)
     documents = render_schema_docs()
     for folder in ("schemas", "examples"):
         for stale in sorted((out_dir / folder).glob("*.json")):

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = """
 import importlib.util, sys
 import model_trainer_client.cli, model_trainer_client.dashboard, model_trainer_client.tb_export
+import model_trainer_client.mlflow_export
 from model_trainer_client import JobBoard, decode_update
-absent = ("torch", "transformers", "model_trainer", "tensorboardX")
+absent = ("torch", "transformers", "model_trainer", "tensorboardX", "mlflow")
 installed = [name for name in absent if importlib.util.find_spec(name) is not None]
 loaded = [name for name in absent if name in sys.modules]
 assert not installed and not loaded, (installed, loaded)
@@ -61,3 +62,10 @@ def test_client_installs_and_runs_without_torch_or_the_service(tmp_path: Path) -
     )
     assert no_extra.returncode == 2
     assert "model-trainer-client[tensorboard]" in no_extra.stderr
+    no_mlflow = _run(
+        [str(venv / "bin" / "model-trainer-client"), "export", "mlflow", "--tracking-uri", "x"],
+        env,
+        tmp_path,
+    )
+    assert no_mlflow.returncode == 2
+    assert "model-trainer-client[mlflow]" in no_mlflow.stderr
