@@ -110,7 +110,12 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.CORPUS_MALFORMED_RECORD: ErrorInfo(
         422, False, "A JSONL line is not a JSON object with the text field."
     ),
-    _C.PATH_NOT_ALLOWED: ErrorInfo(403, False, "The path leaves the service's data root."),
+    _C.PATH_NOT_ALLOWED: ErrorInfo(
+        403,
+        False,
+        "The path leaves the service's data root, or a file a model folder would have loaded "
+        "(a symlink, a shard its index names) leads outside the folder.",
+    ),
     _C.CHECKPOINT_NOT_FOUND: ErrorInfo(404, False, "The checkpoint to resume from is missing."),
     _C.CHECKPOINT_CORRUPT: ErrorInfo(500, False, "The checkpoint cannot be read."),
     _C.CHECKPOINT_CONFIG_MISMATCH: ErrorInfo(
