@@ -219,7 +219,8 @@ class Dashboard:
         port = self._port
         for address in self._runner.addresses:  # the port bound, when 0 was asked for
             port = int(address[1])
-        self.url = f"http://{self._host}:{port}/"
+        shown = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
+        self.url = f"http://{shown}:{port}/"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
