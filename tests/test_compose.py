@@ -146,7 +146,9 @@ def test_gpu_override_reserves_an_nvidia_device() -> None:
 def test_published_ports_listen_on_loopback_unless_told() -> None:
     for name in ("docker-compose.yml", "compose.gpu.yaml"):
         for service, spec in _compose(name)["services"].items():
-            for port in spec.get("ports") or []:
+            ports = spec.get("ports") or []
+            assert isinstance(ports, list)
+            for port in ports:
                 assert str(port).startswith("${MODEL_TRAINER_PUBLISH_ADDRESS:-127.0.0.1}:"), (
                     f"{name}: {service} publishes {port} on every interface"
                 )

@@ -91,8 +91,10 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.RESOURCE_LIMIT_EXCEEDED: ErrorInfo(
         422,
         False,
-        "The job's estimated peak memory is over a worker's memory budget; details give the "
-        "estimate_mb, the budget_mb and the breakdown.",
+        "The job's estimated peak memory is over a worker's memory budget, its estimated disk "
+        "use over a disk budget, or a setting over a service-wide cap (max_steps, "
+        "eval_batches, checkpoint_every); details give the estimate_mb, the budget_mb and the "
+        "breakdown, or the field, its value and the limit.",
     ),
     _C.UNSUPPORTED_BACKEND: ErrorInfo(
         400, False, "The backend does not exist or cannot do what the job asks."

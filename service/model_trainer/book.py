@@ -59,6 +59,7 @@ log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode
 EXPIRY_EVERY_S = 60.0
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
+DEAD_LETTER_MAX_KEY_BYTES = 1024  # a key is a job_id (at most 128 characters) when it is sane
 
 
 def _time(now: float) -> datetime:
@@ -250,7 +251,11 @@ class JobBook:
             # retried forever; its header says how much of the original it keeps.
             headers.append(("original_size", str(len(value)).encode()))
             value = value[:DEAD_LETTER_MAX_BYTES]
-        records = [Outgoing(self.policy.dead_letter_topic, record.key or b"", value, headers)]
+        key = record.key or b""
+        if len(key) > DEAD_LETTER_MAX_KEY_BYTES:  # the same limit: a huge key must not block it
+            headers.append(("original_key_size", str(len(key)).encode()))
+            key = key[:DEAD_LETTER_MAX_KEY_BYTES]
+        records = [Outgoing(self.policy.dead_letter_topic, key, value, headers)]
         events: list[EventBase] = []
         if job_id is not None:
             answer, event = self._rejection(job_id, salvage_user_id(record.value), error, now)
@@ -378,7 +383,7 @@ class JobBook:
             job.phase = Phase.RUNNING
             job.last_heard, job.held = None, None
             job.stop_sent, job.kill_at = None, None
-            timeout = job.spec.timeout_s
+            timeout = job.spec.timeout_s or self.policy.default_timeout_s
             job.deadline = now + timeout if timeout is not None else None
             order = RunOrder(
                 job_json=encode(job.spec),
@@ -584,7 +589,8 @@ class JobBook:
     def _timed_out(self, job: Job) -> FailedEventV1:
         error = ModelTrainerError(
             _C.TRAINING_TIMEOUT,
-            f"the run passed its timeout of {job.spec.timeout_s:g}s and did not stop within "
+            f"the run passed its timeout of {job.spec.timeout_s or self.policy.default_timeout_s}s"
+            " and did not stop within "
             f"{self.policy.cancel_grace_s:g}s; it was killed",
             stage="train",
         )

@@ -69,6 +69,7 @@ class Policy:
     artifacts_root: Path
     max_corpus_bytes: int
     max_command_bytes: int
+    default_timeout_s: float | None = None  # a job that sets no timeout_s gets this one
 
 
 def request_digest(job: SubmitJobV1) -> str:

@@ -35,6 +35,7 @@ def policy_of(settings: Settings) -> Policy:
         artifacts_root=settings.artifacts_root.resolve(),
         max_corpus_bytes=settings.max_corpus_bytes,
         max_command_bytes=settings.max_command_bytes,
+        default_timeout_s=settings.default_timeout_s,
     )
 
 

@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from model_trainer_contracts import SubmitJobV1
 
 from .book import JobBook
+from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
@@ -65,6 +66,7 @@ class TrainerService:
             shared_artifacts=settings.shared_artifacts,
             memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
         )
+        admit_limits(job, settings)
 
     async def run(self, stop: anyio.Event) -> None:
         settings = self.settings
