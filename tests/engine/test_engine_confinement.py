@@ -201,3 +201,26 @@ def test_a_sharded_folder_inside_loads_and_counts_its_shards(env: Env) -> None:
     admit(job, data_root=env.data_root, artifacts_root=env.artifacts_root)
     done = run_job(env.ctx(job, []))
     assert Path(done.artifact_path).is_dir()
+
+
+def test_the_memory_estimate_counts_the_weights_the_folder_loads(env: Env) -> None:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    )
+    folder = save_tiny(env, "gpt2", "sharded")
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(str(folder), max_shard_size="40KB")
+    save_file({"big": torch.zeros(4000, 1000)}, str(folder / "unused.safetensors"))
+    job = env.job("pretrained", model={"path": "models/sharded"})
+    params = sum(p.numel() for p in model.parameters())
+    with pytest.raises(ModelTrainerError) as err:
+        admit(job, data_root=env.data_root, artifacts_root=env.artifacts_root, memory_budget_mb=1)
+    assert err.value.code == C.RESOURCE_LIMIT_EXCEEDED
+    breakdown = err.value.details["breakdown_mb"]
+    assert isinstance(breakdown, dict)
+    # fp32 weights, gradients and AdamW's two moments of the shards' parameters; the unused
+    # 16 MB file is not counted.
+    assert breakdown["weights"] == -(-4 * params // (1 << 20))
+    assert breakdown["optimizer"] == -(-8 * params // (1 << 20))
+    admit(job, data_root=env.data_root, artifacts_root=env.artifacts_root, memory_budget_mb=200)
