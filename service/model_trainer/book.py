@@ -587,10 +587,10 @@ class JobBook:
         return [Publish(tuple(records), commits, (event,), job.job_id), *self._dispatch(now)]
 
     def _timed_out(self, job: Job) -> FailedEventV1:
+        timeout = job.spec.timeout_s or self.policy.default_timeout_s or 0.0
         error = ModelTrainerError(
             _C.TRAINING_TIMEOUT,
-            f"the run passed its timeout of {job.spec.timeout_s or self.policy.default_timeout_s}s"
-            " and did not stop within "
+            f"the run passed its timeout of {timeout:g}s and did not stop within "
             f"{self.policy.cancel_grace_s:g}s; it was killed",
             stage="train",
         )

@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         description="Larger commands: COMMAND_TOO_LARGE (Kafka's default record limit is 1 MB).",
     )
     max_corpus_bytes: int = Field(1 << 30, ge=1, description="Larger: CORPUS_TOO_LARGE.")
-    # Service-wide limits on what one job may ask, checked at acceptance (see policy.py).
+    # Service-wide limits on what one job may ask, checked at acceptance (budgets.py).
     max_job_steps: int = Field(
         1_000_000, ge=1, description="A job asking more max_steps: RESOURCE_LIMIT_EXCEEDED."
     )
