@@ -216,7 +216,7 @@ class Settings(BaseSettings):
         5_000, ge=1, description="A job asking more eval_batches: RESOURCE_LIMIT_EXCEEDED."
     )
     min_checkpoint_every: int = Field(
-        10, ge=1, description="A job checkpointing more often: RESOURCE_LIMIT_EXCEEDED."
+        5, ge=1, description="A job checkpointing more often: RESOURCE_LIMIT_EXCEEDED."
     )
     default_timeout_s: float | None = Field(
         24 * 3600.0, gt=0, description="The timeout of a job that sets none (None: no timeout)."
