@@ -95,7 +95,7 @@ def test_no_fixed_instance_id_so_scaled_replicas_do_not_fence_each_other() -> No
     # Scaled replicas cannot all publish one host port: a range gives each its own.
     ports = _trainer()["ports"]
     assert isinstance(ports, list)
-    assert all(re.fullmatch(r"\d+-\d+:\d+", str(p)) for p in ports)
+    assert all(re.fullmatch(r"(\$\{[^}]+\}:)?\d+-\d+:\d+", str(p)) for p in ports)
 
 
 def test_artifacts_are_a_bind_mount_the_host_can_open() -> None:
@@ -153,4 +153,15 @@ def test_mlflow_is_an_optional_profile_at_the_pinned_version() -> None:
     command = mlflow["command"]
     assert isinstance(command, list)
     assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in command
-    assert mlflow["ports"] == ["5000:5000"]
+    assert mlflow["ports"] == ["${MODEL_TRAINER_PUBLISH_ADDRESS:-127.0.0.1}:5000:5000"]
+
+
+def test_published_ports_listen_on_loopback_unless_told() -> None:
+    for name in ("docker-compose.yml", "compose.gpu.yaml"):
+        for service, spec in _compose(name)["services"].items():
+            ports = spec.get("ports") or []
+            assert isinstance(ports, list)
+            for port in ports:
+                assert str(port).startswith("${MODEL_TRAINER_PUBLISH_ADDRESS:-127.0.0.1}:"), (
+                    f"{name}: {service} publishes {port} on every interface"
+                )

@@ -22,6 +22,7 @@ from rich.console import Console
 
 from . import outage
 from .board import JobBoard, JobView
+from .guard import ENV_TOKEN, DashboardGuard, is_loopback
 from .readers import LiveTail
 from .settings import ClientSettings
 
@@ -189,9 +190,10 @@ async def _events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(feed: Feed) -> web.Application:
-    """The dashboard's routes over ``feed`` (whose :meth:`Feed.run` the caller runs)."""
-    app = web.Application()
+def make_app(feed: Feed, guard: DashboardGuard) -> web.Application:
+    """The dashboard's routes over ``feed`` (whose :meth:`Feed.run` the caller runs), each
+    behind ``guard`` (:mod:`.guard`)."""
+    app = web.Application(middlewares=[guard.middleware()])
     app[FEED] = feed
     app.router.add_get("/", _index)
     app.router.add_get("/api/jobs", _jobs)
@@ -208,11 +210,18 @@ def make_app(feed: Feed) -> web.Application:
 class Dashboard:
     """The dashboard running in this event loop: ``async with Dashboard(...) as d: d.url``."""
 
-    def __init__(self, settings: ClientSettings, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        guard: DashboardGuard | None = None,
+    ) -> None:
         self.feed = Feed(settings)
         self._host = host
         self._port = port
-        self._runner = web.AppRunner(make_app(self.feed), shutdown_timeout=2.0)
+        self.guard = guard or DashboardGuard.from_env(host)
+        self._runner = web.AppRunner(make_app(self.feed, self.guard), shutdown_timeout=2.0)
         self._task: asyncio.Task[None] | None = None
         self.url = ""
 
@@ -224,7 +233,8 @@ class Dashboard:
         port = self._port
         for address in self._runner.addresses:  # the port bound, when 0 was asked for
             port = int(address[1])
-        self.url = f"http://{self._host}:{port}/"
+        shown = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
+        self.url = f"http://{shown}:{port}/"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -234,6 +244,10 @@ class Dashboard:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def link(self, fragment: str = "") -> str:
+        """The URL that lets a browser in: it carries the token (see :mod:`.guard`)."""
+        return f"{self.url}?token={self.guard.token.get_secret_value()}{fragment}"
+
     async def wait(self) -> None:
         """Until the feed stops (it does not, unless reading the topics fails)."""
         if self._task is not None:
@@ -242,8 +256,16 @@ class Dashboard:
 
 async def serve(settings: ClientSettings, host: str, port: int, console: Console) -> int:
     async with Dashboard(settings, host, port) as dashboard:
+        if not is_loopback(host):
+            console.print(
+                f"[bold yellow]warning:[/bold yellow] bound to {host}, beyond this machine: "
+                "whoever has the link sees every job, over plain HTTP (put it behind TLS)"
+                + (f"; set {ENV_TOKEN} to choose the token" if dashboard.guard.generated else "")
+            )
         console.print(
-            f"dashboard of {settings.events_topic} at [bold]{dashboard.url}[/bold] (Ctrl-C stops)"
+            f"dashboard of {settings.events_topic} at [bold]{dashboard.link()}[/bold] "
+            "(the link carries its access token; Ctrl-C stops)",
+            soft_wrap=True,
         )
         await dashboard.wait()
     return 0

@@ -94,8 +94,10 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.RESOURCE_LIMIT_EXCEEDED: ErrorInfo(
         422,
         False,
-        "The job's estimated peak memory is over a worker's memory budget; details give the "
-        "estimate_mb, the budget_mb and the breakdown.",
+        "The job's estimated peak memory is over a worker's memory budget, its estimated disk "
+        "use over a disk budget, or a setting over a service-wide cap (max_steps, "
+        "eval_batches, checkpoint_every); details give the estimate_mb, the budget_mb and the "
+        "breakdown, or the field, its value and the limit.",
     ),
     _C.UNSUPPORTED_BACKEND: ErrorInfo(
         400, False, "The backend does not exist or cannot do what the job asks."
@@ -113,7 +115,12 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.CORPUS_MALFORMED_RECORD: ErrorInfo(
         422, False, "A JSONL line is not a JSON object with the text field."
     ),
-    _C.PATH_NOT_ALLOWED: ErrorInfo(403, False, "The path leaves the service's data root."),
+    _C.PATH_NOT_ALLOWED: ErrorInfo(
+        403,
+        False,
+        "The path leaves the service's data root, or a file a model folder would have loaded "
+        "(a symlink, a shard its index names) leads outside the folder.",
+    ),
     _C.CHECKPOINT_NOT_FOUND: ErrorInfo(404, False, "The checkpoint to resume from is missing."),
     _C.CHECKPOINT_CORRUPT: ErrorInfo(500, False, "The checkpoint cannot be read."),
     _C.CHECKPOINT_CONFIG_MISMATCH: ErrorInfo(

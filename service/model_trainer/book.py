@@ -489,7 +489,7 @@ class JobBook:
             job.phase = Phase.RUNNING
             job.last_heard, job.held = None, None
             job.stop_sent, job.kill_at = None, None
-            timeout = job.spec.timeout_s
+            timeout = job.spec.timeout_s or self.policy.default_timeout_s
             job.deadline = now + timeout if timeout is not None else None
             order = RunOrder(
                 job_json=encode(job.spec),
@@ -711,9 +711,10 @@ class JobBook:
         return [ended, *self._dispatch(now)]
 
     def _timed_out(self, job: Job) -> FailedEventV1:
+        timeout = job.spec.timeout_s or self.policy.default_timeout_s or 0.0
         error = ModelTrainerError(
             _C.TRAINING_TIMEOUT,
-            f"the run passed its timeout of {job.spec.timeout_s:g}s and did not stop within "
+            f"the run passed its timeout of {timeout:g}s and did not stop within "
             f"{self.policy.cancel_grace_s:g}s; it was killed",
             stage="train",
         )

@@ -73,6 +73,7 @@ class Policy:
     max_corpus_bytes: int
     max_command_bytes: int
     commands_topic: str = "trainer.commands"
+    default_timeout_s: float | None = None  # a job that sets no timeout_s gets this one
 
 
 def request_digest(job: SubmitJobV1) -> str:

@@ -7,13 +7,18 @@ job event appended to the job's ``metrics.jsonl`` (the artifact's own copy of it
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from model_trainer_contracts import CompletedEventV1, FailedEventV1
+import structlog
+from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, ProgressEventV1
 
-from .core.layout import append_metrics, release_checkpoints
+from .core.layout import METRICS, append_metrics, release_checkpoints
 from .effects import Policy, Publish
 from .metrics import DEAD_LETTERS, JOBS_FINISHED
 from .settings import Settings
+
+log = structlog.get_logger(__name__)
+METRICS_MAX_BYTES = 64 << 20  # a job's metrics.jsonl takes no more progress lines past this
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -36,6 +41,7 @@ def policy_of(settings: Settings) -> Policy:
         artifacts_root=settings.artifacts_root.resolve(),
         max_corpus_bytes=settings.max_corpus_bytes,
         max_command_bytes=settings.max_command_bytes,
+        default_timeout_s=settings.default_timeout_s,
     )
 
 
@@ -63,4 +69,18 @@ def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None
                 continue
         elif isinstance(event, CompletedEventV1):
             JOBS_FINISHED.labels(outcome="completed").inc()
+        _append(folder, event)
+
+
+def _append(folder: Path, event: EventBase) -> None:
+    """The job's own copy of its history is best effort: a full disk (or a job's metrics
+    past ``METRICS_MAX_BYTES``, for progress lines) must never stop the service, whose
+    Kafka topics hold the events anyway."""
+    try:
+        path = folder / METRICS
+        full = path.is_file() and path.stat().st_size > METRICS_MAX_BYTES
+        if full and isinstance(event, ProgressEventV1):
+            return
         append_metrics(folder, event)
+    except OSError as exc:
+        log.warning("metrics.jsonl not written", job_id=event.job_id, error=str(exc))

@@ -41,6 +41,7 @@ from .protocol import (
     WorkerMessage,
     WorkerReady,
 )
+from .secret_env import without_secrets
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -148,7 +149,8 @@ class WorkerPool:
             name=f"model-trainer-worker-{index}",
             daemon=True,
         )
-        process.start()
+        with without_secrets():
+            process.start()
         child.close()
         threading.Thread(
             target=self._read, args=(index, process, parent), daemon=True, name=f"pool-read-{index}"

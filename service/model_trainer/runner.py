@@ -8,6 +8,7 @@ import time
 import anyio
 import structlog
 
+from .budgets import disk_problem
 from .health import start_http
 from .service import AssignmentFailedError, TrainerService
 from .settings import Settings
@@ -34,9 +35,13 @@ async def serve(settings: Settings) -> int:
             "publisher": service.publisher.healthy,
             "pool": service.pool.serving,
             "not_stopping": not stop.is_set(),
+            "disk": disk_problem(settings) is None,
         }
 
     def reasons() -> dict[str, str]:
+        disk = disk_problem(settings)
+        if disk is not None:
+            return {"disk": disk}
         if service.broker_problem is not None:
             return {"broker": service.broker_problem}
         if not service.broker.reachable:

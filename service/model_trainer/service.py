@@ -21,6 +21,7 @@ from model_trainer_client.kafka import partition_for_key
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 
 from .book import JobBook
+from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
@@ -84,6 +85,7 @@ class TrainerService:
             shared_artifacts=settings.shared_artifacts,
             memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
         )
+        admit_limits(job, settings)
 
     async def _owns(self, tp: TP) -> bool:
         return self.consumer is not None and await self.consumer.owns(tp)

@@ -217,6 +217,34 @@ class Settings(BaseSettings):
         description="Larger commands: COMMAND_TOO_LARGE (Kafka's default record limit is 1 MB).",
     )
     max_corpus_bytes: int = Field(1 << 30, ge=1, description="Larger: CORPUS_TOO_LARGE.")
+    # Service-wide limits on what one job may ask, checked at acceptance (budgets.py).
+    max_job_steps: int = Field(
+        1_000_000, ge=1, description="A job asking more max_steps: RESOURCE_LIMIT_EXCEEDED."
+    )
+    max_eval_batches: int = Field(
+        5_000, ge=1, description="A job asking more eval_batches: RESOURCE_LIMIT_EXCEEDED."
+    )
+    min_checkpoint_every: int = Field(
+        5, ge=1, description="A job checkpointing more often: RESOURCE_LIMIT_EXCEEDED."
+    )
+    default_timeout_s: float | None = Field(
+        24 * 3600.0, gt=0, description="The timeout of a job that sets none (None: no timeout)."
+    )
+    artifacts_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="The artifacts root may hold this much: a job whose estimated checkpoints "
+        "and artifact would pass it is refused (RESOURCE_LIMIT_EXCEEDED). None: no budget.",
+    )
+    job_disk_budget_mb: int | None = Field(
+        None, ge=1, description="One job's checkpoints and artifact, estimated, at most."
+    )
+    disk_reserve_mb: int = Field(
+        1024,
+        ge=0,
+        description="Free space the artifacts volume keeps: a job that would eat into it is "
+        "refused, and /readyz answers 503 saying why once less is free.",
+    )
 
     http_host: str = Field("127.0.0.1", description="Bind address of the HTTP endpoints.")
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0: off.")

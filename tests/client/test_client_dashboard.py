@@ -56,8 +56,9 @@ return line ? Number(line.getAttribute('data-points')) : 0;
 """
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def _get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         body: bytes = response.read()
         return body
 
@@ -104,7 +105,7 @@ async def test_dashboard_shows_a_job_queued_then_running_with_a_growing_curve_th
         )
         settings = ClientSettings.from_env(env=topics.env())  # no state topic: events alone
         async with Dashboard(settings, port=0) as dashboard:
-            await asyncio.to_thread(browser.get, f"{dashboard.url}#job={job.job_id}")
+            await asyncio.to_thread(browser.get, dashboard.link(f"#job={job.job_id}"))
             await until(browser, status_is("nightly-base", "completed"))
 
             job.total_steps = 60
@@ -146,7 +147,8 @@ async def test_dashboard_shows_a_job_queued_then_running_with_a_growing_curve_th
                 "return document.querySelectorAll('#chart-loss circle.val_loss').length"
             )
             assert val_dots == 5
-            api = await asyncio.to_thread(_get, f"{dashboard.url}api/jobs")
+            token = dashboard.guard.token.get_secret_value()
+            api = await asyncio.to_thread(_get, f"{dashboard.url}api/jobs", token)
             assert b"shakespeare-42" in api
 
             # a refused cancel of a mistyped id, and a job cancelled while it ran

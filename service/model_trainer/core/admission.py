@@ -25,7 +25,7 @@ from pydantic import JsonValue
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_job_memory, placement
-from .pretrained import inspect_pretrained
+from .pretrained import confined_folder, inspect_pretrained
 
 _C = ModelTrainerErrorCode
 
@@ -239,6 +239,11 @@ def _check_pretrained(spec: PretrainedModel, caps: Capabilities, data_root: Path
 
 
 def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:
+    if job.init_from is not None:
+        confined_folder(artifacts_root, job.init_from, field="init_from")
+    tok = job.tokenizer
+    if isinstance(tok, JobTokenizer):
+        confined_folder(artifacts_root, tok.job_id, field="tokenizer")
     if job.init_from is not None and not (artifacts_root / job.init_from / MANIFEST).is_file():
         raise ModelTrainerError(
             _C.MODEL_NOT_FOUND,

@@ -145,8 +145,9 @@ def footprint(spec: ModelSpec, vocab_size: int, *, half: bool) -> Footprint:
     if isinstance(spec, LlamaModel):
         return _llama_footprint(spec, vocab_size, half=half)
     if isinstance(spec, PretrainedModel):
-        # Its shape is in its folder, not in the spec: not estimated at acceptance (the
-        # worker's memory limit still applies, and an overrun fails with TRAINING_OOM).
+        # Its shape is in its folder, not in the spec: the memory estimate takes the
+        # parameters from the folder's weights and leaves activations out (the worker's
+        # memory limit still applies, and an overrun fails with TRAINING_OOM).
         return Footprint(0, 0)
     assert_never(spec)
 

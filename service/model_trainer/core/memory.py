@@ -46,12 +46,14 @@ from model_trainer_contracts import (
     JobTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
+    PretrainedModel,
     SubmitJobV1,
 )
 from pydantic import JsonValue
 
 from .capabilities import context_length, footprint
 from .layout import MANIFEST, resolve_inside
+from .pretrained import inspect_pretrained
 
 MIB = 1 << 20
 CHAR_VOCAB_BOUND = 257  # a byte's worth of distinct characters, and <unk>
@@ -131,12 +133,16 @@ def estimate(
     corpus_bytes: int,
     device: str,
     precision: str,
+    parameters: int | None = None,
 ) -> MemoryEstimate:
-    """The peak memory of ``job`` run on ``device`` in ``precision`` (both resolved)."""
+    """The peak memory of ``job`` run on ``device`` in ``precision`` (both resolved);
+    ``parameters``, when given, replaces the count the spec's shape tells (a pretrained
+    model's, read from its folder: its activations stay unestimated)."""
     tr = job.training
     half = precision != "fp32"
     shape = footprint(job.model, vocabulary.size, half=half)
-    params, context = shape.parameters, context_length(job.model)
+    params = shape.parameters if parameters is None else parameters
+    context = context_length(job.model)
     moments = 2 if tr.optimizer == "adamw" else 1 if tr.momentum > 0 else 0
     tokens = tr.batch_size * context
     trains_bpe = isinstance(job.tokenizer, BpeTokenizer) and job.init_from is None
@@ -165,10 +171,16 @@ def check_memory(
     corpus_bytes: int,
     device: str,
     precision: str,
+    parameters: int | None = None,
 ) -> MemoryEstimate:
     """The estimate, or RESOURCE_LIMIT_EXCEEDED when it is over ``budget_mb``."""
     found = estimate(
-        job, vocabulary=vocabulary, corpus_bytes=corpus_bytes, device=device, precision=precision
+        job,
+        vocabulary=vocabulary,
+        corpus_bytes=corpus_bytes,
+        device=device,
+        precision=precision,
+        parameters=parameters,
     )
     if found.host_bytes > budget_mb * MIB:
         raise ModelTrainerError(
@@ -190,7 +202,11 @@ def check_job_memory(
     device: str,
     precision: str,
 ) -> MemoryEstimate:
-    """:func:`check_memory` with the vocabulary and corpus size the spec and roots tell."""
+    """:func:`check_memory` with the vocabulary and corpus size the spec and roots tell (and
+    a pretrained model's parameters, the weights its folder will load)."""
+    parameters = None
+    if isinstance(job.model, PretrainedModel) and data_root is not None:
+        parameters = inspect_pretrained(data_root, job.model.path).parameters
     return check_memory(
         job,
         budget_mb,
@@ -198,6 +214,7 @@ def check_job_memory(
         corpus_bytes=corpus_bytes(job, data_root),
         device=device,
         precision=precision,
+        parameters=parameters,
     )
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from model_trainer.core.layout import CACHE_DIR, CHECKPOINTS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
+from model_trainer.core.pretrained import confined_folder
 from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import read_manifest
 from model_trainer.engine.backend import Backend
@@ -71,7 +72,8 @@ def run_digest(job: SubmitJobV1) -> str:
 
 
 def earlier_job_dir(ctx: RunContext, job_id: str) -> Path:
-    return ctx.artifacts_root / job_id
+    # Checked again here, not only at acceptance: the files are read now.
+    return confined_folder(ctx.artifacts_root, job_id, field="init_from")
 
 
 def prepare(ctx: RunContext, backend: Backend) -> Prepared:
