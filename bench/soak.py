@@ -548,8 +548,10 @@ class Fencing:
     """What a read_committed reader sees of one job whose owner was frozen."""
 
     terminals: list[str]
+    completed: bool  # its one terminal event is a completion
     seqs: list[int]
-    attempts: list[int]
+    attempts: list[int]  # of its config events (a run that fails preparing publishes none)
+    last_attempt: int  # of any of its events
     stale: int  # events of an attempt older than one whose config was committed before them
 
     @property
@@ -569,8 +571,10 @@ class Fencing:
             return f"seqs not 0..{len(self.seqs) - 1} in offset order: {self.seqs}"
         if self.stale:
             return f"{self.stale} events of a stale attempt after the takeover"
-        if max(self.attempts, default=0) < 2:
-            return f"not taken over: attempts {self.attempts}"
+        if not self.completed:
+            return f"ended {self.terminals[0]}"
+        if self.last_attempt < 2:
+            return f"not taken over: config attempts {self.attempts}"
         return None
 
 
@@ -583,14 +587,17 @@ def fencing(events: EventLog, job_id: str) -> Fencing:
         if isinstance(record.event, ConfigEventV1):
             newest = max(newest, record.event.attempt)
         stale += record.event.attempt < newest
+    ends = [r.event for r in seen if is_terminal(r.event)]
     return Fencing(
         terminals=[
-            f"{type(r.event).__name__} seq {r.event.seq} attempt {r.event.attempt}"
-            for r in seen
-            if is_terminal(r.event)
+            f"{type(e).__name__} seq {e.seq} attempt {e.attempt}"
+            + (f" {e.code}: {e.message[:120]}" if isinstance(e, FailedEventV1) else "")
+            for e in ends
         ],
+        completed=[type(e) for e in ends] == [CompletedEventV1],
         seqs=[r.event.seq for r in seen],
         attempts=[c.attempt for c in events.configs(job_id)],
+        last_attempt=max((r.event.attempt for r in seen), default=0),
         stale=stale,
     )
 
