@@ -1,5 +1,6 @@
 """Soak of the service against a real local broker: kill -9s, a broker outage, a command
-fuzz, a load of tiny jobs over two instances, and a large state-topic replay (issue 9).
+fuzz, a load of tiny jobs over two instances, and a large state-topic replay (issue 9);
+frozen owners (zombies) and hostile valid-looking commands (poison pills, issue 17).
 
 Starts its own broker in a temporary folder and the service as subprocesses (their logs in
 that folder; ``--keep`` keeps it), and leaves nothing running, on failure too. Progress goes
@@ -9,10 +10,14 @@ to stderr; the last stdout line is one JSON object with every figure and ``passe
     .venv/bin/python bench/soak.py --quick              # small parameters, for development
     .venv/bin/python bench/soak.py --only kill9,fuzz --kill9-rounds 5
 
-Sections (``--only``): kill9, outage, fuzz, load, replay. Targets: every kill -9'd job ends
-once, completed and resumed from a checkpoint; the job through the outage completes; no
-fuzzed command crashes the service and each is dead-lettered; every load job ends once; the
-replay of the state topic takes at most 10 s; no seq gap and no duplicate anywhere.
+Sections (``--only``): kill9, outage, fuzz, load, replay, zombie, poison. Targets: every
+kill -9'd job ends once, completed and resumed from a checkpoint; the job through the outage
+completes; no fuzzed command crashes the service and each is dead-lettered; every load job
+ends once; the replay of the state topic takes at most 10 s; every zombie round's job (its
+owner SIGSTOPped past the session timeout, ``--group``: with its workers) ends once, seq
+0..n-1 in offset order, nothing of the frozen attempt committed after the takeover; no
+hostile command stops the service, each is answered and a good job after them completes;
+no seq gap and no duplicate anywhere.
 """
 
 from __future__ import annotations
@@ -39,16 +44,19 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from local_kafka import LocalKafka, free_port  # noqa: E402
+from model_trainer_client import is_terminal  # noqa: E402
 from model_trainer_client.kafka import partition_for_key  # noqa: E402
 from model_trainer_contracts import (  # noqa: E402
     CompletedEventV1,
+    ConfigEventV1,
     FailedEventV1,
     JobStateV1,
     JobStatus,
     SubmitJobV1,
     encode,
+    salvage_job_id,
 )
-from soak_fuzz import CommandFuzzer  # noqa: E402
+from soak_fuzz import CommandFuzzer, HostileCommands, Routed, make_hostile_tree  # noqa: E402
 from soak_harness import (  # noqa: E402
     MAX_COMMAND_BYTES,
     Audit,
@@ -63,13 +71,15 @@ from soak_harness import (  # noqa: E402
     say,
 )
 
-SECTIONS = ("kill9", "outage", "fuzz", "load", "replay")
+SECTIONS = ("kill9", "outage", "fuzz", "load", "replay", "zombie", "poison")
 FULL = {
     "kill9_rounds": 20,
     "broker_outage_s": 60,
     "fuzz_commands": 10_000,
     "load_jobs": 1_000,
     "state_records": 100_000,
+    "zombie_rounds": 20,
+    "poison_commands": 10_000,
 }
 QUICK = {
     "kill9_rounds": 3,
@@ -77,6 +87,8 @@ QUICK = {
     "fuzz_commands": 500,
     "load_jobs": 50,
     "state_records": 10_000,
+    "zombie_rounds": 2,
+    "poison_commands": 500,
 }
 GOOD_FUZZ_JOBS = 20
 STATE_REPLAY_TARGET_S = 10.0
@@ -528,12 +540,295 @@ async def replay(soak: Soak) -> None:
     soak.target(seconds <= STATE_REPLAY_TARGET_S, f"replay: {seconds:.1f}s > 10 s")
 
 
+# ---------------------------------------------------------------------------- zombie
+
+
+@dataclass
+class Fencing:
+    """What a read_committed reader sees of one job whose owner was frozen."""
+
+    terminals: list[str]
+    completed: bool  # its one terminal event is a completion
+    seqs: list[int]
+    attempts: list[int]  # of its config events (a run that fails preparing publishes none)
+    last_attempt: int  # of any of its events
+    stale: int  # events of an attempt older than one whose config was committed before them
+
+    @property
+    def seq_reused(self) -> int:
+        return len(self.seqs) - len(set(self.seqs))
+
+    @property
+    def attempts_repeated(self) -> int:
+        """Config events naming an attempt an earlier run of the job already named."""
+        return len(self.attempts) - len(set(self.attempts))
+
+    def why_not(self) -> str | None:
+        """Why the round failed (None: it passed)."""
+        if len(self.terminals) != 1:
+            return f"{len(self.terminals)} terminal events {self.terminals}"
+        if self.seqs != list(range(len(self.seqs))):
+            return f"seqs not 0..{len(self.seqs) - 1} in offset order: {self.seqs}"
+        if self.stale:
+            return f"{self.stale} events of a stale attempt after the takeover"
+        if not self.completed:
+            return f"ended {self.terminals[0]}"
+        if self.last_attempt < 2:
+            return f"not taken over: config attempts {self.attempts}"
+        return None
+
+
+def fencing(events: EventLog, job_id: str) -> Fencing:
+    """The job's committed events in offset order: every terminal (not one per seq), the
+    seqs as a list, and the events of an attempt older than one whose config came first."""
+    seen = events.seen(job_id)
+    stale = newest = 0
+    for record in seen:
+        if isinstance(record.event, ConfigEventV1):
+            newest = max(newest, record.event.attempt)
+        stale += record.event.attempt < newest
+    ends = [r.event for r in seen if is_terminal(r.event)]
+    return Fencing(
+        terminals=[
+            f"{type(e).__name__} seq {e.seq} attempt {e.attempt}"
+            + (f" {e.code}: {e.message[:120]}" if isinstance(e, FailedEventV1) else "")
+            for e in ends
+        ],
+        completed=[type(e) for e in ends] == [CompletedEventV1],
+        seqs=[r.event.seq for r in seen],
+        attempts=[c.attempt for c in events.configs(job_id)],
+        last_attempt=max((r.event.attempt for r in seen), default=0),
+        stale=stale,
+    )
+
+
+async def owned_by(target: Service, other: Service, stack: Stack, i: int) -> str:
+    """A job id on a partition that ``target`` owns now (both own some, none of them both)."""
+    for _ in range(240):
+        mine, theirs = target.assigned(), other.assigned()
+        if mine and theirs and not set(mine) & set(theirs):
+            for k in range(1000):
+                job_id = f"zombie-{i}-{k}"
+                if partition_for_key(job_id.encode(), TOPIC_PARTITIONS) in mine:
+                    return job_id
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"no settled assignment: {target.assigned()} and {other.assigned()}")
+
+
+def dispatched(svc: Service, job_id: str, attempt: int) -> bool:
+    return any(
+        line.get("job_id") == job_id and line.get("attempt") == attempt
+        for line in svc.said("job dispatched")
+    )
+
+
+def taken_over(events: EventLog, job_id: str) -> Callable[[], bool]:
+    return lambda: events.ended(job_id) or any(c.attempt >= 2 for c in events.configs(job_id))
+
+
+async def zombie(soak: Soak) -> None:
+    """Each round: a job long enough to span the freeze; SIGSTOP its owner's service process
+    (``--group``: its whole process group) past the session timeout, until the other
+    instance's config event of a later attempt is committed; SIGCONT. Stopped instances
+    alternate. A read_committed reader must see one terminal event, seq 0..n-1 in offset
+    order, and no event of the frozen attempt after the new attempt's config."""
+    rounds, group = soak.args.zombie_rounds, soak.args.group
+    session_ms = soak.args.zombie_session_ms
+    stack = soak.stack("zombie")
+    overrides = {
+        "session_timeout_ms": str(session_ms),
+        "heartbeat_interval_ms": str(max(100, session_ms // 8)),
+    }
+    instances = [
+        Service(stack, f"zombie-{x}", instance_id=f"zombie-{x}", **overrides) for x in "ab"
+    ]
+    await start(*instances)
+    job_ids: list[str] = []
+    paused: list[float] = []
+    elsewhere = exits = 0
+    try:
+        async with (
+            EventLog(soak.bootstrap, stack.events_topic) as events,
+            Producer(soak.bootstrap) as producer,
+        ):
+            rate = await calibrate(soak, "zombie", stack, events, producer)
+            steps = max(200, round(rate * soak.args.zombie_job_s))
+            every = max(5, steps // 50)
+            for i in range(rounds):
+                target, other = instances[i % 2], instances[1 - i % 2]
+                job = stack.job(
+                    await owned_by(target, other, stack, i), steps=steps, checkpoint_every=every
+                )
+                job_ids.append(job.job_id)
+                await producer.submit(stack.commands_topic, job)
+                await events.until(reached(events, job.job_id, steps // 10), 300, "first steps")
+                owner = next((s for s in instances if dispatched(s, job.job_id, 1)), None)
+                if owner is None or events.ended(job.job_id):
+                    raise RuntimeError(f"{job.job_id}: no owner to freeze (ended early?)")
+                elsewhere += owner is not target
+                frozen = time.monotonic()
+                owner.freeze(group=group)
+                try:
+                    await events.until(
+                        taken_over(events, job.job_id), session_ms / 1000 + 300, "takeover"
+                    )
+                finally:
+                    owner.thaw(group=group)
+                paused.append(time.monotonic() - frozen)
+                await events.until(ended(events, job.job_id), 900, f"{job.job_id} end")
+                await events.settle(5)  # the thawed instance's buffered commits, if any
+                why = fencing(events, job.job_id).why_not()
+                say(
+                    f"round {i + 1}/{rounds}: froze {owner.name} "
+                    f"{'(group) ' if group else ''}for {paused[-1]:.1f}s; "
+                    f"{'ok' if why is None else why}"
+                )
+                for x, svc in enumerate(instances):
+                    if not svc.alive():
+                        exits += 1
+                        say(f"{svc.name} exited: {svc.tail(5)}")
+                        instances[x] = Service(stack, svc.name, instance_id=svc.name, **overrides)
+                        await start(instances[x])
+            await events.settle(10)  # late commits of a zombie show here
+            verdicts = {job_id: fencing(events, job_id) for job_id in job_ids}
+            soak.audit.add(events.audit())
+    finally:
+        await stop(*instances)
+    failed = {j: w for j, v in verdicts.items() if (w := v.why_not()) is not None}
+    reused = sum(v.seq_reused for v in verdicts.values())
+    per_job = Counter(len(v.terminals) for v in verdicts.values())
+    soak.figures.update(
+        zombie_group=group,
+        zombie_rounds=rounds,
+        zombie_rounds_ok=rounds - len(failed),
+        zombie_seq_reused=reused,
+        zombie_terminals_per_job={str(k): n for k, n in sorted(per_job.items())},
+        zombie_stale_events=sum(v.stale for v in verdicts.values()),
+        zombie_attempts={j: v.attempts for j, v in verdicts.items()},
+        zombie_attempts_repeated=sum(v.attempts_repeated for v in verdicts.values()),
+        zombie_job_steps=steps,
+        zombie_session_timeout_ms=session_ms,
+        zombie_frozen_s_max=round(max(paused, default=0.0), 1),
+        zombie_frozen_s_mean=round(sum(paused) / max(1, len(paused)), 1),
+        zombie_owner_not_the_chosen=elsewhere,
+        zombie_instance_exits=exits,
+    )
+    say(f"zombie_rounds_ok {rounds - len(failed)} of {rounds}")
+    say(f"seq_reused {reused}")
+    say(f"terminals per job: {dict(per_job)} (terminal events: jobs)")
+    for job_id, why in failed.items():
+        say(f"zombie: {job_id}: {why}")
+    soak.target(not failed, f"zombie: {len(failed)} of {rounds} rounds not ok: {failed}")
+    soak.target(reused == 0, f"zombie: {reused} seqs reused")
+
+
+# ---------------------------------------------------------------------------- poison
+
+
+def answered(
+    sent: list[tuple[str | None, tuple[int, int]]], events: EventLog, letters: TopicReader
+) -> tuple[int, int]:
+    """Of the commands sent: how many were dead-lettered, and how many others have an event
+    of their job (a refusal, a cancel's JOB_NOT_FOUND, a forwarded job's run)."""
+    lettered = evented = 0
+    for job_id, (partition, offset) in sent:
+        if (str(partition).encode(), str(offset).encode()) in letters.origins:
+            lettered += 1
+        elif job_id is not None and job_id in events.by_job:
+            evented += 1
+    return lettered, evented
+
+
+async def poison(soak: Soak) -> None:
+    """Valid-looking commands with hostile values and keys at one instance, then a good job:
+    the service never exits, every command is answered, the good job completes."""
+    count = soak.args.poison_commands
+    stack = soak.stack("poison")
+    make_hostile_tree(stack.data_root)
+    svc = Service(stack, "poison")
+    await start(svc)
+    hostile = HostileCommands(soak.rng, stack.job("px-template", steps=2), TOPIC_PARTITIONS)
+    good = stack.job("px-good", steps=20)
+    sent: list[tuple[str | None, tuple[int, int]]] = []
+    began = time.monotonic()
+    try:
+        async with (
+            EventLog(soak.bootstrap, stack.events_topic) as events,
+            TopicReader(soak.bootstrap, stack.dead_letter_topic) as letters,
+            Producer(soak.bootstrap) as producer,
+        ):
+            batch: list[Routed] = []
+            for n in range(count + 1):
+                if n < count:
+                    batch.append(hostile.command(n))
+                size = sum(len(v) + len(k or b"") for v, k, _ in batch)
+                if batch and (n == count or len(batch) >= 200 or size > 4_000_000):
+                    written = await producer.send_routed(stack.commands_topic, batch)
+                    for (value, key, _), where in zip(batch, written, strict=True):
+                        job_id = salvage_job_id(value)
+                        keyed = job_id is not None and key == job_id.encode()
+                        sent.append((job_id if keyed else None, where))
+                    batch = []
+                    await letters.poll()
+                if n % 1000 == 999:
+                    say(f"poison: {n + 1}/{count} sent, {letters.records} dead-lettered")
+            await producer.submit(stack.commands_topic, good)
+            say(
+                f"poison: all {count} sent in {time.monotonic() - began:.0f}s; "
+                f"kinds {dict(hostile.kinds)}"
+            )
+            quiet_since = time.monotonic()
+            while sum(answered(sent, events, letters)) < count or not events.ended(good.job_id):
+                if await letters.poll() + await events.poll():
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > 120:
+                    say("poison: nothing new for 120 s; stopped waiting")
+                    break
+            took = time.monotonic() - began
+            await events.settle()
+            soak.audit.add(events.audit())
+            lettered, evented = answered(sent, events, letters)
+            codes = Counter(
+                str(e.code)
+                for job_id in events.by_job
+                for e in events.events(job_id)
+                if isinstance(e, FailedEventV1)
+            )
+            done = [type(e) for e in events.terminals(good.job_id)] == [CompletedEventV1]
+    finally:
+        alive = svc.alive()
+        await stop(svc)
+    exits = (0 if alive else 1) + max(0, len(svc.said("service started")) - 1)
+    soak.figures.update(
+        poison_commands=count,
+        poison_kinds=dict(hostile.kinds),
+        service_exits=exits,
+        poison_answered=lettered + evented,
+        poison_dead_lettered=lettered,
+        poison_answered_by_event=evented,
+        poison_dead_letter_codes=letters.codes,
+        poison_failed_event_codes=dict(codes),
+        poison_good_job_completed=done,
+        poison_s=round(took, 1),
+    )
+    say(
+        f"service_exits {exits}; answered {lettered + evented} of {count} "
+        f"({lettered} dead letters, {evented} by an event); good job completed: {done}; "
+        f"{took:.0f}s"
+    )
+    soak.target(exits == 0, f"poison: the service exited or restarted {exits} times")
+    soak.target(lettered + evented == count, f"poison: {lettered + evented} of {count} answered")
+    soak.target(done, "poison: the good job did not complete")
+
+
 RUNNERS: dict[str, Callable[[Soak], Awaitable[None]]] = {
     "kill9": kill9,
     "outage": outage,
     "fuzz": fuzz,
     "load": load,
     "replay": replay,
+    "zombie": zombie,
+    "poison": poison,
 }
 
 
@@ -571,6 +866,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--load-jobs", type=int)
     parser.add_argument("--state-records", type=int)
+    parser.add_argument("--zombie-rounds", type=int)
+    parser.add_argument("--zombie-job-s", type=float, default=40.0, help="each job's length")
+    parser.add_argument(
+        "--zombie-session-ms", type=int, default=8000, help="the instances' session timeout"
+    )
+    parser.add_argument(
+        "--group",
+        action="store_true",
+        help="zombie: freeze the owner's whole process group (its workers too)",
+    )
+    parser.add_argument("--poison-commands", type=int)
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)

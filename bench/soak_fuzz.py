@@ -1,4 +1,5 @@
-"""Malformed commands for the soak's fuzz section: random bytes and mutated valid commands.
+"""Malformed commands for the soak's fuzz section: random bytes and mutated valid commands;
+and for its poison section, :class:`HostileCommands`: valid-looking ones with hostile values.
 
 Every payload :meth:`CommandFuzzer.malformed` returns is one the service must dead-letter:
 the contracts' own decoder refuses it, or its record key is not its ``job_id``. A mutation
@@ -12,7 +13,9 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
+from model_trainer_client.kafka import partition_for_key
 from model_trainer_contracts import (
     CancelJobV1,
     ModelTrainerError,
@@ -298,3 +301,205 @@ class CommandFuzzer:
         )
         _set(doc, path, value)
         return self._dumps(doc), self._key(n)
+
+
+# ---------------------------------------------------------------------------- hostile
+
+Routed = tuple[bytes, bytes | None, int | None]  # (value, record key, partition: None = key's)
+
+# Names under the data root that :func:`make_hostile_tree` creates.
+SELF_LOOP = "loop-self"  # -> itself
+PAIR_LOOP = ("loop-a", "loop-b")  # -> each other
+DIR_CYCLE = "cycle"  # a folder holding back -> ..
+OUTSIDE = "outside"  # -> /etc
+DEV_ZERO = "zero"  # -> /dev/zero
+EMPTY_DIR = "empty"
+LOCKED_DIR = "locked"  # mode 000 (no refusal where the service runs as root)
+UNICODE_PATHS = [
+    "données/корпус.txt",
+    "\u202etxt.suproc",  # right-to-left override
+    "e\u0301.txt",  # NFD é
+    "\u00e9.txt",  # NFC é
+    "\U0001f600/\U0001f4a9.txt",
+    "zero\u200bwidth.txt",
+    "\ud800.txt",  # lone surrogates: not encodable as a file name
+    "\udcff",
+    "\ufeffcorpus.txt",
+    "con",
+    "corpus.txt\n",
+    " corpus.txt",
+]
+ABSOLUTE_PATHS = ["/etc/passwd", "/", "//etc//passwd", "/dev/zero", "/proc/self/environ", "/tmp"]
+DOTDOT_PATHS = [
+    "..",
+    "../..",
+    "../../../../../../etc/passwd",
+    "a/../../corpus.txt",
+    "corpus.txt/..",
+    "./../data/corpus.txt",
+    "cycle/back/cycle/back/..",
+    "....//....//etc",
+]
+
+
+def make_hostile_tree(data_root: Path) -> None:
+    """The symlink loops, cycles and odd folders the hostile commands point at."""
+    (data_root / SELF_LOOP).symlink_to(SELF_LOOP)
+    (data_root / PAIR_LOOP[0]).symlink_to(PAIR_LOOP[1])
+    (data_root / PAIR_LOOP[1]).symlink_to(PAIR_LOOP[0])
+    (data_root / DIR_CYCLE).mkdir()
+    (data_root / DIR_CYCLE / "back").symlink_to("..")
+    (data_root / OUTSIDE).symlink_to("/etc")
+    (data_root / DEV_ZERO).symlink_to("/dev/zero")
+    (data_root / EMPTY_DIR).mkdir()
+    (data_root / LOCKED_DIR).mkdir()
+    (data_root / LOCKED_DIR / "corpus.txt").write_text("locked away")
+    (data_root / LOCKED_DIR).chmod(0)
+
+
+class HostileCommands:
+    """Commands the contracts accept (or refuse only for a size they bound) with hostile
+    values: paths that are too long, hold a NUL, loop, leave the data root or do not encode;
+    10,000 labels; record keys up to 900 KB; unicode; records on the wrong partition; cancels
+    of unknown jobs; duplicates. Job ids ``px-<n>``; a submit that would be accepted trains
+    for the template's few steps. Counts the kinds it drew."""
+
+    def __init__(self, rng: random.Random, template: SubmitJobV1, partitions: int) -> None:
+        self._rng = rng
+        self._template = template
+        self._partitions = partitions
+        self._sent: list[Routed] = []
+        self.kinds: Counter[str] = Counter()
+        self._kinds: list[tuple[str, float, Callable[[int], Routed]]] = [
+            ("long_component", 12, self._long_component),
+            ("nul_in_path", 8, self._nul_in_path),
+            ("symlink_loop", 10, self._symlink_loop),
+            ("absolute_path", 6, self._absolute_path),
+            ("dotdot", 6, self._dotdot),
+            ("odd_folder", 4, self._odd_folder),
+            ("unicode", 10, self._unicode),
+            ("many_labels", 4, self._many_labels),
+            ("huge_key", 1, self._huge_key),
+            ("wrong_partition", 8, self._wrong_partition),
+            ("unknown_reference", 6, self._unknown_reference),
+            ("cancel_unknown", 10, self._cancel_unknown),
+            ("duplicate", 10, self._duplicate),
+        ]
+
+    def command(self, n: int) -> Routed:
+        """The ``n``-th hostile command."""
+        names = [k[0] for k in self._kinds]
+        index = self._rng.choices(range(len(names)), weights=[k[1] for k in self._kinds])[0]
+        name = names[index]
+        if name == "duplicate" and not self._sent:
+            name, index = "cancel_unknown", names.index("cancel_unknown")
+        routed = self._kinds[index][2](n)
+        self.kinds[name] += 1
+        self._sent.append(routed)
+        return routed
+
+    # ------------------------------------------------------------------ helpers
+
+    def _doc(self, n: int) -> Doc:
+        doc: Doc = self._template.model_dump(mode="json")
+        doc["job_id"] = f"px-{n}"
+        return doc
+
+    def _submit(self, doc: Doc) -> Routed:
+        """Keyed by its job_id, on the key's partition."""
+        return json.dumps(doc).encode(), str(doc["job_id"]).encode(), None
+
+    def _path(self, n: int, path: str) -> Routed:
+        """``path`` as the corpus, or now and then as a pretrained model's folder."""
+        doc = self._doc(n)
+        if self._rng.random() < 0.2:
+            doc["backend"] = "pretrained"
+            doc["model"] = {"backend": "pretrained", "path": path}
+            doc.pop("tokenizer", None)
+        else:
+            _set(doc, ("data", "corpus_path"), path)
+            if self._rng.random() < 0.2:
+                _set(doc, ("data", "format"), "jsonl")
+        return self._submit(doc)
+
+    # ------------------------------------------------------------------ kinds
+
+    def _long_component(self, n: int) -> Routed:
+        long = self._rng.choice("ab_") * self._rng.choice([256, 300, 1000])
+        where = self._rng.choice([f"{long}", f"d/{long}", f"{long}/corpus.txt", f"{long}.txt"])
+        return self._path(n, where[:1024])
+
+    def _nul_in_path(self, n: int) -> Routed:
+        return self._path(n, self._rng.choice(["\x00", "corpus.txt\x00", "cor\x00pus.txt"]))
+
+    def _symlink_loop(self, n: int) -> Routed:
+        loop = self._rng.choice([SELF_LOOP, *PAIR_LOOP])
+        return self._path(n, self._rng.choice([loop, f"{loop}/corpus.txt", f"{loop}/x/y"]))
+
+    def _absolute_path(self, n: int) -> Routed:
+        return self._path(n, self._rng.choice(ABSOLUTE_PATHS))
+
+    def _dotdot(self, n: int) -> Routed:
+        return self._path(n, self._rng.choice(DOTDOT_PATHS))
+
+    def _odd_folder(self, n: int) -> Routed:
+        odd = [DIR_CYCLE, f"{DIR_CYCLE}/back", OUTSIDE, DEV_ZERO, EMPTY_DIR, LOCKED_DIR]
+        return self._path(n, self._rng.choice(odd))
+
+    def _unicode(self, n: int) -> Routed:
+        doc = self._doc(n)
+        path = self._rng.choice(UNICODE_PATHS)
+        _set(doc, ("data", "corpus_path"), path)
+        doc["labels"] = {path[:64] or "k": "\u202e\U0001f600\x00" * 10}
+        # ensure_ascii: lone surrogates go out as \ud800 escapes, as other clients send them.
+        return (
+            json.dumps(doc, ensure_ascii=self._rng.random() < 0.5).encode(errors="surrogatepass"),
+            f"px-{n}".encode(),
+            None,
+        )
+
+    def _many_labels(self, n: int) -> Routed:
+        doc = self._doc(n)
+        count = self._rng.choice([33, 1000, 10_000])
+        longest = 256 if count < 1000 else 64  # 10,000 of 256 would pass the record limit
+        doc["labels"] = {f"l{i}": "v" * self._rng.randint(0, longest) for i in range(count)}
+        return self._submit(doc)
+
+    def _huge_key(self, n: int) -> Routed:
+        """A valid command whose record key (up to 900 KB) cannot be its job_id."""
+        size = self._rng.randint(1_000, 900_000)
+        value = json.dumps(self._doc(n)).encode()
+        if self._rng.random() < 0.3:
+            value = encode(CancelJobV1(job_id=f"px-{n}", reason="hostile"))
+        return value, self._rng.randbytes(size), None
+
+    def _wrong_partition(self, n: int) -> Routed:
+        """Keyed right but produced to another partition (another client's partitioner)."""
+        value, key, _ = self._path(n, "corpus.txt" if self._rng.random() < 0.2 else "no-such")
+        assert key is not None
+        home = partition_for_key(key, self._partitions)
+        shift = self._rng.randint(1, self._partitions - 1)
+        return value, key, (home + shift) % self._partitions
+
+    def _unknown_reference(self, n: int) -> Routed:
+        doc = self._doc(n)
+        ref = self._rng.choice([f"px-{n + 1}", "px-0", "no-such-job", "a" * 128])
+        if self._rng.random() < 0.5:
+            doc["backend"] = "gpt2"
+            doc["model"] = {"backend": "gpt2"}
+            doc["init_from"] = ref
+        else:
+            doc["tokenizer"] = {"kind": "job", "job_id": ref}
+        return self._submit(doc)
+
+    def _cancel_unknown(self, n: int) -> Routed:
+        reason = self._rng.choice(["", "\x00", "\u202e" * 100, "r" * 512])
+        value = encode(CancelJobV1(job_id=f"pxc-{n}", reason=reason))
+        key = f"pxc-{n}".encode()
+        if self._rng.random() < 0.3:
+            home = partition_for_key(key, self._partitions)
+            return value, key, (home + 1) % self._partitions
+        return value, key, None
+
+    def _duplicate(self, n: int) -> Routed:
+        return self._rng.choice(self._sent)

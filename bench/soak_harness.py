@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from model_trainer_client import is_terminal
 from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
@@ -308,6 +309,31 @@ class Service:
     def worker_pids(self) -> list[int]:
         return [pid for pid in session_members(self.pid) if pid != self.pid]
 
+    def assigned(self) -> list[int]:
+        """The commands partitions its log says it owns now (its last assignment or revoke)."""
+        owned: list[int] = []
+        for line in self.log_lines():
+            if line.get("event") == "partitions revoked":
+                owned = []
+            elif line.get("event") == "partitions assigned":
+                listed = line.get("partitions")
+                owned = [int(str(p)) for p in listed] if isinstance(listed, list) else []
+        return owned
+
+    def freeze(self, *, group: bool = False) -> None:
+        """SIGSTOP the service process alone (its workers go on training), or with ``group``
+        its whole session: the service, its workers and their forkserver."""
+        self._signal(signal.SIGSTOP, group=group)
+
+    def thaw(self, *, group: bool = False) -> None:
+        self._signal(signal.SIGCONT, group=group)
+
+    def _signal(self, signum: signal.Signals, *, group: bool) -> None:
+        if group:
+            os.killpg(self.pid, signum)  # its own session: the group id is its pid
+        else:
+            os.kill(self.pid, signum)
+
     def kill9(self) -> None:
         """SIGKILL the service process alone (its workers notice and stop on their own)."""
         assert self.proc is not None
@@ -319,6 +345,9 @@ class Service:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            # A frozen one (the zombie section, on failure) would hold SIGTERM until continued.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGCONT)
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
@@ -423,6 +452,10 @@ class EventLog:
             if await self.poll():
                 quiet_since = time.monotonic()
 
+    def seen(self, job_id: str) -> list[Seen]:
+        """The job's events in the order of its partition's offsets (its key's partition)."""
+        return sorted(self.by_job.get(job_id, []), key=lambda s: (s.partition, s.offset))
+
     def events(self, job_id: str) -> list[Event]:
         return [seen.event for seen in self.by_job.get(job_id, [])]
 
@@ -490,13 +523,29 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Send (value, key) records in order, then wait until the broker has them all."""
-        pending: list[asyncio.Future[object]] = []
-        for value, key in records:
-            pending.append(await self._producer.send(topic, value, key=key, headers=headers))
+        await self.send_routed(topic, [(value, key, None) for value, key in records], headers)
+
+    async def send_routed(
+        self,
+        topic: str,
+        records: list[tuple[bytes, bytes | None, int | None]],
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Send (value, key, partition) records in order (partition None: the key's), wait
+        until the broker has them all; the (partition, offset) each was written at."""
+        pending: list[asyncio.Future[RecordMetadata]] = []
+        written: list[tuple[int, int]] = []
+        for value, key, partition in records:
+            pending.append(
+                await self._producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+            )
             if len(pending) >= 2000:
-                await asyncio.gather(*pending)
+                written += [(m.partition, m.offset) for m in await asyncio.gather(*pending)]
                 pending.clear()
-        await asyncio.gather(*pending)
+        written += [(m.partition, m.offset) for m in await asyncio.gather(*pending)]
+        return written
 
     async def submit(self, topic: str, *jobs: SubmitJobV1) -> None:
         """Submit commands keyed by job_id, with their CloudEvents headers."""
