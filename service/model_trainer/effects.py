@@ -69,6 +69,8 @@ class Policy:
     artifacts_root: Path
     max_corpus_bytes: int
     max_command_bytes: int
+    artifacts_url: str | None = None  # object storage for checkpoints and artifacts
+    storage_retry_s: float = 120.0
 
 
 def request_digest(job: SubmitJobV1) -> str:

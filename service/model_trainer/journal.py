@@ -35,6 +35,8 @@ def policy_of(settings: Settings) -> Policy:
         artifacts_root=settings.artifacts_root.resolve(),
         max_corpus_bytes=settings.max_corpus_bytes,
         max_command_bytes=settings.max_command_bytes,
+        artifacts_url=settings.artifacts_url,
+        storage_retry_s=settings.storage_retry_s,
     )
 
 

@@ -96,6 +96,8 @@ def run_order(
         emit=_Emitter(conn, job.job_id, order.attempt),
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
+        artifacts_url=order.artifacts_url,
+        storage_retry_s=order.storage_retry_s,
     )
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
