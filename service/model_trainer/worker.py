@@ -71,7 +71,12 @@ class _Emitter:
         self._attempt = attempt
 
     def __call__(self, event: ConfigEventV1 | ProgressEventV1) -> None:
-        self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
+        try:
+            self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
+        except BrokenPipeError:
+            # The service is gone: its lifeline stops this run (after a checkpoint) and
+            # this process; the event has no one to go to.
+            log.warning("event not sent: the service is gone", job_id=self._job_id)
 
 
 def run_order(

@@ -39,7 +39,7 @@ from .layout import temp_path
 _C = ModelTrainerErrorCode
 log = structlog.get_logger()
 SCHEME = "s3://"
-CHUNK = 8 << 20  # streamed in blocks of this size: no whole object in memory
+CHUNK = 8 << 20  # files are digested in blocks of this size
 # Acceptance asks the store once, quickly: it answers in milliseconds or not at all.
 PROBE_TIMEOUTS = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
 RUN_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
@@ -66,6 +66,8 @@ class ObjectStore(Protocol):
     def pipe_file(self, path: str, value: bytes) -> None: ...
 
     def cat_file(self, path: str) -> bytes: ...
+
+    def get_file(self, rpath: str, lpath: str) -> None: ...
 
     def rm(self, path: str, *, recursive: bool) -> None: ...
 
@@ -226,8 +228,9 @@ def _remote(name: str, url: str, info: Mapping[str, object]) -> RemoteFile:
 def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
     """Download a corpus once into ``cache_dir/<key>`` (key: the URL and each object's ETag,
     version and size) and return (root, path relative to it) to read it as a local corpus.
-    Each object is streamed to disk in blocks, its sha256 kept beside it; a folder complete
-    from an earlier job is used again as it is."""
+    Each object is streamed to disk (never whole in memory); the token cache is then keyed
+    by the content digest, as for a local corpus. A folder complete from an earlier job is
+    used again as it is."""
     files = list_corpus(url, max_bytes)
     single = len(files) == 1 and files[0].url == url
     key = hashlib.sha256(
@@ -242,16 +245,16 @@ def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
     partial = cache_dir / f".{key}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        digests: dict[str, JsonValue] = {}
         for f in files:
             target = partial / (f.name if single else f"corpus/{f.name}")
-            digests[f.name] = retrying(
+            retrying(
                 "download",
                 f.url,
                 partial_call(download_file, fs, f.url, target),
                 missing=_C.CORPUS_NOT_FOUND,
             )
-        (partial / ".complete").write_text(json.dumps(digests, sort_keys=True))
+        versions = {f.name: f.version for f in files}
+        (partial / ".complete").write_text(json.dumps(versions, sort_keys=True))
         with contextlib.suppress(OSError):  # another job fetched the same corpus meanwhile
             os.replace(partial, root)
     finally:
@@ -260,19 +263,23 @@ def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
     return root, relative
 
 
-def download_file(fs: ObjectStore, url: str, target: Path) -> str:
-    """Stream ``url`` into ``target`` (via a temp file); returns its sha256."""
+def download_file(fs: ObjectStore, url: str, target: Path) -> None:
+    """Fetch ``url`` into ``target`` through a temp file: s3fs streams the body to disk (as
+    fast as boto3's transfer manager here, see bench/storage.py), never all in memory."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target, os.getpid())
-    digest = hashlib.sha256()
     try:
-        with fs.open(url, "rb", block_size=CHUNK) as src, open(tmp, "wb") as out:
-            for block in iter(lambda: src.read(CHUNK), b""):
-                digest.update(block)
-                out.write(block)
+        fs.get_file(url, str(tmp))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -101,12 +101,13 @@ class RemoteCheckpoints:
                 bound_s=self.bound_s,
             )
         )
-        digest = storage.retrying(
+        storage.retrying(
             "download",
             found.url,
             lambda: storage.download_file(self.fs, storage.join(found.url, CHECKPOINT), target),
             bound_s=self.bound_s,
         )
+        digest = storage.file_sha256(target)
         if digest != manifest.get("sha256"):
             log.warning("engine.remote_checkpoint_damaged", url=found.url)
             target.unlink(missing_ok=True)
