@@ -10,6 +10,7 @@ import asyncio
 
 from model_trainer_contracts import CompletedEventV1, FailedEventV1
 
+from .core import storage
 from .core.layout import append_metrics, release_checkpoints
 from .effects import Policy, Publish
 from .metrics import DEAD_LETTERS, JOBS_FINISHED
@@ -50,6 +51,8 @@ def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None
         def release(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 release_checkpoints(folder)
+                if settings.artifacts_url is not None and publish.ended is not None:
+                    storage.release_checkpoints(settings.artifacts_url, publish.ended)
 
         committed.add_done_callback(release)
     for record in publish.records:

@@ -112,4 +112,12 @@ async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
     resumed = load_file(str(fetched / "model.safetensors"))
     assert list(resumed) == list(whole)
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    # Once the completed event is committed, the job's checkpoints leave the bucket too.
+    fs = storage.store()
+    for _ in range(100):
+        if not list(storage.iter_names(fs, f"{url}/s3-1/checkpoints")):
+            break
+        await asyncio.sleep(0.1)
+    assert list(storage.iter_names(fs, f"{url}/s3-1/checkpoints")) == []
+    assert "manifest.json" in list(storage.iter_names(fs, f"{url}/s3-1"))
     storage.forget()

@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -327,3 +328,19 @@ def iter_names(fs: ObjectStore, url: str) -> Iterator[str]:
 
 def list_names(fs: ObjectStore, url: str) -> list[str]:
     return list(iter_names(fs, url))
+
+
+def release_checkpoints(artifacts_url: str, job_id: str) -> None:
+    """Delete an ended job's checkpoints from the store, in a thread of its own (the caller
+    is the event loop). A failure leaves them for the next release: it costs storage only."""
+
+    def remove() -> None:
+        url = join(artifacts_url, job_id, "checkpoints")
+        try:
+            store().rm(url, recursive=True)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            log.warning("storage.checkpoints_not_released", url=url, error=str(exc))
+
+    threading.Thread(target=remove, name=f"release-{job_id}", daemon=True).start()
