@@ -86,7 +86,10 @@ class RemoteCheckpoints:
             steps = sorted((int(m.group(1)) for n in names if (m := STEP.match(n))), reverse=True)
             for step in steps:
                 url = storage.join(folder, f"step-{step}")
-                if MANIFEST in storage.iter_names(self.fs, url):
+                listed = storage.retrying(
+                    "list", url, partial(storage.list_names, self.fs, url), bound_s=self.bound_s
+                )
+                if MANIFEST in listed:
                     found.append(Found(attempt, step, url))
         return found
 
@@ -129,13 +132,13 @@ class RemoteCheckpoints:
         }
         body = json.dumps(manifest, sort_keys=True).encode()
         storage.put_bytes(self.fs, storage.join(url, MANIFEST), body, bound_s=self.bound_s)
-        names = list(storage.iter_names(self.fs, self.folder))
-        steps = sorted((int(m.group(1)) for n in names if (m := STEP.match(n))), reverse=True)
-        for old in steps[2:]:
-            try:
+        try:
+            names = storage.list_names(self.fs, self.folder)
+            steps = sorted((int(m.group(1)) for n in names if (m := STEP.match(n))), reverse=True)
+            for old in steps[2:]:
                 self.fs.rm(storage.join(self.folder, f"step-{old}"), recursive=True)
-            except Exception as exc:  # a leftover costs storage, never correctness
-                log.warning("engine.remote_checkpoint_not_removed", step=old, error=str(exc))
+        except Exception as exc:  # a leftover costs storage, never correctness
+            log.warning("engine.remote_checkpoints_not_pruned", error=str(exc))
 
 
 def _parse(
