@@ -98,11 +98,14 @@ def main() -> int:
         figures: dict[str, float] = {}
         counter = [0]
 
+        # Both write a fresh file each round (ours into an empty download cache), the last
+        # round's removed first: the same disk work on either side.
         def ours_download() -> None:
-            counter[0] += 1
-            storage.fetch_corpus(f"s3://{bucket}/corpus.txt", work / f"dl-{counter[0]}", size * 2)
+            shutil.rmtree(work / "dl", ignore_errors=True)
+            storage.fetch_corpus(f"s3://{bucket}/corpus.txt", work / "dl", size * 2)
 
         def boto_download() -> None:
+            (work / "b.bin").unlink(missing_ok=True)
             client.download_file(Bucket=bucket, Key="corpus.txt", Filename=str(work / "b.bin"))
 
         def ours_checkpoint() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial as partial_call
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import structlog
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
@@ -59,8 +59,6 @@ class ObjectStore(Protocol):
     def find(self, path: str, *, detail: bool) -> Mapping[str, Mapping[str, object]]: ...
 
     def ls(self, path: str, *, detail: bool, refresh: bool) -> list[str]: ...
-
-    def open(self, path: str, mode: str, *, block_size: int) -> BinaryIO: ...
 
     def put_file(self, lpath: str, rpath: str) -> None: ...
 
