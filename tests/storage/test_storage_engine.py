@@ -14,9 +14,11 @@ from local_s3 import LocalS3
 from model_trainer.core import storage
 from model_trainer.core.admission import admit
 from model_trainer.engine import Preempted, StopReason, run_job
+from model_trainer.engine.corpus import read_corpus
 from model_trainer.engine.sampling import load_artifact
 from model_trainer_contracts import (
     ConfigEventV1,
+    DataSpec,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -200,3 +202,27 @@ def test_admission_answers_storage_problems_with_typed_codes(
     assert code(f"{base}/ok.txt") is _C.STORAGE_ACCESS_DENIED
     _use(local_s3, monkeypatch, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
     assert code(f"{base}/ok.txt") is _C.STORAGE_UNAVAILABLE
+
+
+def test_a_prefix_corpus_reads_like_the_same_local_folder(
+    s3: storage.ObjectStore, env: Env, tmp_path: Path
+) -> None:
+    base = _prefix(tmp_path)
+    texts = {"a.txt": "first file\n", "sub/b.txt": "second file\n", ".hidden": "skipped\n"}
+    for name, text in texts.items():
+        s3.pipe_file(f"{base}/books/{name}", text.encode())
+        (env.data_root / "books" / name).parent.mkdir(parents=True, exist_ok=True)
+        (env.data_root / "books" / name).write_text(text)
+    downloads = env.artifacts_root / ".downloads"
+    remote = read_corpus(
+        DataSpec(corpus_path=f"{base}/books"), env.data_root, 1 << 20, downloads=downloads
+    )
+    local = read_corpus(DataSpec(corpus_path="books"), env.data_root, 1 << 20)
+    assert [name for name, _ in remote.files] == ["a.txt", "sub/b.txt"]
+    assert remote.files == local.files
+    assert remote.digest == local.digest  # so the same token-cache entry
+    again = read_corpus(
+        DataSpec(corpus_path=f"{base}/books"), env.data_root, 1 << 20, downloads=downloads
+    )
+    assert again.digest == remote.digest
+    assert len(list(downloads.iterdir())) == 1  # fetched once
