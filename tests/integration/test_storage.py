@@ -62,7 +62,11 @@ async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
             stack, name, instance_id=name, artifacts_root=str(disk), artifacts_url=url
         )
         svc.env.update({k.upper(): v for k, v in s3_env.items()})
-        return svc.start(timeout_s=300)  # a loaded 2-core machine starts workers slowly
+        try:
+            return svc.start(timeout_s=300)  # a loaded 2-core machine starts workers slowly
+        except BaseException:
+            svc.stop()  # one that never got ready is not left running
+            raise
 
     a = service("a", disk_a)
     b: ServiceProcess | None = None
