@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
+from local_s3 import LocalS3  # noqa: E402
 
 from tests.figures import FIGURE, Figure  # noqa: E402
 
@@ -98,3 +99,15 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3 server (SeaweedFS ``weed mini``, deploy/local_s3.py) on free loopback ports,
+    with the bucket ``model-trainer``; its client settings are ``client_env()``."""
+    server = LocalS3(workdir=tmp_path_factory.mktemp("s3"), port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -165,3 +165,22 @@ def test_published_ports_listen_on_loopback_unless_told() -> None:
                 assert str(port).startswith("${MODEL_TRAINER_PUBLISH_ADDRESS:-127.0.0.1}:"), (
                     f"{name}: {service} publishes {port} on every interface"
                 )
+
+
+def test_s3_override_points_the_service_at_its_s3_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = _compose("compose.s3.yaml")["services"]["s3"]
+    server = s3["environment"]
+    assert isinstance(server, dict)
+    trainer = _env("model-trainer", "compose.s3.yaml")
+    assert trainer["AWS_ENDPOINT_URL"] == "http://s3:8333"
+    assert (trainer["AWS_ACCESS_KEY_ID"], trainer["AWS_SECRET_ACCESS_KEY"]) == (
+        server["AWS_ACCESS_KEY_ID"],
+        server["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = str(server["S3_BUCKET"])
+    monkeypatch.setenv("MODEL_TRAINER_ARTIFACTS_URL", trainer["MODEL_TRAINER_ARTIFACTS_URL"])
+    assert Settings().artifacts_url == f"s3://{bucket}/artifacts"
+    command = s3["command"]
+    assert isinstance(command, list)
+    assert command[0] == "mini"
+    assert "-ip=s3" in command

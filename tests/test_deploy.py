@@ -424,6 +424,27 @@ def test_every_variant_builds_valid(directory: Path) -> None:
     assert (gpus is not None) == _text(container, "image").endswith(":cuda")
 
 
+def test_object_storage_overlay_needs_no_rwx_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = _by_kind(_built(K8S / "overlays" / "object-storage"))
+    assert "PersistentVolumeClaim" not in objects
+    statefulset, configmap = objects["StatefulSet"], objects["ConfigMap"]
+    volumes = _maps(statefulset, "spec", "template", "spec", "volumes")
+    assert not [v for v in volumes if "persistentVolumeClaim" in v]
+    settings = _settings_map(configmap)
+    assert not [k for k in settings if "SECRET" in k or "KEY" in k], "credentials in a ConfigMap"
+    sources = _maps(_container(statefulset), "envFrom")
+    secret = [s for s in sources if "secretRef" in s]
+    assert [_map(s, "secretRef") for s in secret] == [
+        {"name": "model-trainer-s3", "optional": True}
+    ]
+    account = _text(statefulset, "spec", "template", "spec", "serviceAccountName")
+    assert _text(objects["ServiceAccount"], "metadata", "name") == account
+    for name, value in settings.items():
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.setenv(name, value)
+    assert (Settings().artifacts_url or "").startswith("s3://")
+
+
 # ------------------------------------------------------------------ the image
 
 

@@ -45,6 +45,8 @@ class ModelTrainerErrorCode(StrEnum):
     CUDA_NOT_AVAILABLE = "CUDA_NOT_AVAILABLE"
     CUDA_OOM = "CUDA_OOM"
     ARTIFACT_WRITE_FAILED = "ARTIFACT_WRITE_FAILED"
+    STORAGE_ACCESS_DENIED = "STORAGE_ACCESS_DENIED"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
     COMMAND_UNDECODABLE = "COMMAND_UNDECODABLE"
     COMMAND_INVALID = "COMMAND_INVALID"
     COMMAND_TOO_LARGE = "COMMAND_TOO_LARGE"
@@ -131,6 +133,15 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.CUDA_NOT_AVAILABLE: ErrorInfo(503, True, "The job asks for CUDA and this worker has none."),
     _C.CUDA_OOM: ErrorInfo(507, False, "GPU memory ran out; shrink the model or batch."),
     _C.ARTIFACT_WRITE_FAILED: ErrorInfo(500, True, "The artifact could not be written."),
+    _C.STORAGE_ACCESS_DENIED: ErrorInfo(
+        403, False, "The object store refused the service's credentials for that URL."
+    ),
+    _C.STORAGE_UNAVAILABLE: ErrorInfo(
+        503,
+        True,
+        "The object store did not answer, on every retry within the bound; the job's last "
+        "good checkpoint is kept.",
+    ),
     _C.COMMAND_UNDECODABLE: ErrorInfo(400, False, "The command is not UTF-8 JSON."),
     _C.COMMAND_INVALID: ErrorInfo(422, False, "The command fails the contract's validation."),
     _C.COMMAND_TOO_LARGE: ErrorInfo(413, False, "The command is over the size limit."),

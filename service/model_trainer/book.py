@@ -500,6 +500,8 @@ class JobBook:
                 checkpoint_every=job.spec.training.checkpoint_every or self.policy.checkpoint_every,
                 max_corpus_bytes=self.policy.max_corpus_bytes,
                 deadline=job.deadline,
+                artifacts_url=self.policy.artifacts_url,
+                storage_retry_s=self.policy.storage_retry_s,
             )
             self.runs[job.job_id] = RunSlot(job.job_id, job.attempt)
             effects.append(Run(job.job_id, order))

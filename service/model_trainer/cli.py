@@ -119,20 +119,35 @@ def run(
 
 @app.command()
 def sample(
-    artifact_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False)],
+    artifact: Annotated[str, typer.Argument(help="An artifact folder, or its s3:// URL.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "\n",
     max_new_tokens: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
     temperature: Annotated[float, typer.Option(min=0.01, max=10.0)] = 0.8,
     seed: int = 1337,
 ) -> None:
-    """Generate text from a trained model's artifact folder."""
+    """Generate text from a trained model's artifact (a folder, or an s3:// URL: downloaded
+    into a temporary folder first, credentials from the standard AWS variables)."""
+    import tempfile
+
+    from model_trainer_contracts import ModelTrainerErrorCode
+
+    from .core.storage import download_tree, is_url
     from .engine import sample as generate
 
-    try:
-        text = generate(artifact_dir, prompt, max_new_tokens, temperature, seed)
-    except ModelTrainerError as exc:
-        console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}", soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+    with tempfile.TemporaryDirectory(prefix="model-trainer-sample-") as tmp:
+        try:
+            if is_url(artifact):
+                folder = download_tree(
+                    artifact, Path(tmp), missing=ModelTrainerErrorCode.MODEL_NOT_FOUND
+                )
+            else:
+                folder = Path(artifact)
+                if not folder.is_dir():
+                    raise typer.BadParameter(f"no folder {artifact}", param_hint="ARTIFACT")
+            text = generate(folder, prompt, max_new_tokens, temperature, seed)
+        except ModelTrainerError as exc:
+            console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}", soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_SETTINGS) from None
     out.print(text, markup=False)
 
 

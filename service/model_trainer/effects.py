@@ -74,6 +74,8 @@ class Policy:
     max_command_bytes: int
     commands_topic: str = "trainer.commands"
     default_timeout_s: float | None = None  # a job that sets no timeout_s gets this one
+    artifacts_url: str | None = None  # object storage for checkpoints and artifacts
+    storage_retry_s: float = 120.0
 
 
 def request_digest(job: SubmitJobV1) -> str:

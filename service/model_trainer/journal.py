@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, ProgressEventV1
 
+from .core import storage
 from .core.layout import METRICS, append_metrics, release_checkpoints
 from .effects import Policy, Publish
 from .metrics import DEAD_LETTERS, JOBS_FINISHED
@@ -42,6 +43,8 @@ def policy_of(settings: Settings) -> Policy:
         max_corpus_bytes=settings.max_corpus_bytes,
         max_command_bytes=settings.max_command_bytes,
         default_timeout_s=settings.default_timeout_s,
+        artifacts_url=settings.artifacts_url,
+        storage_retry_s=settings.storage_retry_s,
     )
 
 
@@ -55,6 +58,8 @@ def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None
         def release(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 release_checkpoints(folder)
+                if settings.artifacts_url is not None and publish.ended is not None:
+                    storage.release_checkpoints(settings.artifacts_url, publish.ended)
 
         committed.add_done_callback(release)
     for record in publish.records:

@@ -43,6 +43,8 @@ class RunOrder:
     checkpoint_every: int
     max_corpus_bytes: int
     deadline: float | None  # wall-clock time after which the run stops with TRAINING_TIMEOUT
+    artifacts_url: str | None = None  # object storage for checkpoints and the artifact
+    storage_retry_s: float = 120.0
 
 
 @dataclass(frozen=True)

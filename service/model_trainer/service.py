@@ -84,6 +84,7 @@ class TrainerService:
             cuda_available=self.pool.cuda or None,
             shared_artifacts=settings.shared_artifacts,
             memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
+            max_corpus_bytes=settings.max_corpus_bytes,
         )
         admit_limits(job, settings)
 

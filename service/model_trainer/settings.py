@@ -198,6 +198,18 @@ class Settings(BaseSettings):
 
     data_root: Path = Field(Path("data"), description="Corpora paths are relative to this.")
     artifacts_root: Path = Field(Path("artifacts"), description="One folder per job.")
+    artifacts_url: str | None = Field(
+        None,
+        pattern=r"^s3://[^/@:]+(/.*)?$",
+        description="s3://bucket/prefix: checkpoints (per attempt) and artifacts are uploaded "
+        "there too, and completed events name the artifact's URL; unset: local files only.",
+    )
+    storage_retry_s: float = Field(
+        120.0,
+        gt=0,
+        description="A run retries an unreachable object store with backoff this long, then "
+        "fails with STORAGE_UNAVAILABLE (retryable), its last good checkpoint kept.",
+    )
     sweep_interval_s: float = Field(
         3600.0,
         gt=0,

@@ -71,7 +71,12 @@ class _Emitter:
         self._attempt = attempt
 
     def __call__(self, event: ConfigEventV1 | ProgressEventV1) -> None:
-        self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
+        try:
+            self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
+        except BrokenPipeError:
+            # The service is gone: its lifeline stops this run (after a checkpoint) and
+            # this process; the event has no one to go to.
+            log.warning("event not sent: the service is gone", job_id=self._job_id)
 
 
 def run_order(
@@ -96,6 +101,8 @@ def run_order(
         emit=_Emitter(conn, job.job_id, order.attempt),
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
+        artifacts_url=order.artifacts_url,
+        storage_retry_s=order.storage_retry_s,
     )
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")

@@ -159,3 +159,19 @@ def test_a_cancelled_job_whose_killed_run_is_still_dying_has_not_ended_yet() -> 
     assert ended_jobs(book.states, book.jobs.keys() | book.runs.keys()) == set()
     book.died("a", 1, -9, now=11)
     assert ended_jobs(book.states, book.jobs.keys() | book.runs.keys()) == {"a"}
+
+
+def test_downloaded_corpora_go_after_the_retention_partial_ones_after_an_hour() -> None:
+    found = [
+        folder(".downloads/old", age_s=8 * DAY, size=500),
+        file(".downloads/old/corpus.txt", age_s=8 * DAY, size=500),
+        folder(".downloads/used", age_s=DAY, size=400),
+        file(".downloads/used/corpus.txt", age_s=DAY, size=400),
+        folder(".downloads/.abc.42.partial", age_s=TEMP_AGE_S, size=30),
+        file(".downloads/.abc.42.partial/corpus.txt", age_s=TEMP_AGE_S, size=30),
+        folder(".downloads/.def.43.partial", age_s=60, size=7),
+    ]
+    assert plan(found, set(), NOW, RETENTION) == [
+        doomed(Kind.TEMP, ".downloads/.abc.42.partial", size=30),
+        doomed(Kind.TOKEN_CACHE, ".downloads/old", size=500),
+    ]

@@ -26,6 +26,7 @@ from .capabilities import CAPABILITIES, Capabilities, context_length, core_param
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_job_memory, placement
 from .pretrained import confined_folder, inspect_pretrained
+from .storage import is_url, list_corpus
 
 _C = ModelTrainerErrorCode
 
@@ -38,13 +39,17 @@ def admit(
     cuda_available: bool | None = None,
     shared_artifacts: bool = True,
     memory_budget_mb: int | None = None,
+    max_corpus_bytes: int = 1 << 30,
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
     In order: the backend exists and accepts the tokenizer kind, fine-tuning and compiling
     (UNSUPPORTED_BACKEND); the model's shape is within its bounds (INVALID_MODEL_SIZE);
     device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
-    UNSUPPORTED_BACKEND). Given ``data_root``: the corpus path stays inside it
+    UNSUPPORTED_BACKEND). An ``s3://`` corpus exists, is readable with the service's
+    credentials and is neither empty nor over ``max_corpus_bytes`` (CORPUS_NOT_FOUND,
+    STORAGE_ACCESS_DENIED, STORAGE_UNAVAILABLE, CORPUS_EMPTY, CORPUS_TOO_LARGE). Given
+    ``data_root``: the corpus path stays inside it
     (PATH_NOT_ALLOWED) and exists (CORPUS_NOT_FOUND); a pretrained model folder passes
     :func:`~model_trainer.core.pretrained.inspect_pretrained` and fits the bounds and its own
     position limit (INVALID_MODEL_SIZE). Given ``artifacts_root``: the init_from artifact
@@ -93,7 +98,14 @@ def admit(
     check_placement(job.training, caps, cuda_available=cuda_available)
     with _usable_paths(job):
         _check_files(
-            job, caps, data_root, artifacts_root, cuda_available, shared_artifacts, memory_budget_mb
+            job,
+            caps,
+            data_root,
+            artifacts_root,
+            cuda_available,
+            shared_artifacts,
+            memory_budget_mb,
+            max_corpus_bytes,
         )
 
 
@@ -120,8 +132,13 @@ def _check_files(
     cuda_available: bool | None,
     shared_artifacts: bool,
     memory_budget_mb: int | None,
+    max_corpus_bytes: int,
 ) -> None:
-    if data_root is not None and job.data.corpus_path is not None:
+    if is_url(job.data.corpus_path) and job.data.corpus_path is not None:
+        # HEAD (or a list for a prefix) with short timeouts: missing bucket or object,
+        # refused credentials, an empty or oversized corpus are answered at acceptance.
+        list_corpus(job.data.corpus_path, max_corpus_bytes)
+    elif data_root is not None and job.data.corpus_path is not None:
         target = resolve_inside(data_root, job.data.corpus_path)
         if not target.exists():
             raise ModelTrainerError(

@@ -15,6 +15,7 @@ METRICS = "metrics.jsonl"  # every event of the job, one JSON line each, as publ
 TOKENIZER_FILE = "tokenizer.json"
 STAGING = ".staging"  # in the job folder: the artifact's files before they are renamed into place
 CACHE_DIR = ".token-cache"  # in the artifacts root: tokenized corpora, shared by jobs
+DOWNLOADS = ".downloads"  # in the artifacts root: corpora fetched from object storage
 # An atomic write goes to ".<name>.<pid>.tmp" beside its target first: one a killed writer
 # left behind is recognised (and swept) by this pattern.
 TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")

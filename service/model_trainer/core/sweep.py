@@ -7,6 +7,8 @@ Three things would otherwise grow for ever:
   write (a writer's file changes as it writes; a staging folder lives for seconds);
 * token-cache entries (``.token-cache/<key>.npy`` and ``<key>.tokenizer.json``) no job has
   used for the retention: a cache hit touches them, so their newest mtime is the last use;
+* corpora downloaded from object storage (``.downloads/<key>``) unused for the same
+  retention, and partial downloads untouched for ``TEMP_AGE_S``;
 * the ``checkpoints`` folders of ended jobs (completed, failed or cancelled), which nothing
   resumes: the service removes them when a terminal event commits, and the sweep catches
   what a crash in between, or a killed run still writing, left.
@@ -24,7 +26,7 @@ from pathlib import PurePosixPath
 
 from model_trainer_contracts import JobStateV1
 
-from .layout import CACHE_DIR, CHECKPOINTS, STAGING, TEMP_NAME
+from .layout import CACHE_DIR, CHECKPOINTS, DOWNLOADS, STAGING, TEMP_NAME
 
 TEMP_AGE_S = 3600.0  # a temp file or staging folder untouched this long has no writer
 
@@ -83,6 +85,7 @@ def plan(
         for f in listing
         if _job_folder(f, STAGING) and _stale(f, now, retention.temp_s)
     ]
+    doomed += _downloads(listing, now, retention)
     folders = {d.paths[0] for d in doomed}
     files = [f for f in listing if not f.folder and not folders.intersection(f.path.parents)]
     doomed += [
@@ -98,6 +101,21 @@ def plan(
         if now - max(f.mtime for f in parts) >= retention.token_cache_s:
             size = sum(f.size for f in parts)
             doomed.append(Doomed(Kind.TOKEN_CACHE, tuple(f.path for f in parts), size))
+    return doomed
+
+
+def _downloads(listing: list[Found], now: float, retention: Retention) -> list[Doomed]:
+    """Corpora fetched from object storage (``.downloads/<key>``, touched when used again)
+    unused for the token-cache retention, and partial fetches a killed worker left."""
+    doomed: list[Doomed] = []
+    for f in listing:
+        if not (f.folder and len(f.path.parts) == 2 and f.path.parts[0] == DOWNLOADS):
+            continue
+        if f.path.name.startswith("."):
+            if _stale(f, now, retention.temp_s):
+                doomed.append(Doomed(Kind.TEMP, (f.path,), f.size))
+        elif _stale(f, now, retention.token_cache_s):
+            doomed.append(Doomed(Kind.TOKEN_CACHE, (f.path,), f.size))
     return doomed
 
 

@@ -31,9 +31,10 @@ import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
-from model_trainer.core.layout import temp_path
-from model_trainer.engine.context import Superseded
+from model_trainer.core.layout import CHECKPOINTS, temp_path
+from model_trainer.engine.context import RunContext, Superseded
 from model_trainer.engine.files import atomic_write, atomic_write_bytes, sha256_file
+from model_trainer.engine.remote import RemoteCheckpoints
 
 log = structlog.get_logger()
 
@@ -218,15 +219,35 @@ class Fence:
     brings the newest checkpoint of the highest earlier attempt into it; :meth:`check` raises
     :class:`Superseded` once a higher attempt has claimed the job."""
 
-    def __init__(self, root: Path, attempt: int) -> None:
+    def __init__(self, root: Path, attempt: int, remote: RemoteCheckpoints | None = None) -> None:
         self.root = root
         self.attempt = attempt
         self.folder = root / f"attempt-{attempt}"
+        self.remote = remote
+
+    @classmethod
+    def of(cls, ctx: RunContext) -> Fence:
+        """The fence of ``ctx``'s attempt, mirrored to its artifacts URL when it has one."""
+        remote = None
+        if ctx.artifacts_url is not None:
+            remote = RemoteCheckpoints(
+                ctx.artifacts_url, ctx.job.job_id, ctx.attempt, ctx.storage_retry_s
+            )
+        return cls(ctx.job_dir / CHECKPOINTS, ctx.attempt, remote)
 
     def superseded_by(self) -> int | None:
-        """The highest attempt above this one that has claimed the job, if any."""
+        """The highest attempt above this one that has claimed the job, if any (here or, with
+        object storage, on any node)."""
         higher = [n for n in _attempts(self.root) if n > self.attempt]
+        if self.remote is not None:
+            higher += [n for n in [self.remote.superseded_by()] if n is not None]
         return max(higher) if higher else None
+
+    def saved(self, path: Path, step: int) -> None:
+        """Mirror the checkpoint of ``step`` just written at ``path`` to the store (no-op
+        without one)."""
+        if self.remote is not None:
+            self.remote.upload(path, step, _digest_path(path).read_text().strip())
 
     def check(self, step: int) -> None:
         """Stop (Superseded) when a later attempt owns the job: its files are not ours."""
@@ -241,16 +262,36 @@ class Fence:
         earlier attempt that has one. Returns whether there is a checkpoint to resume."""
         self.check(0)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.remote is not None:
+            self.remote.claim()
         if has_checkpoint(self.folder):
             return True
-        earlier = sorted((n for n in _attempts(self.root) if n < self.attempt), reverse=True)
-        for n in earlier:
-            source = self.root if n == LEGACY_ATTEMPT else self.root / f"attempt-{n}"
-            if has_checkpoint(source):
-                _copy_checkpoint(source, self.folder)
-                log.info("engine.checkpoint_claimed", attempt=self.attempt, source=n)
-                return True
+        found = _attempts(self.root)
+        earlier = sorted(
+            (n for n, folder in found.items() if n < self.attempt and has_checkpoint(folder)),
+            reverse=True,
+        )
+        if _fetch_remote(self, earlier[0] if earlier else -1):
+            return True
+        if earlier:
+            _copy_checkpoint(found[earlier[0]], self.folder)
+            log.info("engine.checkpoint_claimed", attempt=self.attempt, source=earlier[0])
+            return True
         return False
+
+
+def _fetch_remote(fence: Fence, local_best: int) -> bool:
+    """Bring the store's newest complete checkpoint into the fence's folder when it is of a
+    later attempt than any here (another node ran the job since); True when one came."""
+    remote = fence.remote
+    if remote is None:
+        return False
+    for found in remote.newest(up_to=fence.attempt):
+        if found.attempt <= local_best:
+            return False  # this node has that attempt's files itself
+        if remote.download(found, fence.folder / FILE):
+            return True
+    return False
 
 
 def _copy_checkpoint(source: Path, target: Path) -> None:

@@ -80,6 +80,10 @@ class RunContext:
     emit: Callable[[ConfigEventV1 | ProgressEventV1], None] = _discard
     stop_requested: Callable[[], StopReason | None] = _never_stop
     memory_budget_mb: int | None = None
+    # Object storage (``s3://bucket/prefix``): checkpoints and the artifact go there too,
+    # and the completed event names the artifact's URL; None: local files only.
+    artifacts_url: str | None = None
+    storage_retry_s: float = 120.0  # how long a run waits for its store, then fails retryably
 
     @property
     def job_dir(self) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErrorCode
 
+from model_trainer.core import storage
 from model_trainer.core.layout import resolve_inside
 
 _C = ModelTrainerErrorCode
@@ -65,8 +66,23 @@ def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def read_corpus(spec: DataSpec, data_root: Path, max_bytes: int) -> RawCorpus:
-    """Read the corpus bytes; CORPUS_NOT_FOUND, CORPUS_TOO_LARGE or PATH_NOT_ALLOWED."""
+def read_corpus(
+    spec: DataSpec, data_root: Path, max_bytes: int, *, downloads: Path | None = None
+) -> RawCorpus:
+    """Read the corpus bytes; CORPUS_NOT_FOUND, CORPUS_TOO_LARGE or PATH_NOT_ALLOWED.
+
+    An ``s3://`` corpus is fetched into ``downloads`` first (once per object version; see
+    :func:`~model_trainer.core.storage.fetch_corpus`) and read from there like a local one:
+    the same names, so the same digest and token-cache key as the same files on disk."""
+    if storage.is_url(spec.corpus_path) and spec.corpus_path is not None:
+        if downloads is None:
+            raise ModelTrainerError(
+                _C.PATH_NOT_ALLOWED,
+                "this runner reads no object storage",
+                details={"corpus_path": spec.corpus_path},
+            )
+        data_root, relative = storage.fetch_corpus(spec.corpus_path, downloads, max_bytes)
+        spec = spec.model_copy(update={"corpus_path": relative})
     if spec.inline_text is not None:
         files = [("<inline>", spec.inline_text.encode())]
     else:

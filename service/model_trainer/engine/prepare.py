@@ -26,7 +26,7 @@ from model_trainer_contracts import (
 )
 from torch import nn
 
-from model_trainer.core.layout import CACHE_DIR, CHECKPOINTS, MANIFEST
+from model_trainer.core.layout import CACHE_DIR, DOWNLOADS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.core.pretrained import confined_folder
 from model_trainer.engine import checkpoint
@@ -103,7 +103,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     optimizer = build_optimizer(model, tr, fused=placement.fused_adamw)
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
     digest = run_digest(job)
-    fence = checkpoint.Fence(ctx.job_dir / CHECKPOINTS, ctx.attempt)
+    fence = checkpoint.Fence.of(ctx)
     if fence.claim() and not backend.capabilities.can_resume:
         raise ModelTrainerError(
             _C.RUN_NOT_RESUMABLE, f"backend {backend.name!r} cannot resume from a checkpoint"
@@ -159,7 +159,9 @@ def _seed_everything(seed: int) -> None:
 
 def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextTokenizer, Splits]:
     """The tokenizer and split token data, from the token cache when it has them."""
-    raw = read_corpus(ctx.job.data, ctx.data_root, ctx.max_corpus_bytes)
+    raw = read_corpus(
+        ctx.job.data, ctx.data_root, ctx.max_corpus_bytes, downloads=ctx.artifacts_root / DOWNLOADS
+    )
     ctx.obey_stop("prepare", 0)
     given = given_tokenizer(ctx, backend)
     spec = ctx.job.tokenizer

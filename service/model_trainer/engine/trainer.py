@@ -24,7 +24,7 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
-from model_trainer.core.layout import CHECKPOINTS
+from model_trainer.core import storage
 from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
@@ -32,6 +32,7 @@ from model_trainer.engine.context import RunContext, stopped
 from model_trainer.engine.dataset import Tokens, batch, derive_seed
 from model_trainer.engine.optim import lr_at, warmup_steps
 from model_trainer.engine.prepare import Prepared, prepare
+from model_trainer.engine.remote import publish_artifact
 from model_trainer.engine.stages import stage
 
 _C = ModelTrainerErrorCode
@@ -98,7 +99,7 @@ class BaseTrainer:
         self.ctx.obey_stop("save", p.loop.step)
         self._checkpoint(p)  # the final step: a crash from here on resumes without training
         with stage("save", device):
-            fence = checkpoint.Fence(self.ctx.job_dir / CHECKPOINTS, self.ctx.attempt)
+            fence = checkpoint.Fence.of(self.ctx)
             digest = write_artifact(
                 self.ctx.job_dir,
                 self.backend,
@@ -108,6 +109,14 @@ class BaseTrainer:
                 attempt=self.ctx.attempt,
                 check=lambda: fence.check(p.loop.step),
             )
+            location = str(self.ctx.job_dir)
+            if self.ctx.artifacts_url is not None:
+                fence.check(p.loop.step)
+                location = publish_artifact(
+                    self.ctx.job_dir,
+                    storage.join(self.ctx.artifacts_url, self.job.job_id),
+                    self.ctx.storage_retry_s,
+                )
         log.info("engine.completed", job_id=self.job.job_id, step=p.loop.step, test_loss=test_loss)
         return CompletedEventV1(
             **self.ctx.envelope(),
@@ -117,7 +126,7 @@ class BaseTrainer:
             steps=p.loop.step,
             duration_s=time.monotonic() - self.started,
             early_stopped=early_stopped,
-            artifact_path=str(self.ctx.job_dir),
+            artifact_path=location,
             manifest_digest=digest,
         )
 
@@ -248,9 +257,9 @@ class BaseTrainer:
         raise stopped(reason, step, "train")
 
     def _checkpoint(self, p: Prepared) -> None:
-        fence = checkpoint.Fence(self.ctx.job_dir / CHECKPOINTS, self.ctx.attempt)
+        fence = checkpoint.Fence.of(self.ctx)
         fence.check(p.loop.step)
-        checkpoint.save(
+        saved = checkpoint.save(
             fence.folder,
             model=p.model,
             optimizer=p.optimizer,
@@ -259,6 +268,7 @@ class BaseTrainer:
             run_digest=p.run_digest,
             data_key=p.splits.cache_key,
         )
+        fence.saved(saved, p.loop.step)
         log.info("engine.checkpoint", job_id=self.job.job_id, step=p.loop.step)
 
     def _progress_due(self, meter: Meter, step: int, total: int) -> bool:
