@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from model_trainer.core.layout import CACHE_DIR
 from model_trainer.engine import run_job
+from model_trainer.engine.corpus import corpus_files
 from model_trainer.engine.dataset import load_cached, store
 from model_trainer.engine.tokenizer import train_char
-from model_trainer_contracts import ConfigEventV1, ModelTrainerError, ModelTrainerErrorCode
+from model_trainer_contracts import (
+    ConfigEventV1,
+    DataSpec,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+)
 
 from tests.engine.engine_helpers import Env, Event, make_text
 
@@ -148,3 +154,16 @@ def test_a_cache_entry_deleted_while_in_use_stays_readable(tmp_path: Path) -> No
         path.unlink()
     assert np.array_equal(tokens, stored)  # the mapping outlives the file
     assert load_cached(tmp_path, "k") is None  # the next job misses, and tokenizes again
+
+
+def test_a_symlink_loop_inside_a_corpus_folder_is_a_typed_refusal(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello world\n")
+    (folder / "loop-a").symlink_to(folder / "loop-b")
+    (folder / "loop-b").symlink_to(folder / "loop-a")
+    spec = DataSpec(corpus_path="corpus")
+    with pytest.raises(ModelTrainerError) as refused:
+        corpus_files(spec, tmp_path)
+    assert refused.value.code is ModelTrainerErrorCode.PATH_NOT_ALLOWED
+    assert refused.value.details["file"] == "loop-a"

@@ -142,7 +142,9 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited {self.proc.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready in {timeout_s}s: {self.tail()}")
+                tail = self.tail()
+                self.stop()  # never leave a service behind a failed start
+                raise TimeoutError(f"service not ready in {timeout_s}s: {tail}")
             time.sleep(0.3)
         return self
 

@@ -48,7 +48,14 @@ def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
         name = path.relative_to(target).as_posix()
         if any(part.startswith(".") for part in path.relative_to(target).parts):
             continue
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            raise ModelTrainerError(
+                _C.PATH_NOT_ALLOWED,
+                f"{name} in the corpus directory cannot be resolved: {exc.__class__.__name__}",
+                details={"corpus_path": relative, "file": name},
+            ) from None
         if not real.is_relative_to(data_root.resolve()):
             raise ModelTrainerError(
                 _C.PATH_NOT_ALLOWED,
