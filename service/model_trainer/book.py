@@ -86,6 +86,9 @@ class JobBook:
     behind: Callable[[], bool] = field(default=lambda: False)
     jobs: dict[str, Job] = field(default_factory=dict)
     states: dict[str, JobStateV1] = field(default_factory=dict)
+    # The state topic as read (committed only): what a released partition's jobs go back to,
+    # since what this book wrote for them may have been dropped uncommitted with it.
+    read: dict[str, JobStateV1] = field(default_factory=dict)
     queue: deque[str] = field(default_factory=deque)
     runs: dict[str, RunSlot] = field(default_factory=dict)  # by job_id
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
@@ -124,6 +127,7 @@ class JobBook:
 
     def load(self, state: JobStateV1) -> None:
         """A state record read from the topic (replay at start, or another instance's)."""
+        self.read[state.job_id] = state
         if state.job_id in self.jobs:
             return  # ours, and newer than anything on the topic
         known = self.states.get(state.job_id)
@@ -156,6 +160,7 @@ class JobBook:
 
     def forget(self, job_id: str) -> None:
         """A tombstone read from the topic: the ended job's state was deleted."""
+        self.read.pop(job_id, None)
         if job_id not in self.jobs:
             self.states.pop(job_id, None)
 
@@ -821,7 +826,23 @@ class JobBook:
         self.releasing -= released
         for tp in released:
             self.committed.pop(tp, None)
+        self._unwrite({tp.partition for tp in released})
         return effects
+
+    def _unwrite(self, partitions: set[int]) -> None:
+        """Take the states of ``partitions``' jobs back to what the topic committed: their
+        transactions still unsent were dropped (a fence, a flush out of time), and should
+        the group give a partition back, a state this book wrote but never committed would
+        settle the job's submit as a duplicate (the job never ends) or skip seqs."""
+        for job_id in {*self.states, *self.read}:
+            known = self.states.get(job_id) or self.read[job_id]
+            if known.partition not in partitions or job_id in self.jobs:
+                continue
+            committed = self.read.get(job_id)
+            if committed is None:
+                self.states.pop(job_id, None)
+            else:
+                self.states[job_id] = committed
 
     def shutdown(self, now: float) -> list[Effect]:
         """Stop dispatching; every running job checkpoints and stops (killed after grace)."""

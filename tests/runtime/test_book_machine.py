@@ -223,6 +223,8 @@ class BookMachine(RuleBasedStateMachine):
     def _assign(self, tps: list[TP]) -> None:
         for tp in tps:
             self.world.position[tp] = self.world.committed[tp]
+        for state in self.world.state_topic.values():  # the state topic read to its end
+            self.book.load(state)
         # the service reads the committed events since each running job's state record
         unsure = self.book.unsure(tps)
         seqs: dict[str, int] = {}
