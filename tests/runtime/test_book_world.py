@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from model_trainer.book import Admit, JobBook
 from model_trainer.effects import Effect, Kill, Publish, Run, Stop
 from model_trainer.records import TP, Outgoing, Record
@@ -111,6 +111,7 @@ class Node:
     position: dict[TP, int] = field(default_factory=dict)  # partitions it consumes
     revoking: set[TP] = field(default_factory=set)
     pending: list[Publish] = field(default_factory=list)  # sent, not yet committed
+    read_at: int = 0  # how much of the state topic its book has read
 
 
 @dataclass
@@ -121,8 +122,7 @@ class World:
     committed: dict[TP, int] = field(default_factory=lambda: dict.fromkeys(PARTITIONS, 0))
     epoch: dict[TP, int] = field(default_factory=lambda: dict.fromkeys(PARTITIONS, 0))
     owner: dict[TP, int | None] = field(default_factory=lambda: dict.fromkeys(PARTITIONS))
-    state_topic: dict[str, JobStateV1] = field(default_factory=dict)
-    deleted: set[str] = field(default_factory=set)  # tombstoned, not written since
+    state_log: list[tuple[str, JobStateV1 | None]] = field(default_factory=list)  # None: deleted
     life: Counter[str] = field(default_factory=Counter)  # tombstones committed, by job_id
     seqs: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     terminals: Counter[tuple[str, int]] = field(default_factory=Counter)
@@ -160,15 +160,18 @@ class WorldMachine(RuleBasedStateMachine):
             partitioner=partitioner,
             partition_count=len(PARTITIONS),
         )
-        self._catch_up(book)
-        return Node(name, self.incarnations, book)
+        node = Node(name, self.incarnations, book)
+        self._catch_up(node)
+        return node
 
-    def _catch_up(self, book: JobBook) -> None:
-        """The state topic read to its end, as every instance reads it."""
-        for state in self.world.state_topic.values():
-            book.load(state)
-        for job_id in self.world.deleted:
-            book.forget(job_id)
+    def _catch_up(self, node: Node) -> None:
+        """The state topic read on to its end (from its start by a new book)."""
+        for job_id, state in self.world.state_log[node.read_at :]:
+            if state is None:
+                node.book.forget(job_id)
+            else:
+                node.book.load(state)
+        node.read_at = len(self.world.state_log)
 
     def _adopt(self, node: Node, tps: list[TP]) -> None:
         """As the service takes up partitions: open their producers (fencing the last
@@ -177,13 +180,11 @@ class WorldMachine(RuleBasedStateMachine):
         world = self.world
         for tp in tps:
             assert tp not in node.position, f"{tp} adopted twice"
-            if any(tp in other.producers for other in self.nodes if other is not node):
-                STATS["takeovers"] += 1  # the last owner is still at it: now fenced
             world.epoch[tp] += 1
             world.owner[tp] = node.name
             node.producers[tp] = world.epoch[tp]
             node.position[tp] = world.committed[tp]
-        self._catch_up(node.book)
+        self._catch_up(node)
         last: dict[str, int] = {}
         for job_id in node.book.unsure(tps):
             seqs = world.seqs.get((job_id, world.life[job_id]), [])
@@ -235,6 +236,7 @@ class WorldMachine(RuleBasedStateMachine):
         node.pending = keep
         for lost in fenced:
             self._release(node, lost)
+        self._catch_up(node)
 
     def _commit(self, node: Node, publish: Publish) -> None:
         world = self.world
@@ -246,12 +248,10 @@ class WorldMachine(RuleBasedStateMachine):
             elif out.topic == "state":
                 job_id = out.key.decode()
                 if out.value is None:
-                    world.state_topic.pop(job_id, None)
-                    world.deleted.add(job_id)
+                    world.state_log.append((job_id, None))
                     world.life[job_id] += 1  # its job_id is new again
                 else:
-                    world.state_topic[job_id] = state_of(out.value)
-                    world.deleted.discard(job_id)
+                    world.state_log.append((job_id, state_of(out.value)))
             elif out.topic == TOPIC:
                 assert out.partition is not None, "a forwarded command without its partition"
                 log = world.log[TP(TOPIC, out.partition)]
@@ -316,17 +316,26 @@ class WorldMachine(RuleBasedStateMachine):
         log = self.world.log[PARTITIONS[partition]]
         log.append(Record(TOPIC, partition, len(log), job_id.encode(), value, []))
 
+    def _unread(self) -> list[tuple[int, TP]]:
+        """(node, partition) pairs with commands the node would consume now."""
+        return [
+            (node.name, tp)
+            for node in self.nodes
+            for tp, at in sorted(node.position.items())
+            if tp not in node.revoking and at < len(self.world.log[tp])
+        ]
+
+    @precondition(lambda self: bool(self._unread()))
     @rule(
-        n=st.integers(0, NODES - 1),
-        tp=st.sampled_from(PARTITIONS),
+        data=st.data(),
         many=st.integers(1, 3),
         fault=st.sampled_from(["none", "none", "none", "os", "value", "runtime", "typed"]),
     )
-    def deliver(self, n: int, tp: TP, many: int, fault: str) -> None:
-        """The node consumes commands of a partition it holds (stale or not)."""
+    def deliver(self, data: st.DataObject, many: int, fault: str) -> None:
+        """A node consumes commands of a partition it holds (stale or not); its admission
+        may raise anything."""
+        n, tp = data.draw(st.sampled_from(self._unread()))
         node = self.nodes[n]
-        if tp not in node.position or tp in node.revoking:
-            return
         self._step(f"deliver-{fault}")
         admit = admission(FAULTS[fault])
         for _ in range(many):
@@ -338,17 +347,13 @@ class WorldMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules: workers
 
-    @rule(
-        n=st.integers(0, NODES - 1),
-        data=st.data(),
-        what=st.sampled_from(["progress", "end", "fail", "die", "obey"]),
-    )
-    def worker(self, n: int, data: st.DataObject, what: str) -> None:
+    @precondition(lambda self: any(node.pool.runs for node in self.nodes))
+    @rule(data=st.data(), what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
+    def worker(self, data: st.DataObject, what: str) -> None:
+        busy = [(node.name, slot) for node in self.nodes for slot in sorted(node.pool.runs)]
+        n, slot = data.draw(st.sampled_from(busy))
         pool = self.nodes[n].pool
-        if not pool.runs:
-            return
         self._step(f"worker-{what}")
-        slot = data.draw(st.sampled_from(sorted(pool.runs)))
         run = pool.runs[slot]
         if what == "progress":
             pool.step(run)
@@ -361,6 +366,7 @@ class WorldMachine(RuleBasedStateMachine):
         else:
             pool.obey(slot)
 
+    @precondition(lambda self: any(node.pool.runs or node.pool.inbox for node in self.nodes))
     @rule(n=st.integers(0, NODES - 1), steps=st.integers(1, 3))
     def train(self, n: int, steps: int) -> None:
         """Every running worker of the node reports progress, and its book hears it all."""
@@ -372,6 +378,7 @@ class WorldMachine(RuleBasedStateMachine):
                 node.pool.step(run)
         self._tell(node)
 
+    @precondition(lambda self: any(node.pool.inbox for node in self.nodes))
     @rule(n=st.integers(0, NODES - 1), many=st.integers(1, 4))
     def pool_reports(self, n: int, many: int) -> None:
         self._step("report")
@@ -389,42 +396,46 @@ class WorldMachine(RuleBasedStateMachine):
             if who in ("both", str(node.name)):
                 self._apply(node, node.book.tick(self.now))
 
-    @rule(n=st.integers(0, NODES - 1), tp=st.sampled_from([None, *PARTITIONS]))
+    @precondition(lambda self: any(node.pending for node in self.nodes))
+    @rule(n=st.integers(0, NODES - 1), tp=st.sampled_from([None, None, *PARTITIONS]))
     def flush(self, n: int, tp: TP | None) -> None:
         self._step("flush")
         self._flush(self.nodes[n], tp)
 
     # -------------------------------------------------------------- rules: the group
 
-    @rule(n=st.integers(0, NODES - 1), data=st.data())
-    def revoke(self, n: int, data: st.DataObject) -> None:
-        """The group takes a partition the node holds (its own, or one it lost unaware)."""
+    def _held(self) -> list[tuple[int, TP]]:
+        return [
+            (node.name, tp)
+            for node in self.nodes
+            for tp in sorted(node.position)
+            if tp not in node.revoking
+        ]
+
+    @precondition(lambda self: bool(self._held()))
+    @rule(data=st.data())
+    def revoke(self, data: st.DataObject) -> None:
+        """The group takes a partition a node holds (its own, or one it lost unaware)."""
+        n, tp = data.draw(st.sampled_from(self._held()))
         node = self.nodes[n]
-        held = sorted(set(node.position) - node.revoking)
-        if not held:
-            return
         self._step("revoke")
-        tp = data.draw(st.sampled_from(held))
         node.revoking.add(tp)
         self._apply(node, node.book.revoke([tp], self.now))
 
+    @precondition(lambda self: any(node.revoking for node in self.nodes))
     @rule(
-        n=st.integers(0, NODES - 1),
         data=st.data(),
         wait=st.booleans(),
         flushed=st.sampled_from([True, True, False]),
         to=st.sampled_from([None, 0, 1]),
     )
-    def revoke_done(
-        self, n: int, data: st.DataObject, wait: bool, flushed: bool, to: int | None
-    ) -> None:
+    def revoke_done(self, data: st.DataObject, wait: bool, flushed: bool, to: int | None) -> None:
         """The hand-back ends: once all stopped or past the grace (kills), its transactions
         flushed or dropped (the flush timed out); the partition goes to ``to``, if free."""
+        revoking = [(node.name, tp) for node in self.nodes for tp in sorted(node.revoking)]
+        n, tp = data.draw(st.sampled_from(revoking))
         node = self.nodes[n]
-        if not node.revoking:
-            return
         self._step(f"revoke-done-{'flushed' if flushed else 'dropped'}")
-        tp = data.draw(st.sampled_from(sorted(node.revoking)))
         self._tell(node)
         if wait or node.book.handing_back([tp]):
             self.now += 11  # past the grace: the book kills what did not stop
@@ -437,27 +448,40 @@ class WorldMachine(RuleBasedStateMachine):
         if taker is not None and self.world.owner[tp] is None and tp not in taker.position:
             self._adopt(taker, [tp])
 
-    @rule(n=st.integers(0, NODES - 1), tp=st.sampled_from(PARTITIONS))
-    def assign(self, n: int, tp: TP) -> None:
-        node = self.nodes[n]
-        if self.world.owner[tp] is not None or tp in node.position:
-            return
-        self._step("assign")
-        self._adopt(node, [tp])
+    def _free(self) -> list[tuple[int, TP]]:
+        return [
+            (node.name, tp)
+            for node in self.nodes
+            for tp in PARTITIONS
+            if self.world.owner[tp] is None and tp not in node.position
+        ]
 
-    @rule(tp=st.sampled_from(PARTITIONS))
-    def take_over(self, tp: TP) -> None:
-        """The owner of ``tp`` is paused past the session timeout: the group gives the
-        partition to the other instance, which never hears of a hand-back. The old owner,
-        unaware, goes on until its producer is refused."""
+    @precondition(lambda self: bool(self._free()))
+    @rule(data=st.data())
+    def assign(self, data: st.DataObject) -> None:
+        n, tp = data.draw(st.sampled_from(self._free()))
+        self._step("assign")
+        self._adopt(self.nodes[n], [tp])
+
+    def _takeable(self) -> list[TP]:
+        return [
+            tp
+            for tp, owner in self.world.owner.items()
+            if owner is not None and tp not in self.nodes[1 - owner].position
+        ]
+
+    @precondition(lambda self: bool(self._takeable()))
+    @rule(data=st.data())
+    def take_over(self, data: st.DataObject) -> None:
+        """The owner of a partition is paused past the session timeout: the group gives it
+        to the other instance, which never hears of a hand-back. The old owner, unaware,
+        goes on until a transaction of its is refused (or the group tells it, later)."""
+        tp = data.draw(st.sampled_from(self._takeable()))
         owner = self.world.owner[tp]
-        if owner is None:
-            return
-        taker = self.nodes[1 - owner]
-        if tp in taker.position:
-            return
+        assert owner is not None
         self._step("take-over")
-        self._adopt(taker, [tp])
+        STATS["takeovers"] += 1
+        self._adopt(self.nodes[1 - owner], [tp])
 
     @rule(n=st.integers(0, NODES - 1), flush_first=st.booleans())
     def crash(self, n: int, flush_first: bool) -> None:
