@@ -25,6 +25,7 @@ The promise this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -228,9 +229,49 @@ class JobBook:
 
     def refuse(self, record: Record, error: ModelTrainerError, now: float) -> list[Effect]:
         """Dead-letter ``record`` unhandled: it killed the service once, or handling it raised.
-        Its offset is settled, so it is never read again."""
+        Its offset is settled, so it is never read again: a job that ran before from this
+        record (its state still says so) ends with the refusal, or it would never end."""
         self.offsets.add(record.tp, record.offset)
-        return self._dead_letter(record, error, None, now)
+        letter = self._dead_letter(record, error, None, now)
+        job_id = salvage_job_id(record.value)
+        state = self.states.get(job_id) if job_id is not None else None
+        if (
+            job_id is None
+            or state is None
+            or job_id in self.jobs
+            or state.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
+            or state.partition != record.partition
+            or record.key != job_id.encode()
+        ):
+            return letter
+        envelope = Envelope(
+            job_id=job_id,
+            user_id=state.user_id,
+            seq=state.last_seq + 1,
+            attempt=max(1, state.attempt),
+            labels=dict(state.labels),
+        )
+        event = failed_event(envelope, error)
+        final = state.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "last_seq": event.seq,
+                "error_code": str(error.code),
+                "updated_at": _time(now),
+            }
+        )
+        self.states[job_id] = final
+        log.info("job ended with its refused command", job_id=job_id, seq=event.seq)
+        return [
+            dataclasses.replace(
+                publish,
+                records=(*publish.records, self._event_record(event), self._state_record(final)),
+                events=(event,),
+                ended=job_id,
+            )
+            for publish in letter
+            if isinstance(publish, Publish)
+        ]
 
     def home(self, job_id: str) -> int | None:
         """The commands partition that holds ``job_id``: its job's or its state's, else where

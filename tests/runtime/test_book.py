@@ -14,6 +14,7 @@ from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,
     JobStatus,
+    ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
     QueuedEventV1,
@@ -546,3 +547,38 @@ def test_a_partition_taken_back_keeps_what_the_state_topic_committed() -> None:
     assert book.states["a"].status is JobStatus.COMPLETED
     assert book.states["a"].last_seq == 1  # seq 2 went out with P0's dropped transaction
     assert published(book.command(record(submit("a"), 0), now=3)) == []  # a duplicate
+
+
+def test_a_crash_markers_refusal_of_a_resumed_jobs_submit_ends_the_job() -> None:
+    """The service died handling the submit of a job that had run before (its state says
+    running): refused unhandled, the submit's offset is committed, so the job ends here, with
+    the refusal's code as its one terminal event, or it would never end."""
+    book = JobBook(policy(), refuse_bad)
+    book.assign([P0])
+    running = JobStateV1(
+        job_id="a",
+        user_id=7,
+        status=JobStatus.RUNNING,
+        request_digest="d",
+        partition=0,
+        offset=0,
+        attempt=2,
+        last_seq=4,
+    )
+    book.load(running)
+    crashed = ModelTrainerError(C.COMMAND_CRASHED, "the service died handling it")
+    out = book.refuse(record(submit("a"), 0), crashed, now=1)
+    [ended] = [e for e in published(out) if is_terminal(e)]
+    assert isinstance(ended, FailedEventV1)
+    assert (ended.code, ended.seq, ended.attempt) == (C.COMMAND_CRASHED, 5, 2)
+    assert [(s.status, s.last_seq) for s in states(out)] == [(JobStatus.FAILED, 5)]
+    assert [e.ended for e in out if isinstance(e, Publish)] == ["a"]
+    assert commits(out) == {P0: 1}
+    assert [r.topic for e in out if isinstance(e, Publish) for r in e.records] == [
+        "dlq",
+        "events",
+        "state",
+    ]
+    # A refused command of no job, or of an ended one, gets the dead letter alone.
+    again = book.refuse(record(submit("a"), 1), crashed, now=2)
+    assert published(again) == []
