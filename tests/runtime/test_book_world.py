@@ -31,6 +31,7 @@ import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -70,6 +71,14 @@ FAULTS: dict[str, Exception | None] = {
 }
 _STATES: dict[bytes, JobStateV1] = {}  # decoded state records, by their bytes (speed)
 _COMMANDS: dict[tuple[str, str, int], bytes] = {}
+
+
+T = TypeVar("T")
+PICK = st.integers(0, 5)  # which of the pairs a rule may act on (cheaper than a data draw)
+
+
+def chosen(options: list[T], pick: int) -> T:
+    return options[pick % len(options)]
 
 
 def partitioner(key: bytes, count: int) -> int:
@@ -112,6 +121,7 @@ class Node:
     revoking: set[TP] = field(default_factory=set)
     pending: list[Publish] = field(default_factory=list)  # sent, not yet committed
     read_at: int = 0  # how much of the state topic its book has read
+    suspects: set[tuple[int, int]] = field(default_factory=set)  # crash markers found
 
 
 @dataclass
@@ -140,6 +150,7 @@ class WorldMachine(RuleBasedStateMachine):
         self.nodes = [self._start(n) for n in range(NODES)]
         self.trace: list[str] = []
         self.sent: set[tuple[str, str]] = set()
+        self.crashed_on: set[str] = set()  # jobs whose command a crash marker refused
         STATS["examples"] += 1
 
     # -------------------------------------------------------------- instances
@@ -327,31 +338,42 @@ class WorldMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self._unread()))
     @rule(
-        data=st.data(),
+        pick=PICK,
         many=st.integers(1, 3),
         fault=st.sampled_from(["none", "none", "none", "os", "value", "runtime", "typed"]),
     )
-    def deliver(self, data: st.DataObject, many: int, fault: str) -> None:
+    def deliver(self, pick: int, many: int, fault: str) -> None:
         """A node consumes commands of a partition it holds (stale or not); its admission
         may raise anything."""
-        n, tp = data.draw(st.sampled_from(self._unread()))
+        n, tp = chosen(self._unread(), pick)
         node = self.nodes[n]
         self._step(f"deliver-{fault}")
         admit = admission(FAULTS[fault])
         for _ in range(many):
-            at = node.position[tp]
-            if at >= len(self.world.log[tp]):
+            if node.position[tp] >= len(self.world.log[tp]):
                 return
-            node.position[tp] = at + 1
-            self._apply(node, node.book.command(self.world.log[tp][at], self.now, admit=admit))
+            self._consume(node, tp, admit)
+
+    def _consume(self, node: Node, tp: TP, admit: Admit = refuse_bad) -> None:
+        """The node handles its next command of ``tp``; one it crashed on is refused."""
+        at = node.position[tp]
+        node.position[tp] = at + 1
+        record = self.world.log[tp][at]
+        if (tp.partition, at) in node.suspects:
+            STATS["crash markers"] += 1
+            self.crashed_on.add((record.key or b"").decode())
+            crashed = ModelTrainerError(ModelTrainerErrorCode.COMMAND_CRASHED, "crashed on it")
+            self._apply(node, node.book.refuse(record, crashed, self.now))
+        else:
+            self._apply(node, node.book.command(record, self.now, admit=admit))
 
     # -------------------------------------------------------------- rules: workers
 
     @precondition(lambda self: any(node.pool.runs for node in self.nodes))
-    @rule(data=st.data(), what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
-    def worker(self, data: st.DataObject, what: str) -> None:
+    @rule(pick=PICK, what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
+    def worker(self, pick: int, what: str) -> None:
         busy = [(node.name, slot) for node in self.nodes for slot in sorted(node.pool.runs)]
-        n, slot = data.draw(st.sampled_from(busy))
+        n, slot = chosen(busy, pick)
         pool = self.nodes[n].pool
         self._step(f"worker-{what}")
         run = pool.runs[slot]
@@ -413,10 +435,10 @@ class WorldMachine(RuleBasedStateMachine):
         ]
 
     @precondition(lambda self: bool(self._held()))
-    @rule(data=st.data())
-    def revoke(self, data: st.DataObject) -> None:
+    @rule(pick=PICK)
+    def revoke(self, pick: int) -> None:
         """The group takes a partition a node holds (its own, or one it lost unaware)."""
-        n, tp = data.draw(st.sampled_from(self._held()))
+        n, tp = chosen(self._held(), pick)
         node = self.nodes[n]
         self._step("revoke")
         node.revoking.add(tp)
@@ -424,16 +446,16 @@ class WorldMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: any(node.revoking for node in self.nodes))
     @rule(
-        data=st.data(),
+        pick=PICK,
         wait=st.booleans(),
         flushed=st.sampled_from([True, True, False]),
         to=st.sampled_from([None, 0, 1]),
     )
-    def revoke_done(self, data: st.DataObject, wait: bool, flushed: bool, to: int | None) -> None:
+    def revoke_done(self, pick: int, wait: bool, flushed: bool, to: int | None) -> None:
         """The hand-back ends: once all stopped or past the grace (kills), its transactions
         flushed or dropped (the flush timed out); the partition goes to ``to``, if free."""
         revoking = [(node.name, tp) for node in self.nodes for tp in sorted(node.revoking)]
-        n, tp = data.draw(st.sampled_from(revoking))
+        n, tp = chosen(revoking, pick)
         node = self.nodes[n]
         self._step(f"revoke-done-{'flushed' if flushed else 'dropped'}")
         self._tell(node)
@@ -457,9 +479,9 @@ class WorldMachine(RuleBasedStateMachine):
         ]
 
     @precondition(lambda self: bool(self._free()))
-    @rule(data=st.data())
-    def assign(self, data: st.DataObject) -> None:
-        n, tp = data.draw(st.sampled_from(self._free()))
+    @rule(pick=PICK)
+    def assign(self, pick: int) -> None:
+        n, tp = chosen(self._free(), pick)
         self._step("assign")
         self._adopt(self.nodes[n], [tp])
 
@@ -471,28 +493,34 @@ class WorldMachine(RuleBasedStateMachine):
         ]
 
     @precondition(lambda self: bool(self._takeable()))
-    @rule(data=st.data())
-    def take_over(self, data: st.DataObject) -> None:
+    @rule(pick=PICK)
+    def take_over(self, pick: int) -> None:
         """The owner of a partition is paused past the session timeout: the group gives it
         to the other instance, which never hears of a hand-back. The old owner, unaware,
         goes on until a transaction of its is refused (or the group tells it, later)."""
-        tp = data.draw(st.sampled_from(self._takeable()))
+        tp = chosen(self._takeable(), pick)
         owner = self.world.owner[tp]
         assert owner is not None
         self._step("take-over")
         STATS["takeovers"] += 1
         self._adopt(self.nodes[1 - owner], [tp])
 
-    @rule(n=st.integers(0, NODES - 1), flush_first=st.booleans())
-    def crash(self, n: int, flush_first: bool) -> None:
-        """kill -9 of an instance: its workers die with it, what it had not committed is
-        lost, and it starts again with the partitions the group still gives it."""
+    @rule(n=st.integers(0, NODES - 1), flush_first=st.booleans(), handling=st.booleans())
+    def crash(self, n: int, flush_first: bool, handling: bool) -> None:
+        """kill -9 of an instance (``handling`` its next command: the marker left behind
+        refuses that command when it comes again): its workers die with it, what it had
+        not committed is lost, and it starts again with the partitions the group still
+        gives it."""
         self._step("crash")
         node = self.nodes[n]
         if flush_first:
             self._flush(node)
         owned = [tp for tp in PARTITIONS if self.world.owner[tp] == node.name]
         fresh = self._start(node.name)
+        fresh.suspects = set(node.suspects)
+        unread = [(tp.partition, node.position[tp]) for m, tp in self._unread() if m == n]
+        if handling and unread:
+            fresh.suspects.add(unread[0])
         self.nodes[n] = fresh
         if owned:
             self._adopt(fresh, owned)
@@ -524,9 +552,7 @@ class WorldMachine(RuleBasedStateMachine):
             for node in self.nodes:
                 for tp in sorted(node.position):
                     while node.position[tp] < len(world.log[tp]):
-                        at = node.position[tp]
-                        node.position[tp] = at + 1
-                        self._apply(node, node.book.command(world.log[tp][at], self.now))
+                        self._consume(node, tp)
                 for slot in sorted(node.pool.runs):
                     node.pool.finish(slot, "ended", completed(node.pool.runs[slot].job_id))
                 self._tell(node)
@@ -544,6 +570,7 @@ class WorldMachine(RuleBasedStateMachine):
         for tp in PARTITIONS:
             assert world.committed[tp] == len(world.log[tp]), ("left uncommitted", tp, self.trace)
         submitted = {job_id for kind, job_id in self.sent if kind != "cancel"}
+        submitted -= self.crashed_on  # its one submit may be the one refused
         lives = {job_id for job_id, _ in world.accepted}
         assert submitted <= lives, ("a submitted job never ran", submitted - lives, self.trace)
 
@@ -566,5 +593,6 @@ def test_report_how_many_interleavings_and_fencings_were_explored(figure: Figure
         f"two books, one world: {STATS['examples']} examples, {STATS['steps']} steps, "
         f"{len(SEQUENCES)} distinct interleavings explored, {STATS['takeovers']} take-overs "
         f"of a live owner, {STATS['fencings']} transactions refused by a fence, "
-        f"{STATS['forwarded']} commands forwarded"
+        f"{STATS['forwarded']} commands forwarded, {STATS['crash markers']} refused by a "
+        "crash marker"
     )
