@@ -201,8 +201,10 @@ def test_a_state_is_not_tombstoned_while_its_submit_waits_behind_a_longer_job() 
 
 def test_a_state_committed_before_the_assignment_is_tombstoned_after_the_retention() -> None:
     book = JobBook(policy(state_retention_s=100.0), refuse_bad)
-    book.command(record(submit("a"), 0), now=0)  # as before the partition was ours
-    book.ended("a", 1, completed("a"), now=1)
+    out = book.command(record(submit("a"), 0), now=0)  # as before the partition was ours
+    out += book.ended("a", 1, completed("a"), now=1)
+    for state in states(out):  # committed, and read back from the state topic
+        book.load(state)
     book.release([PARTITIONS[0]])
     book.assign([PARTITIONS[0]], {PARTITIONS[0]: 1})  # the last owner committed its submit
     assert [r.key for r in outgoing(book.tick(now=200), "state") if r.value is None] == [b"a"]
