@@ -13,13 +13,15 @@ raising an OSError, a ValueError, a RuntimeError or a typed refusal), make worke
 progress, end, fail and die, move the clock (stalls, graces, and past the state retention),
 hand partitions over cleanly (revoke, flush or not, release) and not at all (the group
 gives a partition to the other instance while its owner, paused, goes on consuming,
-running and publishing until a transaction of its is refused), and crash an instance.
+running and publishing until a transaction of its is refused), and crash an instance (now
+and then while it handles a command: its crash marker refuses that command after the restart).
 
 Checked over the committed output of both books, as each transaction commits: at most one
 terminal event per job; each job's seqs are 0, 1, 2... in commit order; no run's progress is
 committed once another run of the job has had some committed (a zombie never commits after
-the owner took over); a commit is carried by its own partition's producer and never goes
-back. At the end the world drains, and every job accepted ended exactly once.
+the owner took over); whatever speaks of a job, and every offset commit, is carried by its own
+partition's producer; a commit never goes back. At the end the world drains, and every job
+accepted ended exactly once.
 
 A job's state tombstoned after the retention makes its ``job_id`` new again (README, state
 retention): what is committed after the tombstone is counted as a new job.
@@ -254,6 +256,11 @@ class WorldMachine(RuleBasedStateMachine):
         assert set(publish.commits) <= {publish.via}, "an offset committed by another producer"
         events = iter(publish.events)
         for out in publish.records:
+            if out.topic in ("events", "state"):
+                # Only the job's partition's producer may speak of it: any other could be one
+                # its stale owner still holds, unfenced.
+                home = partitioner(out.key, len(PARTITIONS))
+                assert publish.via.partition == home, f"{out.key!r} said via {publish.via}"
             if out.topic == "events":
                 self._event(node, next(events))
             elif out.topic == "state":
