@@ -25,6 +25,7 @@ The promise this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class JobBook:
     behind: Callable[[], bool] = field(default=lambda: False)
     jobs: dict[str, Job] = field(default_factory=dict)
     states: dict[str, JobStateV1] = field(default_factory=dict)
+    # The state topic as read (committed only): what a released partition's jobs go back to,
+    # since what this book wrote for them may have been dropped uncommitted with it.
+    read: dict[str, JobStateV1] = field(default_factory=dict)
     queue: deque[str] = field(default_factory=deque)
     runs: dict[str, RunSlot] = field(default_factory=dict)  # by job_id
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
@@ -125,8 +129,11 @@ class JobBook:
     def load(self, state: JobStateV1) -> None:
         """A state record read from the topic (replay at start, or another instance's).
 
-        Kept even for a job this book runs: once it loses the job (a revoke, a fence), the
-        records its new owner wrote meanwhile must be what it knows, not its own last one."""
+        Kept in ``read`` even for a job this book runs: once it loses the job (a revoke, a
+        fence), what its new owner wrote meanwhile is what it knows (see ``release``)."""
+        self.read[state.job_id] = state
+        if state.job_id in self.jobs:
+            return  # ours, and newer than anything on the topic
         known = self.states.get(state.job_id)
         if known is not None and known.status.terminal and not state.status.terminal:
             return
@@ -157,6 +164,7 @@ class JobBook:
 
     def forget(self, job_id: str) -> None:
         """A tombstone read from the topic: the ended job's state was deleted."""
+        self.read.pop(job_id, None)
         if job_id not in self.jobs:
             self.states.pop(job_id, None)
 
@@ -224,9 +232,49 @@ class JobBook:
 
     def refuse(self, record: Record, error: ModelTrainerError, now: float) -> list[Effect]:
         """Dead-letter ``record`` unhandled: it killed the service once, or handling it raised.
-        Its offset is settled, so it is never read again."""
+        Its offset is settled, so it is never read again: a job that ran before from this
+        record (its state still says so) ends with the refusal, or it would never end."""
         self.offsets.add(record.tp, record.offset)
-        return self._dead_letter(record, error, None, now)
+        letter = self._dead_letter(record, error, None, now)
+        job_id = salvage_job_id(record.value)
+        state = self.states.get(job_id) if job_id is not None else None
+        if (
+            job_id is None
+            or state is None
+            or job_id in self.jobs
+            or state.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
+            or state.partition != record.partition
+            or record.key != job_id.encode()
+        ):
+            return letter
+        envelope = Envelope(
+            job_id=job_id,
+            user_id=state.user_id,
+            seq=state.last_seq + 1,
+            attempt=max(1, state.attempt),
+            labels=dict(state.labels),
+        )
+        event = failed_event(envelope, error)
+        final = state.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "last_seq": event.seq,
+                "error_code": str(error.code),
+                "updated_at": _time(now),
+            }
+        )
+        self.states[job_id] = final
+        log.info("job ended with its refused command", job_id=job_id, seq=event.seq)
+        return [
+            dataclasses.replace(
+                publish,
+                records=(*publish.records, self._event_record(event), self._state_record(final)),
+                events=(event,),
+                ended=job_id,
+            )
+            for publish in letter
+            if isinstance(publish, Publish)
+        ]
 
     def home(self, job_id: str) -> int | None:
         """The commands partition that holds ``job_id``: its job's or its state's, else where
@@ -827,7 +875,23 @@ class JobBook:
         self.releasing -= released
         for tp in released:
             self.committed.pop(tp, None)
+        self._unwrite({tp.partition for tp in released})
         return effects
+
+    def _unwrite(self, partitions: set[int]) -> None:
+        """Take the states of ``partitions``' jobs back to what the topic committed: their
+        transactions still unsent were dropped (a fence, a flush out of time), and should
+        the group give a partition back, a state this book wrote but never committed would
+        settle the job's submit as a duplicate (the job never ends) or skip seqs."""
+        for job_id in {*self.states, *self.read}:
+            known = self.states.get(job_id) or self.read[job_id]
+            if known.partition not in partitions or job_id in self.jobs:
+                continue
+            committed = self.read.get(job_id)
+            if committed is None:
+                self.states.pop(job_id, None)
+            else:
+                self.states[job_id] = committed
 
     def shutdown(self, now: float) -> list[Effect]:
         """Stop dispatching; every running job checkpoints and stops (killed after grace)."""

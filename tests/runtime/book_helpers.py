@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_trainer.book import JobBook
-from model_trainer.effects import Policy, Publish
+from model_trainer.core.stop import StopReason
+from model_trainer.effects import Effect, Kill, Policy, Publish, Run, Stop
+from model_trainer.protocol import RunStarted
 from model_trainer.records import TP, Record
 from model_trainer_contracts import (
     CancelJobV1,
@@ -209,3 +212,107 @@ def is_terminal(event: EventBase) -> bool:
     if isinstance(event, CompletedEventV1):
         return True
     return isinstance(event, FailedEventV1) and event.details.get("command_rejected") is not True
+
+
+@dataclass
+class WorkerRun:
+    """A run a pool's worker has: what it was told, how far it got."""
+
+    job_id: str
+    attempt: int
+    stop: StopReason | None = None
+    steps: int = 0
+
+
+# What a pool says to its book: (kind, job_id, attempt, payload), oldest first.
+Report = tuple[str, str, int, object]
+
+
+@dataclass
+class Pool:
+    """The workers of one book, as the real pool behaves: orders wait for a free slot, a stop
+    of a waiting order hands it back unstarted, a kill reports the worker's death."""
+
+    slots: int
+    orders: list[Run] = field(default_factory=list)  # waiting for a free worker
+    runs: dict[int, WorkerRun] = field(default_factory=dict)  # by worker slot
+    inbox: list[Report] = field(default_factory=list)  # pool → book
+
+    def take(self, effect: Run | Stop | Kill) -> None:
+        if isinstance(effect, Run):
+            running = {r.job_id for r in self.runs.values()}
+            queued = {o.job_id for o in self.orders}
+            assert effect.job_id not in running | queued, f"{effect.job_id} runs twice"
+            self.orders.append(effect)
+        elif isinstance(effect, Stop):
+            slot = self.slot_of(effect.job_id)
+            if slot is not None:
+                self.runs[slot].stop = effect.reason
+            else:
+                self._unqueue(effect.job_id)
+        else:
+            slot = self.slot_of(effect.job_id, effect.attempt)
+            if slot is None:
+                self._unqueue(effect.job_id)
+            else:
+                run = self.runs.pop(slot)
+                self.inbox.append(("died", run.job_id, run.attempt, -9))
+
+    def _unqueue(self, job_id: str) -> None:
+        for order in list(self.orders):  # as the pool: a waiting run never starts
+            if order.job_id == job_id:
+                self.orders.remove(order)
+                self.inbox.append(("preempted", order.job_id, order.order.attempt, -1))
+
+    def hand_out(self) -> None:
+        for slot in range(self.slots):
+            if slot not in self.runs and self.orders:
+                order = self.orders.pop(0)
+                self.runs[slot] = WorkerRun(order.job_id, order.order.attempt)
+                self.inbox.append(("started", order.job_id, order.order.attempt, None))
+
+    def slot_of(self, job_id: str, attempt: int | None = None) -> int | None:
+        for slot, run in self.runs.items():
+            if run.job_id == job_id and attempt in (None, run.attempt):
+                return slot
+        return None
+
+    def finish(self, slot: int, kind: str, payload: object) -> None:
+        run = self.runs.pop(slot)
+        self.inbox.append((kind, run.job_id, run.attempt, payload))
+
+    def step(self, run: WorkerRun) -> None:
+        run.steps += 1
+        self.inbox.append(("progress", run.job_id, run.attempt, progress(run.job_id, run.steps)))
+
+    def obey(self, slot: int) -> None:
+        """The run at ``slot`` does what it was asked: checkpoint and stop, or end."""
+        run = self.runs[slot]
+        if run.stop is StopReason.SHUTDOWN:
+            self.finish(slot, "preempted", run.steps)
+        elif run.stop is not None:
+            code = (
+                ModelTrainerErrorCode.TRAINING_CANCELLED
+                if run.stop is StopReason.CANCEL
+                else ModelTrainerErrorCode.TRAINING_TIMEOUT
+            )
+            self.finish(slot, "ended", user_failure(run.job_id).model_copy(update={"code": code}))
+
+    def tell(self, book: JobBook, report: Report, now: float) -> list[Effect]:
+        """Hand one of the pool's messages to ``book``."""
+        kind, job_id, attempt, payload = report
+        if kind == "progress" and isinstance(payload, EventBase):
+            return book.progress(job_id, attempt, payload, now)
+        if kind == "ended" and isinstance(payload, EventBase):
+            return book.ended(job_id, attempt, payload, now)
+        if kind == "started":
+            return book.report(RunStarted(job_id, attempt), now)
+        if kind == "preempted" and isinstance(payload, int):
+            return book.preempted(job_id, attempt, payload, now)
+        return book.died(job_id, attempt, -9, now)
+
+    def clear(self) -> None:
+        """The pool's process went down with its workers."""
+        self.orders.clear()
+        self.runs.clear()
+        self.inbox.clear()

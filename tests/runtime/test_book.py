@@ -14,6 +14,7 @@ from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,
     JobStatus,
+    ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
     QueuedEventV1,
@@ -507,3 +508,77 @@ def test_a_new_owner_tombstones_its_partitions_expired_states_at_its_next_tick()
     book.assign([P0])  # a minute has not passed, but the partition is new here
     tombstones = [r.key for e in book.tick(now + 1) if isinstance(e, Publish) for r in e.records]
     assert tombstones == [b"old"]
+
+
+def test_a_partition_taken_back_forgets_what_its_dropped_transactions_said() -> None:
+    """Its transactions dropped (fenced, or the hand-back's flush timed out), a partition the
+    group gives back to this instance is taken up from what the state topic committed, never
+    from the book's own uncommitted writes: the job is answered again, from seq 0."""
+    book = JobBook(policy(), refuse_bad)
+    book.assign([P0])
+
+    def broken(_spec: SubmitJobV1) -> None:
+        raise OSError(36, "File name too long")
+
+    refused = book.command(record(submit("a"), 0), now=0, admit=broken)
+    assert [e.seq for e in published(refused)] == [0]  # never committed: dropped below
+    ran = book.command(record(submit("b"), 1), now=0)
+    assert [e.seq for e in published(ran)] == [0]  # queued, never committed either
+    book.release([P0])
+    book.assign([P0])
+    again = book.command(record(submit("a"), 0), now=1)
+    assert [(e.job_id, e.seq, e.type) for e in published(again)] == [
+        ("a", 0, "trainer.job.queued.v1")
+    ]
+    again = book.command(record(submit("b"), 1), now=1)
+    assert [(e.job_id, e.seq) for e in published(again)] == [("b", 0)]
+
+
+def test_a_partition_taken_back_keeps_what_the_state_topic_committed() -> None:
+    book = JobBook(policy(), refuse_bad)
+    book.assign([P0])
+    out = book.command(record(submit("a"), 0), now=0)
+    out += book.ended("a", 1, completed("a"), now=1)
+    for state in states(out):  # committed: the state topic's reader hands them back
+        book.load(state)
+    book.command(record(cancel("a"), 1), now=2)  # its rejection is dropped with P0
+    book.release([P0])
+    book.assign([P0])
+    assert book.states["a"].status is JobStatus.COMPLETED
+    assert book.states["a"].last_seq == 1  # seq 2 went out with P0's dropped transaction
+    assert published(book.command(record(submit("a"), 0), now=3)) == []  # a duplicate
+
+
+def test_a_crash_markers_refusal_of_a_resumed_jobs_submit_ends_the_job() -> None:
+    """The service died handling the submit of a job that had run before (its state says
+    running): refused unhandled, the submit's offset is committed, so the job ends here, with
+    the refusal's code as its one terminal event, or it would never end."""
+    book = JobBook(policy(), refuse_bad)
+    book.assign([P0])
+    running = JobStateV1(
+        job_id="a",
+        user_id=7,
+        status=JobStatus.RUNNING,
+        request_digest="d",
+        partition=0,
+        offset=0,
+        attempt=2,
+        last_seq=4,
+    )
+    book.load(running)
+    crashed = ModelTrainerError(C.COMMAND_CRASHED, "the service died handling it")
+    out = book.refuse(record(submit("a"), 0), crashed, now=1)
+    [ended] = [e for e in published(out) if is_terminal(e)]
+    assert isinstance(ended, FailedEventV1)
+    assert (ended.code, ended.seq, ended.attempt) == (C.COMMAND_CRASHED, 5, 2)
+    assert [(s.status, s.last_seq) for s in states(out)] == [(JobStatus.FAILED, 5)]
+    assert [e.ended for e in out if isinstance(e, Publish)] == ["a"]
+    assert commits(out) == {P0: 1}
+    assert [r.topic for e in out if isinstance(e, Publish) for r in e.records] == [
+        "dlq",
+        "events",
+        "state",
+    ]
+    # A refused command of no job, or of an ended one, gets the dead letter alone.
+    again = book.refuse(record(submit("a"), 1), crashed, now=2)
+    assert published(again) == []

@@ -29,17 +29,14 @@ from hypothesis.stateful import (
     rule,
 )
 from model_trainer.book import JobBook
-from model_trainer.core.stop import StopReason
 from model_trainer.core.sweep import ended_jobs
 from model_trainer.effects import Effect, Kill, Publish, Run, Stop, request_digest
-from model_trainer.protocol import RunStarted
 from model_trainer.records import TP, Record
 from model_trainer_contracts import (
     CancelJobV1,
     EventBase,
     FailedEventV1,
     JobStateV1,
-    ModelTrainerErrorCode,
     SubmitJobV1,
     decode_command,
     decode_event,
@@ -50,10 +47,10 @@ from tests.figures import Figure
 
 from .book_helpers import (
     TOPIC,
+    Pool,
     completed,
     is_terminal,
     policy,
-    progress,
     refuse_bad,
     submit,
     user_failure,
@@ -72,14 +69,6 @@ def home(job_id: str) -> TP:
 
 
 @dataclass
-class WorkerRun:
-    job_id: str
-    attempt: int
-    stop: StopReason | None = None
-    steps: int = 0
-
-
-@dataclass
 class World:
     """Everything outside the book: topics, publisher, pool."""
 
@@ -89,9 +78,7 @@ class World:
     events: list[EventBase] = field(default_factory=list)  # committed
     state_topic: dict[str, JobStateV1] = field(default_factory=dict)
     pending: list[Publish] = field(default_factory=list)  # published, not yet committed
-    orders: list[Run] = field(default_factory=list)  # waiting for a free worker
-    runs: dict[int, WorkerRun] = field(default_factory=dict)  # by worker slot
-    inbox: list[tuple[str, str, int, object]] = field(default_factory=list)  # pool → book
+    pool: Pool = field(default_factory=lambda: Pool(SLOTS))
     revoking: set[TP] = field(default_factory=set)
 
 
@@ -130,77 +117,20 @@ class BookMachine(RuleBasedStateMachine):
         self.trace.append(name)
 
     def _apply(self, effects: list[Effect]) -> None:
-        world = self.world
         for effect in effects:
             if isinstance(effect, Publish):
-                world.pending.append(effect)
-            elif isinstance(effect, Run):
-                running = {(r.job_id) for r in world.runs.values()}
-                queued = {o.job_id for o in world.orders}
-                assert effect.job_id not in running | queued, f"{effect.job_id} runs twice"
-                world.orders.append(effect)
-            elif isinstance(effect, Stop):
-                self._stop(effect)
-            elif isinstance(effect, Kill):
-                self._kill(effect)
-        self._hand_out()
-
-    def _hand_out(self) -> None:
-        world = self.world
-        for slot in range(SLOTS):
-            if slot not in world.runs and world.orders:
-                order = world.orders.pop(0)
-                world.runs[slot] = WorkerRun(order.job_id, order.order.attempt)
-                world.inbox.append(("started", order.job_id, order.order.attempt, None))
-
-    def _slot_of(self, job_id: str, attempt: int | None = None) -> int | None:
-        for slot, run in self.world.runs.items():
-            if run.job_id == job_id and attempt in (None, run.attempt):
-                return slot
-        return None
-
-    def _stop(self, stop: Stop) -> None:
-        slot = self._slot_of(stop.job_id)
-        if slot is not None:
-            self.world.runs[slot].stop = stop.reason
-            return
-        for order in list(self.world.orders):  # as the pool: a waiting run never starts
-            if order.job_id == stop.job_id:
-                self.world.orders.remove(order)
-                self.world.inbox.append(("preempted", order.job_id, order.order.attempt, -1))
-
-    def _kill(self, kill: Kill) -> None:
-        slot = self._slot_of(kill.job_id, kill.attempt)
-        if slot is None:
-            for order in list(self.world.orders):
-                if order.job_id == kill.job_id:
-                    self.world.orders.remove(order)
-                    self.world.inbox.append(("preempted", order.job_id, order.order.attempt, -1))
-            return
-        run = self.world.runs.pop(slot)
-        self.world.inbox.append(("died", run.job_id, run.attempt, -9))
-
-    def _finish_run(self, slot: int, kind: str, payload: object) -> None:
-        run = self.world.runs.pop(slot)
-        self.world.inbox.append((kind, run.job_id, run.attempt, payload))
+                self.world.pending.append(effect)
+            elif isinstance(effect, Run | Stop | Kill):
+                self.world.pool.take(effect)
+        self.world.pool.hand_out()
 
     def _deliver_inbox(self, most: int | None = None) -> None:
         """Hand the pool's messages to the book, oldest first (``most`` of them, or all)."""
+        pool = self.world.pool
         for _ in itertools.count() if most is None else range(most):
-            if not self.world.inbox:
+            if not pool.inbox:
                 return
-            kind, job_id, attempt, payload = self.world.inbox.pop(0)
-            if kind == "progress" and isinstance(payload, EventBase):
-                effects = self.book.progress(job_id, attempt, payload, self.now)
-            elif kind == "ended" and isinstance(payload, EventBase):
-                effects = self.book.ended(job_id, attempt, payload, self.now)
-            elif kind == "started":
-                effects = self.book.report(RunStarted(job_id, attempt), self.now)
-            elif kind == "preempted" and isinstance(payload, int):
-                effects = self.book.preempted(job_id, attempt, payload, self.now)
-            else:
-                effects = self.book.died(job_id, attempt, -9, self.now)
-            self._apply(effects)
+            self._apply(pool.tell(self.book, pool.inbox.pop(0), self.now))
 
     def _flush(self) -> None:
         world = self.world
@@ -223,6 +153,8 @@ class BookMachine(RuleBasedStateMachine):
     def _assign(self, tps: list[TP]) -> None:
         for tp in tps:
             self.world.position[tp] = self.world.committed[tp]
+        for state in self.world.state_topic.values():  # the state topic read to its end
+            self.book.load(state)
         # the service reads the committed events since each running job's state record
         unsure = self.book.unsure(tps)
         seqs: dict[str, int] = {}
@@ -274,49 +206,37 @@ class BookMachine(RuleBasedStateMachine):
 
     # -------------------------------------------------------------- rules: workers
 
-    @precondition(lambda self: bool(self.world.runs))
+    @precondition(lambda self: bool(self.world.pool.runs))
     @rule(data=st.data(), what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
     def worker(self, data: st.DataObject, what: str) -> None:
         self._step(f"worker-{what}")
-        slot = data.draw(st.sampled_from(sorted(self.world.runs)))
-        run = self.world.runs[slot]
+        pool = self.world.pool
+        slot = data.draw(st.sampled_from(sorted(pool.runs)))
+        run = pool.runs[slot]
         if what == "progress":
-            run.steps += 1
-            event = progress(run.job_id, run.steps)
-            self.world.inbox.append(("progress", run.job_id, run.attempt, event))
+            pool.step(run)
         elif what == "end":
-            self._finish_run(slot, "ended", completed(run.job_id))
+            pool.finish(slot, "ended", completed(run.job_id))
         elif what == "fail":
-            self._finish_run(slot, "ended", user_failure(run.job_id))
+            pool.finish(slot, "ended", user_failure(run.job_id))
         elif what == "die":
-            self._finish_run(slot, "died", None)
-        elif run.stop is StopReason.SHUTDOWN:
-            self._finish_run(slot, "preempted", run.steps)
-        elif run.stop is not None:
-            code = (
-                ModelTrainerErrorCode.TRAINING_CANCELLED
-                if run.stop is StopReason.CANCEL
-                else ModelTrainerErrorCode.TRAINING_TIMEOUT
-            )
-            failed = user_failure(run.job_id).model_copy(update={"code": code})
-            self._finish_run(slot, "ended", failed)
+            pool.finish(slot, "died", None)
+        else:
+            pool.obey(slot)
 
-    @precondition(lambda self: bool(self.world.runs) or bool(self.world.inbox))
+    @precondition(lambda self: bool(self.world.pool.runs) or bool(self.world.pool.inbox))
     @rule(steps=st.integers(1, 3))
     def train(self, steps: int) -> None:
         """Every running worker reports progress, and the book hears all the pool said (the
         common case, so that long runs are not left to a chain of single rules)."""
         self._step(f"train-{steps}")
         self._deliver_inbox()
-        for run in list(self.world.runs.values()):
+        for run in list(self.world.pool.runs.values()):
             for _ in range(steps):
-                run.steps += 1
-                self.world.inbox.append(
-                    ("progress", run.job_id, run.attempt, progress(run.job_id, run.steps))
-                )
+                self.world.pool.step(run)
         self._deliver_inbox()
 
-    @precondition(lambda self: bool(self.world.inbox))
+    @precondition(lambda self: bool(self.world.pool.inbox))
     @rule(many=st.integers(1, 4))
     def pool_reports(self, many: int) -> None:
         self._step("report")
@@ -377,9 +297,7 @@ class BookMachine(RuleBasedStateMachine):
         if flush_first:
             self._flush()
         world.pending.clear()
-        world.orders.clear()
-        world.runs.clear()
-        world.inbox.clear()
+        world.pool.clear()
         world.revoking.clear()
         world.position.clear()
         self.book = self._new_book()
@@ -424,7 +342,7 @@ class BookMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_job_runs_at_most_once_at_a_time(self) -> None:
-        running = [r.job_id for r in self.world.runs.values()]
+        running = [r.job_id for r in self.world.pool.runs.values()]
         assert len(running) == len(set(running)), running
 
     @invariant()
@@ -436,7 +354,7 @@ class BookMachine(RuleBasedStateMachine):
             return
         swept = ended_jobs(self.book.states, self.book.jobs.keys() | self.book.runs.keys())
         assert swept <= {e.job_id for e in self.world.events if is_terminal(e)}, swept
-        assert not swept & {r.job_id for r in self.world.runs.values()}, swept
+        assert not swept & {r.job_id for r in self.world.pool.runs.values()}, swept
 
     def teardown(self) -> None:
         """Drain: every partition back, every command delivered, every run to its end."""
@@ -456,13 +374,14 @@ class BookMachine(RuleBasedStateMachine):
                     at = self.world.position[tp]
                     self.world.position[tp] = at + 1
                     self._apply(self.book.command(self.world.log[tp][at], self.now))
-            for slot in sorted(self.world.runs):
-                self._finish_run(slot, "ended", completed(self.world.runs[slot].job_id))
+            pool = self.world.pool
+            for slot in sorted(pool.runs):
+                pool.finish(slot, "ended", completed(pool.runs[slot].job_id))
             self._deliver_inbox()
             self.now += 1
             self._apply(self.book.tick(self.now))
             self._flush()
-            if not (self.world.runs or self.world.orders or self.world.inbox or self.book.jobs):
+            if not (pool.runs or pool.orders or pool.inbox or self.book.jobs):
                 break
         ends: dict[str, int] = {}
         for event in self.world.events:
