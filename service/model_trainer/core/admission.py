@@ -21,6 +21,7 @@ from model_trainer_contracts import (
 from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
+from .finetune import check_finetune
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_job_memory, placement
 from .pretrained import inspect_pretrained
@@ -89,6 +90,7 @@ def admit(
             },
         )
     check_placement(job.training, caps, cuda_available=cuda_available)
+    check_finetune(job, data_root)
     if data_root is not None and job.data.corpus_path is not None:
         target = resolve_inside(data_root, job.data.corpus_path)
         if not target.exists():

@@ -10,35 +10,57 @@ a loadable folder again: ``save_pretrained`` plus the tokenizer's files as they 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, PretrainedModel
+import torch.nn.functional as F
+from model_trainer_contracts import (
+    AdapterSpec,
+    ModelTrainerError,
+    ModelTrainerErrorCode,
+    PretrainedModel,
+)
+from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import JsonValue
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from model_trainer.core.capabilities import ModelSpec
+from model_trainer.core.finetune import default_targets
 from model_trainer.core.pretrained import inspect_pretrained
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.backends.hf import hf_flops_per_token, save_hf, token_embedding
 from model_trainer.engine.tokenizer import TextTokenizer, load_model_tokenizer
 
 _C = ModelTrainerErrorCode
+ADAPTER_CONFIG = "adapter_config.json"
+MERGED = "merged"  # the artifact's merged full weights, when the adapter asks for them
 
 
 class PretrainedNet(nn.Module):
-    """A transformers causal LM whose ``forward(x)`` returns logits."""
+    """A transformers causal LM (or a peft model around one, ``adapter`` its spec) whose
+    ``forward(x)`` returns logits; ``positions`` restart at each packed example."""
 
-    def __init__(self, hf: PreTrainedModel) -> None:
+    def __init__(self, hf: PreTrainedModel | PeftModel, adapter: AdapterSpec | None = None) -> None:
         super().__init__()
         self.hf = hf
+        self.adapter = adapter
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.hf(input_ids=x, use_cache=False).logits
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        logits: Tensor = self.hf(input_ids=x, position_ids=positions, use_cache=False).logits
         return logits
+
+    def base(self) -> PreTrainedModel:
+        """The transformers model (with the adapter's layers in it, when there is one)."""
+        if isinstance(self.hf, PeftModel):
+            inner = self.hf.get_base_model()
+            if not isinstance(inner, PreTrainedModel):
+                raise TypeError(f"peft wraps {type(inner).__name__}")
+            return inner
+        return self.hf
 
 
 def load_causal_lm(folder: Path) -> PreTrainedModel:
@@ -148,11 +170,65 @@ class PretrainedBackend(Backend):
         folder = inspect_pretrained(data_root, _spec(spec).path)
         return load_model_tokenizer(folder.path)
 
+    def attach_adapter(self, model: nn.Module, adapter: AdapterSpec) -> nn.Module:
+        """A LoRA adapter (peft) on the folder's model; every base weight frozen."""
+        hf = _net(model).hf
+        if isinstance(hf, PeftModel):
+            raise TypeError("the model already has an adapter")
+        model_type = str(getattr(hf.config, "model_type", ""))
+        targets = adapter.target_modules or default_targets(model_type)
+        config = LoraConfig(
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=None if targets is None else list(targets),
+            fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
+            task_type="CAUSAL_LM",
+        )
+        try:
+            peft_model = get_peft_model(hf, config)
+        except ValueError as exc:  # peft: no such module, or none it can wrap
+            raise ModelTrainerError(
+                _C.MODEL_INCOMPATIBLE,
+                f"the adapter does not fit the model: {exc}",
+                details={"target_modules": list[JsonValue](list(targets or []))},
+            ) from None
+        if not isinstance(peft_model, PeftModel):
+            raise TypeError(f"peft returned {type(peft_model).__name__}")
+        return PretrainedNet(peft_model, adapter)
+
+    def packed_loss(self, model: nn.Module, x: Tensor, y: Tensor, positions: Tensor) -> Tensor:
+        logits = _net(model)(x, positions)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
     def load_artifact(self, spec: ModelSpec, vocab_size: int, artifact_dir: Path) -> nn.Module:
-        return PretrainedNet(load_causal_lm(artifact_dir))
+        """The artifact's model: its full weights; for an adapter, the merged weights when
+        written, else the base folder it was trained on with the adapter over it."""
+        if not (artifact_dir / ADAPTER_CONFIG).is_file():
+            return PretrainedNet(load_causal_lm(artifact_dir))
+        if (artifact_dir / MERGED).is_dir():
+            return PretrainedNet(load_causal_lm(artifact_dir / MERGED))
+        base = load_causal_lm(_adapter_base(artifact_dir))
+        try:
+            tuned = PeftModel.from_pretrained(base, str(artifact_dir))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelTrainerError(
+                _C.MODEL_LOAD_FAILED, f"cannot load the adapter of {artifact_dir.name!r}: {exc}"
+            ) from None
+        return PretrainedNet(tuned)
 
     def save_weights(self, model: nn.Module, out_dir: Path) -> None:
-        save_hf(_net(model).hf, out_dir)
+        """The full model; or the adapter (``adapter_model.safetensors``,
+        ``adapter_config.json``) and, with ``merge``, the merged model in ``merged/``."""
+        net = _net(model)
+        if not isinstance(net.hf, PeftModel):
+            save_hf(net.hf, out_dir)
+            return
+        net.hf.save_pretrained(str(out_dir))
+        if net.adapter is not None and net.adapter.merge:
+            # In place: training is over, and the adapter is already written.
+            merged: PreTrainedModel = net.hf.merge_and_unload()
+            save_hf(merged, out_dir / MERGED)
 
     def load_weights(self, model: nn.Module, artifact_dir: Path) -> None:
         raise ModelTrainerError(
@@ -160,4 +236,22 @@ class PretrainedBackend(Backend):
         )
 
     def flops_per_token(self, model: nn.Module, context: int) -> float:
-        return hf_flops_per_token(_net(model).hf, context)
+        return hf_flops_per_token(_net(model).base(), context)
+
+
+def _adapter_base(artifact_dir: Path) -> Path:
+    """The base model folder an adapter names (``base_model_name_or_path``, absolute)."""
+    try:
+        config: JsonValue = json.loads((artifact_dir / ADAPTER_CONFIG).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelTrainerError(
+            _C.MODEL_LOAD_FAILED, f"cannot read {ADAPTER_CONFIG}: {exc}"
+        ) from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not Path(base).is_dir():
+        raise ModelTrainerError(
+            _C.MODEL_NOT_FOUND,
+            f"the adapter's base model folder {base!r} is not there",
+            details={"base": str(base)},
+        )
+    return Path(base)
