@@ -57,8 +57,11 @@ def _tiny(arch: str) -> PreTrainedModel:
     )
 
 
-def save_tiny(env: Env, arch: str, name: str = "tiny") -> Path:
-    folder = env.data_root / "models" / name
+def save_tiny(env: Env | Path, arch: str, name: str = "tiny") -> Path:
+    """A tiny random ``arch`` model and a byte-level BPE tokenizer in ``models/<name>`` of a
+    data root (an Env's, or the path given)."""
+    root = env.data_root if isinstance(env, Env) else env
+    folder = root / "models" / name
     torch.manual_seed(0)
     _tiny(arch).save_pretrained(str(folder))
     train_bpe(make_text(), 300, 2).save_pretrained(folder)
@@ -84,7 +87,7 @@ _QUESTIONS = [
 ]
 
 
-def chat_folder(env: Env, arch: str, name: str = "tiny", *, template: bool = True) -> Path:
+def chat_folder(env: Env | Path, arch: str, name: str = "tiny", *, template: bool = True) -> Path:
     folder = save_tiny(env, arch, name)
     if template:
         config_path = folder / "tokenizer_config.json"
@@ -116,8 +119,9 @@ def instructions(n: int = 40) -> list[dict[str, object]]:
     ]
 
 
-def write_jsonl(env: Env, name: str, records: Sequence[Mapping[str, object]]) -> str:
-    (env.data_root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+def write_jsonl(env: Env | Path, name: str, records: Sequence[Mapping[str, object]]) -> str:
+    root = env.data_root if isinstance(env, Env) else env
+    (root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
     return name
 
 
