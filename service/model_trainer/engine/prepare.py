@@ -22,6 +22,7 @@ from model_trainer_contracts import (
     ModelTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
+    RecordSpec,
     SubmitJobV1,
 )
 from torch import nn
@@ -70,7 +71,16 @@ class Prepared:
 def run_digest(job: SubmitJobV1) -> str:
     """Digest of what determines the training run (not labels, progress cadence or timeout)."""
     fields = {"backend", "model", "tokenizer", "data", "training", "init_from"}
-    body = json.dumps(job.model_dump(mode="json", include=fields), sort_keys=True)
+    dumped = job.model_dump(mode="json", include=fields)
+    # Fields added with fine-tuning count only when set: the checkpoints of runs from before
+    # them keep their digest, and resume.
+    if job.data.records == RecordSpec():
+        data = dumped["data"]
+        if isinstance(data, dict):
+            data.pop("records", None)
+    if job.adapter is not None:
+        dumped["adapter"] = job.adapter.model_dump(mode="json")
+    body = json.dumps(dumped, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -6,6 +6,11 @@ master weights, SDPA where the model has it); remote code never runs
 (``use_safetensors=True``): a folder of pickled weights is refused before anything is loaded
 (:mod:`model_trainer.core.pretrained`). The model's own tokenizer is used, and the artifact is
 a loadable folder again: ``save_pretrained`` plus the tokenizer's files as they came.
+
+With an ``adapter`` the base is frozen and a LoRA adapter (peft) trains; the artifact is the
+adapter (peft's ``save_pretrained``) and, with ``merge``, the merged model in ``merged/``.
+Packed chat and instruction examples pass their position ids, which restart per example:
+transformers builds the attention mask from them, so attention stays inside an example.
 """
 
 from __future__ import annotations
