@@ -32,7 +32,8 @@ def service(stack: Stack) -> Iterator[ServiceProcess]:
     chat_folder(stack.data_root, "qwen2", "plain", template=False)
     write_jsonl(stack.data_root, "chat.jsonl", conversations())
     write_jsonl(stack.data_root, "bad.jsonl", [*conversations(4), {"messages": []}])
-    svc = ServiceProcess(stack, worker_preload="pretrained").start()
+    # transformers and peft load in the worker before it is ready: slow on a loaded machine
+    svc = ServiceProcess(stack, worker_preload="pretrained").start(timeout_s=400)
     try:
         yield svc
     finally:

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
-from transformers import AutoTokenizer
 
 from model_trainer.core.finetune import has_chat_template
 from model_trainer.engine.corpus import RawCorpus, corpus_files
@@ -120,6 +118,9 @@ def _jsonl(name: str, text: str) -> Iterator[Record]:
 
 
 def _parquet(name: str, path: Path, columns: list[str]) -> Iterator[Record]:
+    # Imported here: a text job's worker never maps pyarrow (tens of MB).
+    import pyarrow.parquet as pq
+
     try:
         source = pq.ParquetFile(str(path))
         present: list[str] = list(source.schema_arrow.names)
@@ -158,6 +159,9 @@ class Renderer:
     """Turns records into examples with the tokenizer and chat template of a model folder."""
 
     def __init__(self, folder: Path, spec: DataSpec) -> None:
+        # Imported here: workers that train char_lstm on text never import transformers.
+        from transformers import AutoTokenizer
+
         self.spec = spec
         self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.templated = has_chat_template(folder)

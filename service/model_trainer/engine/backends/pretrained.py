@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,6 @@ from model_trainer_contracts import (
     ModelTrainerErrorCode,
     PretrainedModel,
 )
-from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import JsonValue
 from safetensors import SafetensorError
 from torch import Tensor, nn
@@ -39,6 +38,9 @@ from model_trainer.core.pretrained import inspect_pretrained
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.backends.hf import hf_flops_per_token, save_hf, token_embedding
 from model_trainer.engine.tokenizer import TextTokenizer, load_model_tokenizer
+
+if TYPE_CHECKING:  # peft is imported by the jobs that use it: not by a worker's preload
+    from peft import PeftModel
 
 _C = ModelTrainerErrorCode
 ADAPTER_CONFIG = "adapter_config.json"
@@ -60,12 +62,16 @@ class PretrainedNet(nn.Module):
 
     def base(self) -> PreTrainedModel:
         """The transformers model (with the adapter's layers in it, when there is one)."""
-        if isinstance(self.hf, PeftModel):
+        inner: object = self.hf
+        if self.adapter is not None:
+            from peft import PeftModel
+
+            if not isinstance(self.hf, PeftModel):
+                raise TypeError(f"an adapter without peft: {type(self.hf).__name__}")
             inner = self.hf.get_base_model()
-            if not isinstance(inner, PreTrainedModel):
-                raise TypeError(f"peft wraps {type(inner).__name__}")
-            return inner
-        return self.hf
+        if not isinstance(inner, PreTrainedModel):
+            raise TypeError(f"not a transformers model: {type(inner).__name__}")
+        return inner
 
 
 def load_causal_lm(folder: Path) -> PreTrainedModel:
@@ -177,8 +183,11 @@ class PretrainedBackend(Backend):
 
     def attach_adapter(self, model: nn.Module, adapter: AdapterSpec) -> nn.Module:
         """A LoRA adapter (peft) on the folder's model; every base weight frozen."""
-        hf = _net(model).hf
-        if isinstance(hf, PeftModel):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        net = _net(model)
+        hf = net.hf
+        if net.adapter is not None or isinstance(hf, PeftModel):
             raise TypeError("the model already has an adapter")
         model_type = str(getattr(hf.config, "model_type", ""))
         targets = adapter.target_modules or default_targets(model_type)
@@ -213,6 +222,8 @@ class PretrainedBackend(Backend):
             return PretrainedNet(load_causal_lm(artifact_dir))
         if (artifact_dir / MERGED).is_dir():
             return PretrainedNet(load_causal_lm(artifact_dir / MERGED))
+        from peft import PeftModel
+
         base = load_causal_lm(_adapter_base(artifact_dir))
         try:
             tuned = PeftModel.from_pretrained(base, str(artifact_dir))
@@ -220,17 +231,21 @@ class PretrainedBackend(Backend):
             raise ModelTrainerError(
                 _C.MODEL_LOAD_FAILED, f"cannot load the adapter of {artifact_dir.name!r}: {exc}"
             ) from None
-        return PretrainedNet(tuned)
+        return PretrainedNet(tuned, AdapterSpec())  # marks the peft model; never saved again
 
     def save_weights(self, model: nn.Module, out_dir: Path) -> None:
         """The full model; or the adapter (``adapter_model.safetensors``,
         ``adapter_config.json``) and, with ``merge``, the merged model in ``merged/``."""
         net = _net(model)
-        if not isinstance(net.hf, PeftModel):
-            save_hf(net.hf, out_dir)
+        if net.adapter is None:
+            save_hf(net.base(), out_dir)
             return
+        from peft import PeftModel
+
+        if not isinstance(net.hf, PeftModel):
+            raise TypeError(f"an adapter without peft: {type(net.hf).__name__}")
         net.hf.save_pretrained(str(out_dir))
-        if net.adapter is not None and net.adapter.merge:
+        if net.adapter.merge:
             # In place: training is over, and the adapter is already written.
             merged: PreTrainedModel = net.hf.merge_and_unload()
             save_hf(merged, out_dir / MERGED)
