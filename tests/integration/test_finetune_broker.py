@@ -69,7 +69,7 @@ async def test_lora_chat_job_through_the_broker(stack: Stack, watcher: EventWatc
             _job("ft-bad", "qwen", "bad.jsonl"),
         ):
             await sender.send(job)
-    ok = await watcher.until_terminal("ft-ok", timeout_s=240)
+    ok = await watcher.until_terminal("ft-ok", timeout_s=500)
     config = next(e for e in ok if isinstance(e, ConfigEventV1))
     assert config.loss_tokens is not None
     assert 0 < config.loss_tokens < config.train_tokens
@@ -81,10 +81,10 @@ async def test_lora_chat_job_through_the_broker(stack: Stack, watcher: EventWatc
     base = AutoModelForCausalLM.from_pretrained(str(stack.data_root / "models" / "qwen"))
     PeftModel.from_pretrained(base, str(folder))  # loads over the base folder
 
-    plain = (await watcher.until_terminal("ft-plain", timeout_s=60))[-1]
+    plain = (await watcher.until_terminal("ft-plain", timeout_s=120))[-1]
     assert isinstance(plain, FailedEventV1)
     assert plain.code == ModelTrainerErrorCode.CHAT_TEMPLATE_NOT_FOUND
-    bad = (await watcher.until_terminal("ft-bad", timeout_s=120))[-1]
+    bad = (await watcher.until_terminal("ft-bad", timeout_s=300))[-1]
     assert isinstance(bad, FailedEventV1)
     assert bad.code == ModelTrainerErrorCode.CORPUS_MALFORMED_RECORD
     assert (bad.details["file"], bad.details["line"]) == ("bad.jsonl", 5)
