@@ -12,6 +12,7 @@ from .codec import (
     salvage_user_id,
 )
 from .commands import (
+    AdapterSpec,
     BpeTokenizer,
     CancelJobV1,
     CharLstmModel,
@@ -24,6 +25,7 @@ from .commands import (
     ModelTokenizer,
     PretrainedModel,
     ProgressSpec,
+    RecordSpec,
     SubmitJobV1,
     TrainingSpec,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "ERROR_INFO",
     "EVENTS_TOPIC",
     "MAX_COMMAND_BYTES",
+    "AdapterSpec",
     "BpeTokenizer",
     "CancelJobV1",
     "CharLstmModel",
@@ -86,6 +89,7 @@ __all__ = [
     "ProgressEventV1",
     "ProgressSpec",
     "QueuedEventV1",
+    "RecordSpec",
     "Stage",
     "SubmitJobV1",
     "TerminalEvent",

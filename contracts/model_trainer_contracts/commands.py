@@ -213,6 +213,31 @@ TokenizerSpec = Annotated[
 ]
 
 
+class RecordSpec(_Strict):
+    """How chat and instruction records become training examples (``format`` chat or
+    instruction; backend ``pretrained``)."""
+
+    messages_field: str = Field(
+        "messages", min_length=1, max_length=128, description="chat: the list of messages."
+    )
+    prompt_field: str = Field(
+        "prompt", min_length=1, max_length=128, description="instruction: the prompt."
+    )
+    response_field: str = Field(
+        "response", min_length=1, max_length=128, description="instruction: the response."
+    )
+    train_on_prompt: bool = Field(
+        False,
+        description="Also train on prompt, system and template tokens; by default only the "
+        "assistant's (response's) tokens count in the loss.",
+    )
+    packing: bool = Field(
+        True,
+        description="Pack several examples into each block_size window (attention and "
+        "positions restart at every example); false: one example per window, padded.",
+    )
+
+
 class DataSpec(_Strict):
     """Where the text comes from and how it is split; exactly one of path or inline text."""
 
@@ -225,9 +250,21 @@ class DataSpec(_Strict):
     inline_text: str | None = Field(
         None, min_length=1, max_length=MAX_INLINE_TEXT_CHARS, description="The corpus itself."
     )
-    format: Literal["text", "jsonl"] = "text"
+    format: Literal["text", "jsonl", "chat", "instruction"] = Field(
+        "text",
+        description="text: plain files; jsonl: a text field per record; chat: a messages list "
+        "per record, rendered with the model folder's chat template; instruction: a prompt and "
+        "a response field per record. Records come from JSONL files, or Parquet files "
+        "(*.parquet, read by column) in a corpus path.",
+    )
     jsonl_field: str = Field(
-        "text", min_length=1, max_length=128, description="The text field of each JSONL record."
+        "text",
+        min_length=1,
+        max_length=128,
+        description="The text field of each JSONL record (jsonl; the column of a Parquet file).",
+    )
+    records: RecordSpec = Field(
+        default_factory=lambda: RecordSpec(), description="chat and instruction records."
     )
     val_fraction: float = Field(0.1, gt=0.0, le=0.5, description="Held out for evaluation.")
     test_fraction: float = Field(
@@ -245,6 +282,30 @@ class DataSpec(_Strict):
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% to train on")
         return self
+
+
+class AdapterSpec(_Strict):
+    """Train a low-rank adapter (LoRA, with the ``peft`` library) instead of every weight;
+    backend ``pretrained``. ``qlora`` (a 4-bit base) needs bitsandbytes and a CUDA GPU."""
+
+    kind: Literal["lora", "qlora"] = "lora"
+    r: int = Field(8, ge=1, le=1024, description="The adapter's rank.")
+    alpha: int = Field(16, ge=1, le=65_536, description="Scale: alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = (
+        Field(
+            None,
+            min_length=1,
+            max_length=64,
+            description="Module names the adapter wraps; None: peft's default for the "
+            "architecture (e.g. q_proj and v_proj for Llama and Qwen2, c_attn for GPT-2).",
+        )
+    )
+    merge: bool = Field(
+        False,
+        description="Also write the merged full weights (merged/ in the artifact), loadable "
+        "by stock transformers.",
+    )
 
 
 class TrainingSpec(_Strict):
@@ -346,6 +407,9 @@ class SubmitJobV1(_Strict):
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     init_from: JobId | None = Field(None, description="Fine-tune from this job's artifact.")
+    adapter: AdapterSpec | None = Field(
+        None, description="Train a LoRA adapter instead of every weight (pretrained backend)."
+    )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     timeout_s: float | None = Field(
         None, gt=0.0, le=7 * 24 * 3600.0, description="Fail with TRAINING_TIMEOUT after this."

@@ -36,6 +36,7 @@ class ModelTrainerErrorCode(StrEnum):
     CORPUS_HOLDOUT_UNSATISFIABLE = "CORPUS_HOLDOUT_UNSATISFIABLE"
     CORPUS_NOT_DECODABLE = "CORPUS_NOT_DECODABLE"
     CORPUS_MALFORMED_RECORD = "CORPUS_MALFORMED_RECORD"
+    CHAT_TEMPLATE_NOT_FOUND = "CHAT_TEMPLATE_NOT_FOUND"
     PATH_NOT_ALLOWED = "PATH_NOT_ALLOWED"
     CHECKPOINT_NOT_FOUND = "CHECKPOINT_NOT_FOUND"
     CHECKPOINT_CORRUPT = "CHECKPOINT_CORRUPT"
@@ -115,7 +116,14 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     ),
     _C.CORPUS_NOT_DECODABLE: ErrorInfo(422, False, "The corpus is not valid UTF-8."),
     _C.CORPUS_MALFORMED_RECORD: ErrorInfo(
-        422, False, "A JSONL line is not a JSON object with the text field."
+        422,
+        False,
+        "A record (JSONL line or Parquet row) cannot be used: not an object, a field or column "
+        "missing, a message the chat template cannot render, an empty assistant turn; details "
+        "give the file, the line or row, and the reason.",
+    ),
+    _C.CHAT_TEMPLATE_NOT_FOUND: ErrorInfo(
+        422, False, "Chat data needs a chat template in the model folder's tokenizer files."
     ),
     _C.PATH_NOT_ALLOWED: ErrorInfo(
         403,

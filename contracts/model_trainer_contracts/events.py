@@ -100,6 +100,19 @@ class ConfigEventV1(EventBase):
     train_tokens: int = Field(ge=0)
     val_tokens: int = Field(ge=0)
     test_tokens: int = Field(ge=0)
+    loss_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="chat and instruction data: the training tokens that count in the loss "
+        "(the rest are prompt, system or padding); null for text.",
+    )
+    packing_efficiency: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="chat and instruction data: the share of training window positions that "
+        "hold an example's token rather than padding; null for text.",
+    )
     total_steps: int = Field(ge=0)
     total_epochs: int = Field(ge=0)
     start_step: int = Field(0, ge=0, description="Step resumed from; 0 for a fresh run.")

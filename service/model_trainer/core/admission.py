@@ -23,6 +23,7 @@ from model_trainer_contracts import (
 from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
+from .finetune import check_finetune
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_job_memory, placement
 from .pretrained import confined_folder, inspect_pretrained
@@ -134,6 +135,7 @@ def _check_files(
     memory_budget_mb: int | None,
     max_corpus_bytes: int,
 ) -> None:
+    check_finetune(job, data_root)
     if is_url(job.data.corpus_path) and job.data.corpus_path is not None:
         # HEAD (or a list for a prefix) with short timeouts: missing bucket or object,
         # refused credentials, an empty or oversized corpus are answered at acceptance.

@@ -5,8 +5,9 @@ peak (the start of the backward pass, when every saved activation and the logits
 exist at once), in bytes:
 
 * ``weights``: the fp32 parameters (autocast in fp16/bf16 adds a half-precision copy of each);
-* ``gradients``: one fp32 gradient per parameter;
-* ``optimizer``: AdamW's two moments, or SGD's momentum buffer (none without momentum);
+* ``gradients``: one fp32 gradient per parameter that trains;
+* ``optimizer``: AdamW's two moments, or SGD's momentum buffer (none without momentum), per
+  parameter that trains: frozen weights (a LoRA adapter's base) have neither;
 * ``activations``: what autograd keeps for the backward pass, the backward pass's own
   temporaries and the kernels' workspace (the backend's :func:`~.capabilities.footprint`),
   plus the batch's token ids;
@@ -46,14 +47,13 @@ from model_trainer_contracts import (
     JobTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
-    PretrainedModel,
     SubmitJobV1,
 )
 from pydantic import JsonValue
 
 from .capabilities import context_length, footprint
+from .finetune import trainable_parameters
 from .layout import MANIFEST, resolve_inside
-from .pretrained import inspect_pretrained
 
 MIB = 1 << 20
 CHAR_VOCAB_BOUND = 257  # a byte's worth of distinct characters, and <unk>
@@ -133,16 +133,16 @@ def estimate(
     corpus_bytes: int,
     device: str,
     precision: str,
-    parameters: int | None = None,
+    pretrained: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
-    """The peak memory of ``job`` run on ``device`` in ``precision`` (both resolved);
-    ``parameters``, when given, replaces the count the spec's shape tells (a pretrained
-    model's, read from its folder: its activations stay unestimated)."""
+    """The peak memory of ``job`` run on ``device`` in ``precision`` (both resolved).
+    ``pretrained``: a model folder's ``(all, trainable)`` values
+    (:func:`~.finetune.trainable_parameters`), which its spec cannot tell."""
     tr = job.training
     half = precision != "fp32"
     shape = footprint(job.model, vocabulary.size, half=half)
-    params = shape.parameters if parameters is None else parameters
-    context = context_length(job.model)
+    params, context = shape.parameters, context_length(job.model)
+    params, trainable = pretrained or (params, params)
     moments = 2 if tr.optimizer == "adamw" else 1 if tr.momentum > 0 else 0
     tokens = tr.batch_size * context
     trains_bpe = isinstance(job.tokenizer, BpeTokenizer) and job.init_from is None
@@ -154,8 +154,8 @@ def estimate(
         precision=precision,
         vocabulary=vocabulary,
         weights=4 * params + (2 * params if half else 0),
-        gradients=4 * params,
-        optimizer=4 * moments * params,
+        gradients=4 * trainable,
+        optimizer=4 * moments * trainable,
         activations=tr.batch_size * shape.activation_bytes + shape.workspace_bytes + 16 * tokens,
         logits=tokens * vocabulary.size * logit_bytes,
         data=CORPUS_FACTOR * corpus_bytes + (BPE_TRAINING_BYTES if trains_bpe else 0),
@@ -171,7 +171,7 @@ def check_memory(
     corpus_bytes: int,
     device: str,
     precision: str,
-    parameters: int | None = None,
+    pretrained: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
     """The estimate, or RESOURCE_LIMIT_EXCEEDED when it is over ``budget_mb``."""
     found = estimate(
@@ -180,7 +180,7 @@ def check_memory(
         corpus_bytes=corpus_bytes,
         device=device,
         precision=precision,
-        parameters=parameters,
+        pretrained=pretrained,
     )
     if found.host_bytes > budget_mb * MIB:
         raise ModelTrainerError(
@@ -204,9 +204,6 @@ def check_job_memory(
 ) -> MemoryEstimate:
     """:func:`check_memory` with the vocabulary and corpus size the spec and roots tell (and
     a pretrained model's parameters, the weights its folder will load)."""
-    parameters = None
-    if isinstance(job.model, PretrainedModel) and data_root is not None:
-        parameters = inspect_pretrained(data_root, job.model.path).parameters
     return check_memory(
         job,
         budget_mb,
@@ -214,7 +211,7 @@ def check_job_memory(
         corpus_bytes=corpus_bytes(job, data_root),
         device=device,
         precision=precision,
-        parameters=parameters,
+        pretrained=None if data_root is None else trainable_parameters(job, data_root),
     )
 
 

@@ -72,12 +72,16 @@ def write_artifact(
     staging.mkdir(parents=True)
     backend.save_weights(model, staging)
     tokenizer.save_pretrained(staging)
+    for folder in (p for p in staging.iterdir() if p.is_dir()):  # merged weights, loadable alone
+        tokenizer.save_pretrained(folder)
     try:
         check()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     for written in sorted(staging.iterdir()):
+        if written.is_dir():  # one an earlier attempt left is replaced whole
+            shutil.rmtree(job_dir / written.name, ignore_errors=True)
         os.replace(written, job_dir / written.name)
     staging.rmdir()
     with contextlib.suppress(OSError):  # another attempt may still be staging

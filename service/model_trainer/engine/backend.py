@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
+from model_trainer_contracts import AdapterSpec, ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
 from torch import Tensor, nn
 
@@ -91,6 +91,20 @@ class Backend(ABC):
         computed here from the logits: ``y`` is already shifted, so no label copies."""
         logits: Tensor = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    def packed_loss(self, model: nn.Module, x: Tensor, y: Tensor, positions: Tensor) -> Tensor:
+        """Mean cross-entropy over the targets of packed rows that are not ``IGNORE`` (-100),
+        with ``positions`` restarting at each example (:mod:`.packing`)."""
+        raise ModelTrainerError(
+            ModelTrainerErrorCode.UNSUPPORTED_BACKEND,
+            f"backend {self.name!r} cannot train on chat or instruction examples",
+        )
+
+    def attach_adapter(self, model: nn.Module, adapter: AdapterSpec) -> nn.Module:
+        """``model`` with a trainable adapter and every other weight frozen."""
+        raise ModelTrainerError(
+            ModelTrainerErrorCode.UNSUPPORTED_BACKEND, f"backend {self.name!r} takes no adapter"
+        )
 
     def logits(self, model: nn.Module, x: Tensor) -> Tensor:
         """Next-token logits ``(B, T, V)``; ``x`` is cropped to the context by the caller."""

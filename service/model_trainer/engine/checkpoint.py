@@ -76,7 +76,7 @@ def save(
         "data_key": data_key,
         "loop": asdict(loop),
         "data_position": loop.step,
-        "model": model.state_dict(),
+        "model": trained_state(model),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {
@@ -96,6 +96,28 @@ def save(
     atomic_write(path, lambda f: torch.save(state, f))
     atomic_write_bytes(_digest_path(path), sha256_file(path).encode())
     return path
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state, less frozen parameters (a LoRA adapter's base, frozen embeddings):
+    they are what the run started from, rebuilt the same on every attempt."""
+    frozen = _frozen(model)
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _frozen(model: nn.Module) -> set[str]:
+    """Names of frozen parameters, a tied weight's every name included."""
+    named = model.named_parameters(remove_duplicate=False)
+    return {name for name, p in named if not p.requires_grad}
+
+
+def _load_trained(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trained_state`: every parameter that trains must be in it."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = _frozen(model)
+    lacking = [k for k in missing if k not in frozen]
+    if lacking or unexpected:
+        raise ValueError(f"missing {lacking[:5]}, unexpected {list(unexpected)[:5]}")
 
 
 def _digest_path(path: Path) -> Path:
@@ -153,7 +175,7 @@ def _restore(
             details={"checkpoint": str(path)},
         )
     try:
-        model.load_state_dict(raw["model"])
+        _load_trained(model, raw["model"])
         optimizer.load_state_dict(raw["optimizer"])
         if scaler is not None and raw["scaler"] is not None:
             scaler.load_state_dict(raw["scaler"])

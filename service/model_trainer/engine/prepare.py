@@ -22,10 +22,12 @@ from model_trainer_contracts import (
     ModelTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
+    RecordSpec,
     SubmitJobV1,
 )
 from torch import nn
 
+from model_trainer.core.finetune import RECORD_FORMATS, trainable_parameters
 from model_trainer.core.layout import CACHE_DIR, DOWNLOADS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.core.pretrained import confined_folder
@@ -35,8 +37,11 @@ from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext
 from model_trainer.engine.corpus import decode_corpus, read_corpus
 from model_trainer.engine.dataset import Splits, cache_key, load_cached, split, store
+from model_trainer.engine.examples import prepare_examples
 from model_trainer.engine.optim import build_optimizer
+from model_trainer.engine.packing import PackedSplits
 from model_trainer.engine.placement import Placement, resolve_placement
+from model_trainer.engine.records import is_parquet, parquet_text
 from model_trainer.engine.tokenizer import TextTokenizer, load_from_job, train_bpe, train_char
 
 _C = ModelTrainerErrorCode
@@ -50,7 +55,7 @@ class Prepared:
 
     placement: Placement
     tokenizer: TextTokenizer
-    splits: Splits
+    splits: Splits | PackedSplits
     context: int
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -67,7 +72,16 @@ class Prepared:
 def run_digest(job: SubmitJobV1) -> str:
     """Digest of what determines the training run (not labels, progress cadence or timeout)."""
     fields = {"backend", "model", "tokenizer", "data", "training", "init_from"}
-    body = json.dumps(job.model_dump(mode="json", include=fields), sort_keys=True)
+    dumped = job.model_dump(mode="json", include=fields)
+    # Fields added with fine-tuning count only when set: the checkpoints of runs from before
+    # them keep their digest, and resume.
+    if job.data.records == RecordSpec():
+        data = dumped["data"]
+        if isinstance(data, dict):
+            data.pop("records", None)
+    if job.adapter is not None:
+        dumped["adapter"] = job.adapter.model_dump(mode="json")
+    body = json.dumps(dumped, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -81,7 +95,11 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     placement = resolve_placement(tr, backend.capabilities)
     placement.apply_matmul_precision()
     context = backend.context_length(job.model)
-    tokenizer, splits = prepare_data(ctx, backend, context)
+    splits: Splits | PackedSplits
+    if job.data.format in RECORD_FORMATS:  # chat, instruction: packed examples
+        tokenizer, splits = prepare_examples(ctx, given_tokenizer(ctx, backend), context)
+    else:
+        tokenizer, splits = prepare_data(ctx, backend, context)
     ctx.obey_stop("prepare", 0)
     if ctx.memory_budget_mb is not None:  # again, with the vocabulary the job actually has
         check_memory(
@@ -91,9 +109,12 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
             corpus_bytes=corpus_bytes(job, ctx.data_root),
             device=placement.device.type,
             precision=placement.precision,
+            pretrained=trainable_parameters(job, ctx.data_root),
         )
     _seed_everything(tr.seed)
     model = backend.create(job.model, tokenizer.vocab_size, ctx.data_root)
+    if job.adapter is not None:  # seeded like the model: the same adapter on every attempt
+        model = backend.attach_adapter(model, job.adapter)
     if job.init_from is not None:
         backend.load_weights(model, _init_dir(ctx, job.init_from))
         log.info("engine.init_from", job_id=job.job_id, init_from=job.init_from)
@@ -158,10 +179,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextTokenizer, Splits]:
-    """The tokenizer and split token data, from the token cache when it has them."""
-    raw = read_corpus(
-        ctx.job.data, ctx.data_root, ctx.max_corpus_bytes, downloads=ctx.artifacts_root / DOWNLOADS
-    )
+    """The tokenizer and split token data, from the token cache when it has them (text, and
+    the text of JSONL or Parquet records)."""
+    data = ctx.job.data
+    if data.format == "jsonl" and is_parquet(data, ctx.data_root):
+        raw = parquet_text(data, ctx.data_root, ctx.max_corpus_bytes)
+    else:
+        raw = read_corpus(
+            data, ctx.data_root, ctx.max_corpus_bytes, downloads=ctx.artifacts_root / DOWNLOADS
+        )
     ctx.obey_stop("prepare", 0)
     given = given_tokenizer(ctx, backend)
     spec = ctx.job.tokenizer

@@ -29,8 +29,9 @@ from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext, stopped
-from model_trainer.engine.dataset import Tokens, batch, derive_seed
+from model_trainer.engine.dataset import Tokens, derive_seed
 from model_trainer.engine.optim import lr_at, warmup_steps
+from model_trainer.engine.packing import Packed, draw
 from model_trainer.engine.prepare import Prepared, prepare
 from model_trainer.engine.remote import publish_artifact
 from model_trainer.engine.stages import stage
@@ -166,10 +167,9 @@ class BaseTrainer:
         total = torch.zeros((), device=p.placement.device)
         for micro in range(tr.grad_accum_steps):
             seed = derive_seed(tr.seed, "train", p.loop.step, micro)
-            x, y = batch(p.splits.train, p.context, tr.batch_size, seed)
-            x, y = p.placement.to_device(x), p.placement.to_device(y)
+            x, y, positions = draw(p.splits.train, p.context, tr.batch_size, seed)
             with p.placement.autocast():
-                loss = self.backend.loss(model, x, y) / tr.grad_accum_steps
+                loss = self._loss(p, x, y, positions) / tr.grad_accum_steps
             scaled: torch.Tensor = scaler.scale(loss) if scaler is not None else loss
             torch.autograd.backward(scaled)  # typed, unlike Tensor.backward
             total += loss.detach()
@@ -183,6 +183,14 @@ class BaseTrainer:
             opt.step()
         opt.zero_grad(set_to_none=True)
         return float(total), float(norm)
+
+    def _loss(
+        self, p: Prepared, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        x, y = p.placement.to_device(x), p.placement.to_device(y)
+        if pos is None:
+            return self.backend.loss(p.model, x, y)
+        return self.backend.packed_loss(p.model, x, y, p.placement.to_device(pos))
 
     def _guard(self, p: Prepared, loss: float, grad_norm: float) -> float:
         """Check step ``p.loop.step``: TRAINING_NAN_LOSS on a non-finite loss or (without an
@@ -219,7 +227,13 @@ class BaseTrainer:
 
     @torch.no_grad()
     def _evaluate(
-        self, p: Prepared, data: Tokens, split: str, step: int, *, interruptible: bool = False
+        self,
+        p: Prepared,
+        data: Tokens | Packed,
+        split: str,
+        step: int,
+        *,
+        interruptible: bool = False,
     ) -> float | None:
         """Mean loss over ``eval_batches`` random batches of ``data`` (seeded by split, step);
         None when ``interruptible`` and a stop was requested before it finished."""
@@ -230,10 +244,9 @@ class BaseTrainer:
             if interruptible and self.ctx.stop_requested() is not None:
                 p.model.train()
                 return None
-            x, y = batch(data, p.context, tr.batch_size, derive_seed(tr.seed, split, step, i))
-            x, y = p.placement.to_device(x), p.placement.to_device(y)
+            x, y, pos = draw(data, p.context, tr.batch_size, derive_seed(tr.seed, split, step, i))
             with p.placement.autocast():
-                total += float(self.backend.loss(p.model, x, y))
+                total += float(self._loss(p, x, y, pos))
         p.model.train()
         return total / tr.eval_batches
 
@@ -321,6 +334,7 @@ class BaseTrainer:
     def _config_event(self, p: Prepared) -> ConfigEventV1:
         tr = self.job.training
         tok = self.job.tokenizer
+        train = p.splits.train
         return ConfigEventV1(
             **self.ctx.envelope(),
             backend=self.job.backend,
@@ -332,6 +346,8 @@ class BaseTrainer:
             train_tokens=len(p.splits.train),
             val_tokens=len(p.splits.val),
             test_tokens=len(p.splits.test),
+            loss_tokens=train.loss_tokens if isinstance(train, Packed) else None,
+            packing_efficiency=train.efficiency if isinstance(train, Packed) else None,
             total_steps=p.total_steps,
             total_epochs=p.total_epochs,
             start_step=p.loop.step,
