@@ -15,7 +15,6 @@ from model_trainer.core.finetune import DEFAULT_TARGETS, trainable_parameters
 from model_trainer.core.memory import Vocabulary, estimate
 from model_trainer.engine import run_job
 from model_trainer.engine.backends.pretrained import PretrainedBackend, PretrainedNet
-from model_trainer.engine.checkpoint import FILE
 from model_trainer.engine.packing import IGNORE, Example, pack
 from model_trainer.engine.records import Record, Renderer
 from model_trainer_contracts import (
@@ -30,7 +29,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tests.engine.engine_helpers import Env, Event, losses
+from tests.engine.engine_helpers import Env, Event, checkpoint_file, losses
 from tests.engine.finetune_helpers import (
     chat_folder,
     conversations,
@@ -60,9 +59,7 @@ def _trained(env: Env, job: SubmitJobV1, source: Path) -> PretrainedNet:
     model = backend.create(job.model, 300, env.data_root)
     assert job.adapter is not None
     net = backend.attach_adapter(model, job.adapter)
-    state: object = torch.load(
-        env.artifacts_root / job.job_id / "checkpoints" / FILE, weights_only=True
-    )
+    state: object = torch.load(checkpoint_file(env.artifacts_root / job.job_id), weights_only=True)
     assert isinstance(state, dict)
     assert isinstance(net, PretrainedNet)
     missing, unexpected = net.load_state_dict(state["model"], strict=False)
@@ -95,7 +92,7 @@ def test_lora_on_chat_data_gives_an_adapter_and_a_merged_model(env: Env, arch: s
     assert all("lora_" in k for k in adapter)
 
     # Only the adapter trains: the checkpoint holds it and the optimizer's state of it alone.
-    state: object = torch.load(folder / "checkpoints" / FILE, weights_only=True)
+    state: object = torch.load(checkpoint_file(folder), weights_only=True)
     assert isinstance(state, dict)
     trained = sorted(k for k in state["model"] if "lora_" in k)
     buffers = [k for k in state["model"] if "lora_" not in k]

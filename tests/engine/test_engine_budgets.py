@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 from model_trainer.budgets import admit_limits, check_disk, disk_estimate, disk_problem
-from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.core.memory import MIB
 from model_trainer.engine import run_job
-from model_trainer.engine.checkpoint import FILE
 from model_trainer.service import TrainerService
 from model_trainer.settings import Settings
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 
-from tests.engine.engine_helpers import Env
+from tests.engine.engine_helpers import Env, checkpoint_file
 
 C = ModelTrainerErrorCode
 GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32}
@@ -65,7 +63,7 @@ def test_the_disk_estimate_bounds_what_a_run_writes(env: Env) -> None:
     job = env.job("gpt2", model=GPT2, training={"max_steps": 6})
     found = disk_estimate(job, data_root=env.data_root, artifacts_root=env.artifacts_root)
     done = run_job(dataclasses.replace(env.ctx(job, []), checkpoint_every=2))
-    checkpoint = (env.artifacts_root / job.job_id / CHECKPOINTS / FILE).stat().st_size
+    checkpoint = checkpoint_file(env.artifacts_root / job.job_id).stat().st_size
     weights = (Path(done.artifact_path) / "model.safetensors").stat().st_size
     per_checkpoint = found.checkpoints // 3
     # An upper bound, and not a wild one: within 2x of what was written.
