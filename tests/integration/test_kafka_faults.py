@@ -85,7 +85,9 @@ async def test_crash_between_the_terminal_event_and_its_commit_does_not_retrain(
     own: tuple[Stack, LocalKafka],
 ) -> None:
     stack, broker = own
-    svc = ServiceProcess(stack, instance_id="tc").start()
+    # Every progress event published at once: the broker must stop before the end, and
+    # coalescing would show the watcher step 40 only with the completion.
+    svc = ServiceProcess(stack, instance_id="tc", max_progress_per_s="1000").start()
     steps = 60
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
