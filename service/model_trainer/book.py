@@ -625,7 +625,14 @@ class JobBook:
             else:
                 job.held_eval = event
             return []
-        return self._publish_progress(job, event, now)
+        effects: list[Effect] = []
+        held = job.held_eval
+        if isinstance(event, ProgressEventV1) and held is not None and held.step <= event.step:
+            if event.val_loss is None:  # steps go out in order
+                effects += self._publish_progress(job, held, now)
+            else:  # a newer evaluation: the held one is coalesced into it
+                job.held_eval = None
+        return effects + self._publish_progress(job, event, now)
 
     def _flush_held(self, job: Job, now: float) -> list[Effect]:
         """What the job's run said and was held: its evaluation, then a later step."""

@@ -161,7 +161,7 @@ def test_export_mirrors_jobs_into_mlflow_runs_once(
     first, after, steps = _jobs(tmp_path / "artifacts")
     asyncio.run(_publish(topics, first, create=True))
     assert _export(topics, uri) == (
-        "3 runs created, 0 rebuilt, 49 metric points, 51 params, 25 tags, "
+        "3 runs created, 0 rebuilt, 49 metric points, 57 params, 25 tags, "
         "1 artifacts, 1 model versions"
     )
     # The job resumes after the export ran: its run held attempt 1's step 6, so it is rebuilt.

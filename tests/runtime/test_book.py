@@ -582,3 +582,17 @@ def test_a_crash_markers_refusal_of_a_resumed_jobs_submit_ends_the_job() -> None
     # A refused command of no job, or of an ended one, gets the dead letter alone.
     again = book.refuse(record(submit("a"), 1), crashed, now=2)
     assert published(again) == []
+
+
+def test_a_held_evaluation_goes_out_before_a_later_step() -> None:
+    book = JobBook(policy(max_progress_per_s=1.0), refuse_bad)
+    book.assign([P0])
+    book.command(record(submit("a"), 0), now=0)
+    out: list[object] = []
+    out += book.progress("a", 1, progress("a", 1), now=0.1)
+    evaluated = progress("a", 50).model_copy(update={"val_loss": 2.0})
+    out += book.progress("a", 1, evaluated, now=0.5)  # too soon: held
+    out += book.progress("a", 1, progress("a", 56), now=1.2)  # due: the evaluation first
+    out += book.tick(now=5.0)
+    steps = [e.step for e in published(out) if isinstance(e, ProgressEventV1)]
+    assert steps == [1, 50, 56]

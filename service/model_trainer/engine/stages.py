@@ -13,7 +13,9 @@ from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, St
 _C = ModelTrainerErrorCode
 # Host memory: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), C++'s
 # std::bad_alloc as torch re-raises it. Then the messages of either.
-_HOST_OOM_TEXT = ("can't allocate memory", "bad_alloc")
+# oneDNN says "could not create a primitive" when its scratch allocation fails under the
+# worker's RLIMIT_DATA (seen on AMD EPYC, where the limit is reached inside a kernel).
+_HOST_OOM_TEXT = ("can't allocate memory", "bad_alloc", "could not create a primitive")
 _OOM_TEXT = (*_HOST_OOM_TEXT, "out of memory", "not enough memory")
 
 
