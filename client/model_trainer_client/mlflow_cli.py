@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .board import EXIT_BAD_INPUT
-from .cli import (
+from .cli_common import (
     Bootstrap,
     SaslMechanismOption,
     SaslUsernameOption,

@@ -1,0 +1,133 @@
+"""What every client command shares: its consoles, the Kafka connection options, and how a
+command's settings are read and its flow is run (exit codes for a missing or refusing
+broker). A leaf of the command modules (:mod:`.cli`, :mod:`.mlflow_cli`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from aiokafka.errors import KafkaConnectionError
+from rich.console import Console
+from rich.markup import escape
+
+from . import outage
+from .board import EXIT_BAD_INPUT, EXIT_TIMED_OUT
+from .kafka import probe_brokers
+from .settings import ClientSettings, ConnectionOverrides, KafkaConfigError
+
+console = Console(stderr=True)
+out = Console()
+
+
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        "-b",
+        help="Default: MODEL_TRAINER_BOOTSTRAP_SERVERS, KAFKA_BOOTSTRAP_SERVERS, 127.0.0.1:9092.",
+    ),
+]
+# How to connect, beyond the servers: each option wins over its MODEL_TRAINER_KAFKA_* variable.
+# The password has no option (a command line is visible to every user of the machine): it is
+# MODEL_TRAINER_KAFKA_SASL_PASSWORD.
+CONNECTION = "Kafka connection (default: the MODEL_TRAINER_KAFKA_* variables)"
+SecurityProtocolOption = Annotated[
+    str | None,
+    typer.Option(
+        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: PLAINTEXT).",
+        rich_help_panel=CONNECTION,
+    ),
+]
+SaslMechanismOption = Annotated[
+    str | None,
+    typer.Option(
+        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: PLAIN). The password: "
+        "MODEL_TRAINER_KAFKA_SASL_PASSWORD.",
+        rich_help_panel=CONNECTION,
+    ),
+]
+SaslUsernameOption = Annotated[
+    str | None, typer.Option(help="SASL user (or API key).", rich_help_panel=CONNECTION)
+]
+SslCafileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM CA certificate(s) to trust (default: the system's CAs).",
+        dir_okay=False,
+        rich_help_panel=CONNECTION,
+    ),
+]
+SslCertfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM client certificate (mutual TLS).", dir_okay=False, rich_help_panel=CONNECTION
+    ),
+]
+SslKeyfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="PEM key of the client certificate.", dir_okay=False, rich_help_panel=CONNECTION
+    ),
+]
+SslCheckHostnameOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--ssl-check-hostname/--no-ssl-check-hostname",
+        help="Check that the broker's certificate names its host (default: on).",
+        show_default=False,
+        rich_help_panel=CONNECTION,
+    ),
+]
+
+
+def _say(title: str, text: object) -> None:
+    """An error on stderr: ``title`` in red, ``text`` as it is (no markup, not wrapped)."""
+    console.print(f"[red]{title}[/red]: {escape(str(text))}", highlight=False, soft_wrap=True)
+
+
+def _settings(overrides: ConnectionOverrides) -> ClientSettings:
+    """The settings from the environment and the options; inconsistent ones exit 2."""
+    try:
+        return ClientSettings.from_env(overrides=overrides)
+    except KafkaConfigError as exc:
+        _say("Kafka connection settings", exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _explain(settings: ClientSettings, exc: Exception) -> None:
+    """Say why Kafka could not be used: aiokafka's own error only says it could not
+    bootstrap, so ask the brokers (a refused password, an untrusted certificate)."""
+    probe = asyncio.run(probe_brokers(settings.connection, timeout_s=5))
+    if probe.refused is not None:
+        _say("Kafka refused the connection", probe.refused)
+    else:
+        where = settings.connection.describe()
+        _say(f"no Kafka broker answered at {escape(where)}", probe.problem or exc)
+
+
+def _run(
+    settings: ClientSettings,
+    main: Callable[[], Coroutine[object, object, int]],
+    *,
+    interrupted: int = 130,
+) -> NoReturn:
+    """Run a flow and exit with its code; no broker (or one that refuses us) is exit 3, a
+    TLS file that cannot be read exit 2, Ctrl-C ``interrupted``."""
+    outage.install(lambda line: console.print(line, style="yellow", soft_wrap=True))
+    try:
+        code = asyncio.run(main())
+    except KafkaConnectionError as exc:
+        with contextlib.suppress(KeyboardInterrupt):
+            _explain(settings, exc)
+        code = EXIT_TIMED_OUT
+    except KafkaConfigError as exc:
+        _say("Kafka connection settings", exc)
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        code = interrupted
+    raise typer.Exit(code)
