@@ -283,6 +283,13 @@ class Settings(BaseSettings):
         description="Checking a job's files at acceptance (corpus, model folder) may take this "
         "long, off the event loop; past it the job is refused with ADMISSION_TIMEOUT.",
     )
+    handback_flush_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="On a revoke, what the handed-back jobs said is committed within this; "
+        "past it the rest is dropped with the partition (its commands stay uncommitted, and "
+        "the next owner, whose producer fences this one, acts on them again).",
+    )
 
     @field_validator(
         "kafka_sasl_username",

@@ -115,9 +115,12 @@ class Stack:
 class ServiceProcess:
     """``model-trainer serve`` in a subprocess; its log goes to a file in the stack's root."""
 
-    def __init__(self, stack: Stack, name: str = "svc", **overrides: str) -> None:
+    def __init__(
+        self, stack: Stack, name: str = "svc", *, launcher: tuple[str, ...] = (), **overrides: str
+    ) -> None:
         self.stack = stack
         self.name = name
+        self.launcher = launcher  # a command the service runs under (setpriv ... --)
         self.http_port = free_port()
         self.log_path = stack.root / f"{name}.log"
         self.env = {
@@ -130,7 +133,7 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_trainer", "serve"],
+            [*self.launcher, sys.executable, "-m", "model_trainer", "serve"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def _check_files(
                 f"no corpus file or directory at {job.data.corpus_path!r}",
                 details={"corpus_path": job.data.corpus_path},
             )
+        if target.is_dir():
+            # A folder the service cannot list (no read permission) is refused now, not
+            # found empty by the worker later.
+            with os.scandir(target):
+                pass
     if data_root is not None and isinstance(job.model, PretrainedModel):
         _check_pretrained(job.model, caps, data_root)
     if artifacts_root is not None:
