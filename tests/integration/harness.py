@@ -115,12 +115,10 @@ class Stack:
 class ServiceProcess:
     """``model-trainer serve`` in a subprocess; its log goes to a file in the stack's root."""
 
-    def __init__(
-        self, stack: Stack, name: str = "svc", *, launcher: tuple[str, ...] = (), **overrides: str
-    ) -> None:
+    def __init__(self, stack: Stack, name: str = "svc", **overrides: str) -> None:
         self.stack = stack
         self.name = name
-        self.launcher = launcher  # a command the service runs under (setpriv ... --)
+        self.launcher: tuple[str, ...] = ()  # a command to run the service under (setpriv ...)
         self.http_port = free_port()
         self.log_path = stack.root / f"{name}.log"
         self.env = {
