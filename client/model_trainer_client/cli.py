@@ -1,4 +1,4 @@
-"""``model-trainer-client``: submit, cancel, status, jobs, watch, dashboard, export.
+"""``model-trainer-client``: submit, cancel, status, logs, jobs, watch, dashboard, export.
 
 Exit codes: 0 completed (or done), 1 failed (or refused), 2 bad input, 3 timed out (or no
 broker), 4 cancelled, 5 rejected, 130 interrupted (Ctrl-C).
@@ -452,7 +452,9 @@ def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
         DEBUG[0] = debug
 
     app.callback()(options)
-    for command in (submit, cancel, status, jobs, watch, dashboard):
+    from .logs_cli import logs
+
+    for command in (submit, cancel, status, logs, jobs, watch, dashboard):
         app.command()(command)
     app.add_typer(export_app, name="export")
     from .mlflow_cli import register_mlflow
