@@ -126,7 +126,7 @@ class LogShipper:
         self.dropped += 1
         LOG_LINES_DROPPED.inc()
 
-    def _take(self) -> list[tuple[JobLog, int]]:
+    def take(self) -> list[tuple[JobLog, int]]:
         """Up to a batch of lines, each with the count of its job's lines dropped before it."""
         with self._lock:
             batch: list[tuple[JobLog, int]] = []
@@ -152,7 +152,7 @@ class LogShipper:
         self._producer = producer
         away = False
         while True:
-            batch = self._take()
+            batch = self.take()
             if not batch:
                 await asyncio.sleep(self.POLL_S)
                 continue
@@ -195,7 +195,7 @@ class LogShipper:
             return
         try:
             async with asyncio.timeout(timeout_s):
-                while batch := self._take():
+                while batch := self.take():
                     await self._publish(producer, batch)
         except (TimeoutError, KafkaError, OSError):
             pass

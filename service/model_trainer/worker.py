@@ -141,7 +141,11 @@ def _run(ctx: RunContext, order: RunOrder, memory: WorkerMemory) -> WorkerMessag
     except ModelTrainerError as exc:
         if exc.code is ModelTrainerErrorCode.TRAINING_OOM and memory.limit_mb is not None:
             exc.details.setdefault("budget_mb", memory.limit_mb)
-        bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
+        # With its traceback (a cancel's aside): the job's own logs show where it failed.
+        where = exc.code is not ModelTrainerErrorCode.TRAINING_CANCELLED
+        bound.info(
+            "job failed", code=str(exc.code), error=exc.message, stage=exc.stage, exc_info=where
+        )
         return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), exc)))
     except Superseded as exc:
         bound.warning("job superseded: a later attempt owns it", by=exc.by, step=exc.step)
