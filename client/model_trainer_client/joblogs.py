@@ -43,6 +43,22 @@ def log_text(line: LogLineV1) -> str:
     return text
 
 
+async def read_log_lines(settings: ClientSettings, job_id: str, last: int = 500) -> list[LogLineV1]:
+    """The job's log lines on the logs topic as it stands (the ``last`` ones)."""
+    lines: list[LogLineV1] = []
+    key = job_id.encode()
+    partition = await job_partition(settings.connection, settings.logs_topic, job_id)
+    if partition is None:
+        return lines
+    async with TopicReader(settings.connection) as reader:
+        await reader.add({TopicPartition(settings.logs_topic, partition): None})
+        for record in await reader.read_to_end():
+            line = decode_log_line(record.value) if record.key == key else None
+            if line is not None and line.job_id == job_id:
+                lines.append(line)
+    return lines[-last:]
+
+
 class _JobLogs:
     """The job's logs partition, and with ``follow`` its events partition, on one reader."""
 

@@ -198,7 +198,8 @@ async def _refusals_and_a_keyless_record(
     assert [rows[j]["status"] for j in ("nope-job", "typo-job")] == ["rejected", "rejected"]
     assert rows["typo-job"]["error_message"] == typo["error_message"]
     table = await asyncio.to_thread(runner.invoke, app, ["jobs"], env=client_env)
-    assert f"JOB_NOT_FOUND: {nope['error_message']}" in table.stdout, table.stdout
+    # the refusal's event (read for the progress columns) adds its stage
+    assert f"JOB_NOT_FOUND at validate: {nope['error_message']}" in table.stdout, table.stdout
     watched = await asyncio.to_thread(runner.invoke, app, ["watch", "typo-job"], env=client_env)
     assert watched.exit_code == 5, watched.output
     assert "typo-job rejected (COMMAND_INVALID" in watched.stdout
