@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from .board import EXIT_BAD_INPUT, EXIT_TIMED_OUT, JobBoard
-from .decode import decode_update, is_rejection
+from .decode import decode_update
 from .kafka import Record
 from .readers import TopicReader, job_partition
 from .settings import ClientSettings
@@ -98,9 +98,9 @@ class _JobLogs:
                     self.out.print(log_text(line), soft_wrap=True, highlight=False, markup=False)
                     printed += 1
             else:
+                # a refusal too, as ``watch JOB_ID`` reads it: an id only refused ends (5)
                 update = decode_update(record.value)
-                mine = update is not None and update.job_id == self.job_id
-                if update is not None and mine and not is_rejection(update):
+                if update is not None and update.job_id == self.job_id:
                     self.board.apply(update)
         self.lines += printed
         return printed
