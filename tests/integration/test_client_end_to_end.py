@@ -196,6 +196,22 @@ async def _refusals_and_a_keyless_record(
     assert listed.exit_code == 0, listed.output
     rows = {row["job_id"]: row for row in json.loads(listed.stdout)}
     assert [rows[j]["status"] for j in ("nope-job", "typo-job")] == ["rejected", "rejected"]
+    # the progress, loss and duration columns, from the events topic
+    done = rows["done"]
+    assert (done["step"], done["total_steps"], done["status"]) == (4, 4, "completed")
+    assert isinstance(done["train_loss"], float)
+    assert isinstance(done["duration_s"], float)
+    assert done["duration_s"] > 0
+    recent = await asyncio.to_thread(
+        runner.invoke, app, ["jobs", "--since", "1h", "--json"], env=client_env
+    )
+    assert sorted(row["job_id"] for row in json.loads(recent.stdout)) == sorted(rows)
+    later = await asyncio.to_thread(
+        runner.invoke, app, ["jobs", "--since", "1s", "--json"], env=client_env
+    )
+    assert "done" not in [row["job_id"] for row in json.loads(later.stdout)]
+    wrong = await asyncio.to_thread(runner.invoke, app, ["jobs", "--since", "soon"], env=client_env)
+    assert wrong.exit_code == 2, wrong.output
     assert rows["typo-job"]["error_message"] == typo["error_message"]
     table = await asyncio.to_thread(runner.invoke, app, ["jobs"], env=client_env)
     # the refusal's event (read for the progress columns) adds its stage
