@@ -40,6 +40,7 @@ from .events import (
     QueuedEventV1,
     TerminalEvent,
 )
+from .logs import LogLineV1
 from .state import JobStateV1, JobStatus
 from .topics import (
     COMMANDS_TOPIC,
@@ -50,6 +51,7 @@ from .topics import (
     DLQ_ORIGINAL_PARTITION_HEADER,
     DLQ_ORIGINAL_TOPIC_HEADER,
     EVENTS_TOPIC,
+    LOGS_TOPIC,
 )
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "DLQ_ORIGINAL_TOPIC_HEADER",
     "ERROR_INFO",
     "EVENTS_TOPIC",
+    "LOGS_TOPIC",
     "MAX_COMMAND_BYTES",
     "AdapterSpec",
     "BpeTokenizer",
@@ -82,6 +85,7 @@ __all__ = [
     "JobStatus",
     "JobTokenizer",
     "LlamaModel",
+    "LogLineV1",
     "ModelTokenizer",
     "ModelTrainerError",
     "ModelTrainerErrorCode",

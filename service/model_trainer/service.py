@@ -26,6 +26,7 @@ from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
 from .effects import Effect, Kill, Publish, Run, Stop
+from .joblog import LogShipper
 from .journal import journal, policy_of
 from .kafka import command_record, ensure_topics, wait_for_broker
 from .marker import CrashMarkers
@@ -53,6 +54,8 @@ class TrainerService:
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
         self.pool = WorkerPool.for_settings(settings)
+        self.job_logs = LogShipper(settings)
+        self.pool.on_log = self.job_logs.add
         self.publisher = Publishers(settings, self._owns)
         self.book = JobBook(
             policy_of(settings), self._admit, self.publisher.behind, partitioner=partition_for_key
@@ -107,6 +110,7 @@ class TrainerService:
             async with anyio.create_task_group() as tasks:
                 for loop in (
                     self.publisher.run,
+                    self.job_logs.run,
                     self._adoptions,
                     self._fences,
                     self.pool.supervise,
@@ -127,7 +131,8 @@ class TrainerService:
         finally:  # each step bounded: the broker may be away
             with anyio.CancelScope(shield=True):
                 await self.pool.stop(timeout_s=2)
-                for closing in (self.consumer.stop, self.publisher.stop, self.state.stop):
+                closings = (self.consumer.stop, self.publisher.stop, self.state.stop)
+                for closing in (*closings, self.job_logs.stop):
                     with anyio.move_on_after(3):
                         await closing()
             log.info("service stopped", unpublished=self.unpublished)

@@ -18,6 +18,7 @@ from model_trainer_contracts import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
+    LOGS_TOPIC,
     MAX_COMMAND_BYTES,
 )
 from model_trainer_contracts.commands import BackendName
@@ -103,6 +104,18 @@ class Settings(BaseSettings):
         description="retention.ms of the commands topic it creates (-1: for ever). A job's "
         "submit record must outlive the job, or a restart after it expired never ends the job; "
         "set it only above the longest job you allow.",
+    )
+    logs_topic: str = Field(LOGS_TOPIC, description="Jobs' log lines out, keyed by job_id.")
+    logs_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the logs topic it creates (-1: for ever).",
+    )
+    logs_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Log lines held while the broker is slow or away; past it the oldest "
+        "are dropped (and counted), never training.",
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
     replication_factor: int = Field(1, ge=1, description="Replicas of topics it creates.")

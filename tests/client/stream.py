@@ -195,12 +195,17 @@ class Topics:
     def state(self) -> str:
         return f"c-state-{self.uid}"
 
+    @property
+    def logs(self) -> str:
+        return f"c-logs-{self.uid}"
+
     def env(self) -> dict[str, str]:
         return {
             "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
             "MODEL_TRAINER_COMMANDS_TOPIC": self.commands,
             "MODEL_TRAINER_EVENTS_TOPIC": self.events,
             "MODEL_TRAINER_STATE_TOPIC": self.state,
+            "MODEL_TRAINER_LOGS_TOPIC": self.logs,
         }
 
     async def create(self, partitions: int = 3) -> None:
@@ -212,6 +217,7 @@ class Topics:
                     NewTopic(self.commands, partitions, 1, None, None),
                     NewTopic(self.events, partitions, 1, None, None),
                     NewTopic(self.state, partitions, 1, None, {"cleanup.policy": "compact"}),
+                    NewTopic(self.logs, partitions, 1, None, None),
                 ]
             )
         finally:

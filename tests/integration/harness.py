@@ -74,6 +74,7 @@ class Stack:
             "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
             "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "MODEL_TRAINER_STATE_TOPIC": f"state-{self.uid}",
+            "MODEL_TRAINER_LOGS_TOPIC": f"logs-{self.uid}",
             "MODEL_TRAINER_GROUP_ID": f"group-{self.uid}",
             "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
             "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
