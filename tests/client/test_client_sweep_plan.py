@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from model_trainer_client.cli import app
 from model_trainer_client.decode import Update
 from model_trainer_client.sweep_plan import (
     PRUNED_BY,
@@ -23,6 +24,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 from pydantic import JsonValue
+from typer.testing import CliRunner
 
 from .stream import Job
 
@@ -293,3 +295,13 @@ def test_a_trial_the_contracts_refuse_fails_at_once_and_counts() -> None:
     assert [a.n for a in actions] == [0]
     assert planner.trials[1].status is TrialStatus.FAILED
     assert "n_embd (32) must be a multiple of n_head (3)" in planner.trials[1].note
+
+
+def test_the_command_says_each_problem_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**GRID, "budget": {"trials": 0}, "name": "no spaces"})
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"{path}: name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}$'",
+        f"{path}: budget.trials: Input should be greater than or equal to 1",
+    ]

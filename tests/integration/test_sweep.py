@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from model_trainer_contracts import (
     SubmitJobV1,
     decode_command,
 )
+
+from tests.figures import Figure
 
 from .harness import ServiceProcess, Stack
 
@@ -101,13 +104,14 @@ def _submits(values: list[bytes]) -> Iterator[SubmitJobV1]:
 
 @pytest.mark.timeout(1200)  # a loaded 2-core machine: the service alone took 120 s to start
 def test_a_sweep_prunes_survives_a_kill_and_ends_with_its_best_trial(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, figure: Figure
 ) -> None:
     name = f"sw-{stack.uid}"
     path = _sweep_file(stack, tmp_path, name)
     service = ServiceProcess(stack, workers="2").start(timeout_s=300)
     env = {**service.env, "COLUMNS": "200"}
     try:
+        started = time.monotonic()
         first = subprocess.Popen(
             _sweep(path), env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -119,6 +123,7 @@ def test_a_sweep_prunes_survives_a_kill_and_ends_with_its_best_trial(
         again = subprocess.run(
             _sweep(path), env=env, capture_output=True, text=True, timeout=600, check=False
         )
+        took = time.monotonic() - started
         assert again.returncode == 0, "\n".join(before) + again.stderr + service.tail()
         values = asyncio.run(_read(stack, stack.events_topic))
         commands = asyncio.run(_read(stack, stack.commands_topic))
@@ -157,3 +162,8 @@ def test_a_sweep_prunes_survives_a_kill_and_ends_with_its_best_trial(
     )
     assert again.stdout.splitlines()[1] == f"artifact: {completed[best].artifact_path}"
     assert f"{len(pruned)} pruned" in again.stderr
+    figure(
+        f"sweep: 6 trials in {took:.0f}s on 2 workers, {len(completed)} completed, "
+        f"{len(pruned)} pruned ({', '.join(j.rsplit('-', 1)[1] for j in pruned)}); {resumed}; "
+        f"{again.stdout.splitlines()[0]}"
+    )
