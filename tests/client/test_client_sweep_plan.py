@@ -3,6 +3,8 @@ planner submits, which it prunes, what a restart rebuilds, which trial is best."
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from model_trainer_client.sweep_plan import (
     SweepPlanner,
     TrialStatus,
 )
+from model_trainer_client.sweep_run import _finish
 from model_trainer_client.sweep_spec import SweepSpec, SweepSpecError, load_sweep
 from model_trainer_contracts import (
     CancelJobV1,
@@ -24,6 +27,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 from pydantic import JsonValue
+from rich.console import Console
 from typer.testing import CliRunner
 
 from .stream import Job
@@ -304,4 +308,44 @@ def test_the_command_says_each_problem_in_one_line_and_exits_2(tmp_path: Path) -
     assert result.stderr.splitlines() == [
         f"{path}: name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}$'",
         f"{path}: budget.trials: Input should be greater than or equal to 1",
+    ]
+
+
+def test_successive_halving_stops_a_trial_outside_the_top_of_its_rung() -> None:
+    pruner = {"kind": "halving", "min_steps": 10, "reduction_factor": 2}
+    planner = SweepPlanner(SweepSpec.model_validate({**GRID, "pruner": pruner}))
+    planner.plan()
+    good, bad = _trial_job(planner, 0), _trial_job(planner, 1)
+    assert [planner.observe(e)[1] for e in _run(good, {10: 2.0}, until=10)] == [[]] * 3
+    decided = [a for e in _run(bad, {10: 3.0}, until=10) for a in planner.observe(e)[1]]
+    assert [type(a) for a in decided] == [Cancel]
+    assert [(a.n, a.command.reason) for a in decided if isinstance(a, Cancel)] == [
+        (1, f"{PRUNED_BY} lrw: val_loss 3.0000 at step 10 (halving pruner)")
+    ]
+
+
+def test_the_summary_names_the_best_trial_and_its_artifact() -> None:
+    planner = SweepPlanner(
+        SweepSpec.model_validate({**GRID, "budget": {"trials": 2, "parallelism": 2}})
+    )
+    planner.plan()
+    for n, best in ((0, 2.2), (1, 2.1)):
+        job = _trial_job(planner, n)
+        events = _run(job, {10: 3.0, 20: 2.5, 30: 2.3, 40: 2.2})
+        events.append(job.completed().model_copy(update={"best_val_loss": best}))
+        for event in events:
+            planner.observe(event)
+    text, data = Console(record=True, width=300), Console(record=True, width=300)
+    assert _finish(planner, Console(file=io.StringIO()), text, as_json=False) == 0
+    assert text.export_text().splitlines() == [
+        "best trial 1 lrw-trial-1: val_loss 2.1000 "
+        "[training.learning_rate=0.01 model.hidden_size=32]",
+        "artifact: /artifacts/lrw-trial-1",
+    ]
+    assert _finish(planner, Console(file=io.StringIO()), data, as_json=True) == 0
+    summary = json.loads(data.export_text())
+    assert summary["best"]["job_id"] == "lrw-trial-1"
+    assert [(t["trial"], t["status"], t["val_loss"]) for t in summary["trials"]] == [
+        (0, "completed", 2.2),
+        (1, "completed", 2.1),
     ]
