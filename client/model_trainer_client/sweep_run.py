@@ -51,7 +51,7 @@ def trial_table(planner: SweepPlanner) -> Table:
     spec = planner.spec
     done = sum(not t.status.live for t in planner.trials.values())
     table = Table(title=f"sweep {spec.name}: {done}/{spec.trials} trials ended", expand=False)
-    for column in ("trial", "job", "status", "step", "val_loss", spec.objective.metric):
+    for column in ("trial", "job", "status", "step", "last val", spec.objective.metric):
         table.add_column(column, no_wrap=True)
     for path in spec.space:
         table.add_column(path, no_wrap=True)
