@@ -5,7 +5,8 @@ back as one line (:class:`SweepSpecError`).
 A trial is the base job with the sampled values put in at dotted paths of the submit command
 (``training.learning_rate``, ``model.hidden_size``), under the job id ``<name>-trial-<n>``,
 labelled ``sweep``, ``sweep_digest``, ``trial`` and ``hp.<path>`` (the value as JSON), so the
-sweep can be read back from Kafka alone.
+sweep can be read back from Kafka alone, and ``experiment=<name>`` unless the base job has an
+``experiment`` label (``export mlflow`` puts a sweep's runs in one experiment).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ParamPath = Annotated[
 # What the sweep sets on every trial itself: the space may not vary them.
 RESERVED_PATHS = ("type", "job_id", "labels")
 SWEEP_LABELS = ("sweep", "sweep_digest", "trial")
+EXPERIMENT = "experiment"  # the trials' label, unless the base job sets its own
 HP_PREFIX = "hp."
 MAX_LABEL_KEY = 64
 
@@ -190,9 +192,10 @@ class SweepSpec(_Strict):
         taken = [key for key in labels if key in SWEEP_LABELS or key.startswith(HP_PREFIX)]
         if taken:
             raise ValueError(f"base: labels {', '.join(taken)} are the sweep's own")
-        if len(labels) + len(SWEEP_LABELS) + len(self.space) > MAX_LABELS:
+        own = len(SWEEP_LABELS) + (EXPERIMENT not in labels)
+        if len(labels) + own + len(self.space) > MAX_LABELS:
             raise ValueError(
-                f"base: {len(labels)} labels, {len(SWEEP_LABELS)} of the sweep and one per "
+                f"base: {len(labels)} labels, {own} of the sweep and one per "
                 f"parameter ({len(self.space)}) exceed a job's {MAX_LABELS}"
             )
         if self.sampler.kind == "grid":
@@ -236,6 +239,7 @@ class SweepSpec(_Strict):
             _put(data, path, value)
         labels = data.get("labels")
         data["labels"] = {
+            EXPERIMENT: self.name,  # export mlflow: a sweep's runs in one experiment
             **(labels if isinstance(labels, dict) else {}),
             "sweep": self.name,
             "sweep_digest": self.digest,

@@ -136,6 +136,7 @@ def test_a_base_job_may_be_a_file_beside_the_sweep(tmp_path: Path) -> None:
     assert command.job_id == "lrw-trial-3"
     assert (command.training.learning_rate, command.model.backend) == (0.003, "char_lstm")
     assert command.labels == {
+        "experiment": "lrw",
         "team": "nlp",
         "sweep": "lrw",
         "sweep_digest": spec.digest,
@@ -143,6 +144,9 @@ def test_a_base_job_may_be_a_file_beside_the_sweep(tmp_path: Path) -> None:
         "hp.training.learning_rate": "0.003",
         "hp.model.hidden_size": "32",
     }
+    own = {**BASE, "labels": {"experiment": "lr-studies"}}
+    labels = SweepSpec.model_validate({**GRID, "base": own}).command(0, {}).labels
+    assert labels["experiment"] == "lr-studies"
 
 
 def test_a_grid_runs_every_point_two_at_a_time_and_the_lowest_val_loss_wins() -> None:
