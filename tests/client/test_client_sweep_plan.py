@@ -11,6 +11,7 @@ import pytest
 import yaml
 from model_trainer_client.cli import app
 from model_trainer_client.decode import Update
+from model_trainer_client.mlflow_export import MlflowExport
 from model_trainer_client.sweep_plan import (
     PRUNED_BY,
     Cancel,
@@ -353,3 +354,16 @@ def test_the_summary_names_the_best_trial_and_its_artifact() -> None:
         (0, "completed", 2.2),
         (1, "completed", 2.1),
     ]
+
+
+def test_export_mlflow_puts_a_sweeps_trials_in_one_experiment_tagged_with_their_values() -> None:
+    planner = SweepPlanner(SweepSpec.model_validate(GRID))
+    planner.plan()
+    export = MlflowExport("model-trainer", "experiment")
+    for n in (0, 1):
+        for event in _run(_trial_job(planner, n), {10: 3.0}, until=10):
+            export.apply(event)
+    runs = [export.jobs[f"lrw-trial-{n}"] for n in (0, 1)]
+    assert [run.experiment for run in runs] == ["lrw", "lrw"]
+    assert [run.tags["label.hp.model.hidden_size"] for run in runs] == ["16", "32"]
+    assert [run.tags["label.sweep"] for run in runs] == ["lrw", "lrw"]
