@@ -45,6 +45,8 @@ from .sweep_spec import (
     params_of_labels,
 )
 
+# Optuna logs each trial at INFO and warns that constant_liar is experimental, on stderr: the
+# sweep prints its own lines there.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
