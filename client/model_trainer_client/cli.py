@@ -1,4 +1,4 @@
-"""``model-trainer-client``: submit, cancel, status, logs, jobs, watch, dashboard, export.
+"""``model-trainer-client``: submit, cancel, status, logs, jobs, watch, dashboard, export, sweep.
 
 Exit codes: 0 completed (or done), 1 failed (or refused), 2 bad input, 3 timed out (or no
 broker), 4 cancelled, 5 rejected, 130 interrupted (Ctrl-C).
@@ -472,6 +472,9 @@ def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
     from .mlflow_cli import register_mlflow
 
     register_mlflow(export_app)
+    from .sweep_cli import register_sweep
+
+    register_sweep(app)
 
 
 def run_app(app: typer.Typer, prog: str) -> None:

@@ -678,7 +678,7 @@ class JobBook:
             return effects + self._dispatch(now)
         effects += self._flush_held(job, now)  # the run's last progress goes out before its end
         if isinstance(event, CompletedEventV1 | FailedEventV1):
-            final = self._stamp(job, event)
+            final = self._stamp(job, _with_cancel_reason(event, job.cancel_reason))
         else:
             error = ModelTrainerError(_C.INTERNAL_ERROR, f"the worker ended with a {event.type}")
             final = failed_event(job.envelope(), error)
@@ -930,3 +930,17 @@ def _admission_failed(exc: Exception) -> ModelTrainerError:
         f"the job could not be checked: {type(exc).__name__}: {exc}"[:1000],
         details={"exception": type(exc).__name__},
     )
+
+
+def _with_cancel_reason(
+    event: CompletedEventV1 | FailedEventV1, reason: str | None
+) -> CompletedEventV1 | FailedEventV1:
+    """A run stopped by a cancel reports where it stopped; its failed event also says why, as
+    the cancel command's reason promises (a sweep names itself there when it prunes a trial)."""
+    if not reason or not isinstance(event, FailedEventV1):
+        return event
+    if event.code is not _C.TRAINING_CANCELLED:
+        return event
+    message = f"cancelled: {reason} ({event.message})"
+    details = {**event.details, "reason": reason}
+    return event.model_copy(update={"message": message, "details": details})
