@@ -24,6 +24,8 @@ from .book import JobBook
 from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
+from .core.layout import DOWNLOADS
+from .core.remote_folders import use_downloads
 from .effects import Effect, Kill, Publish, Run, Stop
 from .journal import journal, policy_of
 from .kafka import command_record, ensure_topics, wait_for_broker
@@ -50,6 +52,8 @@ class TrainerService:
 
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
+        # Acceptance checks a model folder at a URL from a head copy (no weights fetched).
+        use_downloads(settings.artifacts_root / DOWNLOADS, full=False)
         self.pool = WorkerPool.for_settings(settings)
         self.publisher = Publishers(settings, self._owns)
         self.book = JobBook(
