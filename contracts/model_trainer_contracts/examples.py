@@ -192,5 +192,14 @@ FAILED = FailedEventV1(
     details={"step": 1, "batch_size": 256, "device": "cuda:0", "allocated_gb": 139.2},
 )
 
-EXAMPLES: tuple[Message, ...] = (SUBMIT, CANCEL, QUEUED, CONFIG, PROGRESS, COMPLETED, FAILED)
+EXAMPLES: tuple[Message, ...] = (
+    SUBMIT,
+    CANCEL,
+    QUEUED,
+    CONFIG,
+    PROGRESS,
+    DOWNLOAD,
+    COMPLETED,
+    FAILED,
+)
 """One example per message type, commands first, in catalogue order."""
