@@ -29,6 +29,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
@@ -125,7 +126,8 @@ def local_folder(
             os.utime(ready / COMPLETE)  # its last use, for whoever sweeps
             return ready.resolve()
     root = whole if full else head
-    partial_dir = cache / f".{root.name}.{os.getpid()}.partial"
+    # Per process and thread: the service checks two submits at once, in two threads.
+    partial_dir = cache / f".{root.name}.{os.getpid()}-{threading.get_ident()}.partial"
     shutil.rmtree(partial_dir, ignore_errors=True)
     suffixes = tuple(placeholders)
     try:
