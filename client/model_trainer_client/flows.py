@@ -16,6 +16,7 @@ from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     FailedEventV1,
     JobStateV1,
     JobStatus,
@@ -131,6 +132,9 @@ class FollowPrinter:
             # evaluations stay in a terminal's scrollback; the bar carries the rest
             if not quiet and (not self.live or update.val_loss is not None):
                 self.print(progress_line(update))
+        elif isinstance(update, DownloadEventV1):
+            if not quiet:
+                self.print(download_line(update))
         elif isinstance(update, CompletedEventV1 | FailedEventV1):
             if not quiet:
                 self.result(view)
@@ -186,6 +190,15 @@ class FollowPrinter:
     def refused(self, event: FailedEventV1) -> None:
         self.hide_bar()
         self.print(f"[red]refused[/red] {event.code}: {escape(event.message)}")
+
+
+def download_line(update: DownloadEventV1) -> str:
+    mb = 1 << 20
+    return (
+        f"downloading {update.url}: {update.bytes_done / mb:,.1f} of "
+        f"{update.bytes_total / mb:,.1f} MB ({update.files_done}/{update.files_total} files, "
+        f"{update.elapsed_s:.0f}s){', done' if update.done else ''}"
+    )
 
 
 def progress_line(update: ProgressEventV1) -> str:

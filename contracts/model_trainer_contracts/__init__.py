@@ -33,6 +33,7 @@ from .errors import ERROR_INFO, ErrorInfo, ModelTrainerError, ModelTrainerErrorC
 from .events import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     Event,
     EventBase,
     FailedEventV1,
@@ -75,6 +76,7 @@ __all__ = [
     "CompletedEventV1",
     "ConfigEventV1",
     "DataSpec",
+    "DownloadEventV1",
     "ErrorInfo",
     "Event",
     "EventBase",

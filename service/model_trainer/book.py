@@ -36,6 +36,7 @@ from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     EventBase,
     FailedEventV1,
     JobStateV1,
@@ -612,11 +613,13 @@ class JobBook:
         return self.ended(report.job_id, report.attempt, event, now)
 
     def progress(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
-        """A config or progress event from the job's worker."""
+        """A config, progress or download event from the job's worker."""
         job = self._current(job_id, attempt)
-        if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1):
+        if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1 | DownloadEventV1):
             return []
         job.last_heard = now
+        if isinstance(event, DownloadEventV1):  # the worker spaces them out already
+            return self._publish_progress(job, event, now)
         if isinstance(event, ProgressEventV1) and self._too_soon(job, now):
             # Coalesced: the latest values win; an evaluation waits apart, so a plain step
             # never replaces it, and the last of each always goes out.
@@ -652,7 +655,7 @@ class JobBook:
         )
 
     def _publish_progress(
-        self, job: Job, event: ConfigEventV1 | ProgressEventV1, now: float
+        self, job: Job, event: ConfigEventV1 | ProgressEventV1 | DownloadEventV1, now: float
     ) -> list[Effect]:
         if (
             job.held is not None

@@ -25,6 +25,8 @@ from .book import JobBook
 from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
+from .core.layout import DOWNLOADS
+from .core.remote_folders import use_downloads
 from .effects import Effect, Kill, Publish, Run, Stop
 from .joblog import LogShipper
 from .journal import journal, policy_of
@@ -53,6 +55,8 @@ class TrainerService:
 
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
+        # Acceptance checks a model folder at a URL from a head copy (no weights fetched).
+        use_downloads(settings.artifacts_root / DOWNLOADS, full=False)
         self.pool = WorkerPool.for_settings(settings)
         self.job_logs = LogShipper(settings)
         self.pool.on_log = self.job_logs.add

@@ -16,6 +16,7 @@ import structlog
 import torch
 from model_trainer_contracts import (
     ConfigEventV1,
+    DownloadEventV1,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -92,7 +93,7 @@ class _Emitter:
         self._job_id = job_id
         self._attempt = attempt
 
-    def __call__(self, event: ConfigEventV1 | ProgressEventV1) -> None:
+    def __call__(self, event: ConfigEventV1 | ProgressEventV1 | DownloadEventV1) -> None:
         try:
             self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
         except BrokenPipeError:
@@ -111,6 +112,7 @@ def run_order(
     """Run one attempt; every outcome, expected or not, becomes a message."""
     memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
+    emitter = _Emitter(conn, job.job_id, order.attempt)
     ctx = RunContext(
         job=job,
         data_root=order.data_root,
@@ -120,7 +122,8 @@ def run_order(
         threads=threads,
         checkpoint_every=order.checkpoint_every,
         max_corpus_bytes=order.max_corpus_bytes,
-        emit=_Emitter(conn, job.job_id, order.attempt),
+        emit=emitter,
+        emit_download=emitter,
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
         artifacts_url=order.artifacts_url,

@@ -14,6 +14,7 @@ from model_trainer_client.decode import QueuedNotice, Update
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     EventBase,
     FailedEventV1,
     JobStateV1,
@@ -83,6 +84,19 @@ class Job:
                 "batch_size": 8,
                 "learning_rate": 6e-4,
                 "queue": "jobs-0",
+            }
+        )
+
+    def download(self, done: int = 3 << 20) -> DownloadEventV1:
+        return DownloadEventV1.model_validate(
+            {
+                **self._envelope(),
+                "url": "s3://corpora/books/",
+                "bytes_done": done,
+                "bytes_total": 8 << 20,
+                "files_done": 1,
+                "files_total": 4,
+                "elapsed_s": 2.0,
             }
         )
 
