@@ -703,7 +703,17 @@ class JobBook:
         """The run met a full disk: not the job's fault, so no failure is counted and no
         terminal event goes out (which would release its checkpoints). The job is handed back,
         to wait ``disk_full_retry_s`` in the queue and then resume from its last good
-        checkpoint; a cancel still ends it, a revoke still leaves it to the next owner."""
+        checkpoint; a cancel still ends it, a revoke still leaves it to the next owner, and a
+        run stopped at its deadline (whose last checkpoint found the disk full) still times
+        out."""
+        if job.deadline is not None and now >= job.deadline and job.cancel_reason is None:
+            timeout = job.spec.timeout_s or self.policy.default_timeout_s or 0.0
+            error = ModelTrainerError(
+                _C.TRAINING_TIMEOUT,
+                f"the run passed its timeout of {timeout:g}s (its last checkpoint met a full disk)",
+                stage="train",
+            )
+            return self._end(job, failed_event(job.envelope(), error), now)
         wait = self.policy.disk_full_retry_s
         log.warning(
             "disk full; job handed back", job_id=job.job_id, wait_s=wait, error=event.message

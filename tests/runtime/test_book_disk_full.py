@@ -89,3 +89,11 @@ def test_a_cancel_still_ends_a_job_waiting_for_space() -> None:
     assert [(type(e).__name__, getattr(e, "code", None)) for e in ended] == [
         ("FailedEventV1", C.TRAINING_CANCELLED)
     ]
+
+
+def test_a_run_past_its_deadline_still_times_out_on_a_full_disk() -> None:
+    book = _book()
+    book.command(record(submit("a", timeout_s=5.0), 0), now=0)
+    (event,) = published(book.ended("a", 1, _disk_full("a", 1), now=6))
+    assert isinstance(event, FailedEventV1)
+    assert event.code is C.TRAINING_TIMEOUT
