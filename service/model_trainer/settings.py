@@ -270,6 +270,12 @@ class Settings(BaseSettings):
         description="Free space the artifacts volume keeps: a job that would eat into it is "
         "refused, and /readyz answers 503 saying why once less is free.",
     )
+    disk_full_retry_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run that meets a full disk (DISK_FULL) is handed back, its last good "
+        "checkpoint kept; the job waits this long in the queue, then runs again from it.",
+    )
 
     http_host: str = Field("127.0.0.1", description="Bind address of the HTTP endpoints.")
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0: off.")

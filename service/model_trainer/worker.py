@@ -30,7 +30,7 @@ from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import Preempted, RunContext, Superseded
 from .engine.registry import preload as preload_backends
-from .engine.stages import is_oom
+from .engine.stages import disk_full, is_disk_full, is_oom
 from .joblog import LogForwarder
 from .lifeline import orphaned
 from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
@@ -157,6 +157,10 @@ def _run(ctx: RunContext, order: RunOrder, memory: WorkerMemory) -> WorkerMessag
         bound.info("job preempted", step=exc.step)
         return JobPreempted(job.job_id, order.attempt, exc.step)
     except Exception as exc:
+        if is_disk_full(exc):  # a full disk outside the engine's stages: the same typed failure
+            error = disk_full("train", exc)
+            bound.warning("job hit a full disk", error=error.message)
+            return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
         if is_oom(exc):  # out of memory outside the engine's stages: the same typed failure
             bound.error("job ran out of memory", error=str(exc)[:300])
             details: dict[str, JsonValue] = {}
