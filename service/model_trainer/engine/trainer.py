@@ -30,6 +30,7 @@ from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext, stopped
 from model_trainer.engine.dataset import Tokens, derive_seed
+from model_trainer.engine.generation import answer_held_out
 from model_trainer.engine.optim import lr_at, warmup_steps
 from model_trainer.engine.packing import Packed, draw
 from model_trainer.engine.prepare import Prepared, prepare
@@ -97,6 +98,12 @@ class BaseTrainer:
         if len(p.splits.test):
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
+        generations = []
+        if p.held_out is not None and self.job.generate is not None:
+            with stage("evaluate", device):
+                generations = answer_held_out(
+                    p.model, p.held_out, self.job.generate, p.tokenizer, p.placement, p.context
+                )
         self.ctx.obey_stop("save", p.loop.step)
         self._checkpoint(p)  # the final step: a crash from here on resumes without training
         with stage("save", device):
@@ -129,6 +136,7 @@ class BaseTrainer:
             early_stopped=early_stopped,
             artifact_path=location,
             manifest_digest=digest,
+            generations=generations,
         )
 
     def _train(self, p: Prepared) -> bool:
