@@ -313,6 +313,8 @@ def test_packed_examples_never_attend_to_each_other(env: Env, arch: str) -> None
             [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}],
             "empty assistant",
         ),
+        ([{"role": "user", "content": "x"}], "no assistant turn"),
+        ([{"role": "user"}, {"role": "assistant", "content": "y"}], "no string role and content"),
     ],
 )
 def test_bad_chat_records_fail_with_their_line(env: Env, messages: object, reason: str) -> None:
@@ -331,6 +333,20 @@ def test_bad_chat_records_fail_with_their_line(env: Env, messages: object, reaso
     assert err.value.details["line"] == 4
     assert reason in str(err.value.details["reason"])
     assert err.value.stage == "prepare"
+
+
+def test_an_instruction_without_a_response_fails_with_its_line(env: Env) -> None:
+    chat_folder(env, "llama")
+    records = [*instructions(6), {"question": "Who?", "answer": "  "}]
+    data = {
+        "corpus_path": write_jsonl(env, "qa.jsonl", records),
+        "format": "instruction",
+        "records": {"prompt_field": "question", "response_field": "answer"},
+    }
+    with pytest.raises(ModelTrainerError) as err:
+        run_job(env.ctx(env.job("pretrained", data=data), []))
+    assert err.value.code == C.CORPUS_MALFORMED_RECORD
+    assert err.value.details == {"file": "qa.jsonl", "line": 7, "reason": "empty response"}
 
 
 def test_a_parquet_file_without_the_named_column_fails(env: Env) -> None:
