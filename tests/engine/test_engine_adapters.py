@@ -337,7 +337,7 @@ def test_bad_chat_records_fail_with_their_line(env: Env, messages: object, reaso
 
 def test_an_instruction_without_a_response_fails_with_its_line(env: Env) -> None:
     chat_folder(env, "llama")
-    records = [*instructions(6), {"question": "Who?", "answer": "  "}]
+    records: list[dict[str, object]] = [*instructions(6), {"question": "Who?", "answer": "  "}]
     data = {
         "corpus_path": write_jsonl(env, "qa.jsonl", records),
         "format": "instruction",
