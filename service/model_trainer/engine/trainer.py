@@ -30,7 +30,6 @@ from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext, stopped
 from model_trainer.engine.dataset import Tokens, derive_seed
-from model_trainer.engine.generation import answer_held_out
 from model_trainer.engine.optim import lr_at, warmup_steps
 from model_trainer.engine.packing import Packed, draw
 from model_trainer.engine.prepare import Prepared, prepare
@@ -100,6 +99,9 @@ class BaseTrainer:
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
         generations = []
         if p.held_out is not None and self.job.generate is not None:
+            # Imported here: it needs transformers, which text-only workers never import.
+            from model_trainer.engine.generation import answer_held_out
+
             with stage("evaluate", device):
                 generations = answer_held_out(
                     p.model, p.held_out, self.job.generate, p.tokenizer, p.placement, p.context
