@@ -138,6 +138,10 @@ class FollowPrinter:
         elif isinstance(update, CompletedEventV1 | FailedEventV1):
             if not quiet:
                 self.result(view)
+                if isinstance(update, CompletedEventV1):
+                    for g in update.generations:
+                        self.print(f"held-out answer: {escape(repr(g.completion.strip()))}")
+                        self.print(f"  expected: {escape(repr(g.reference.strip()))}")
         else:
             assert_never(update)
 

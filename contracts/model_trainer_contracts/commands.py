@@ -313,6 +313,24 @@ class AdapterSpec(_Strict):
     )
 
 
+MAX_GENERATE_PROMPTS = 16
+MAX_GENERATE_TOKENS = 256
+
+
+class GenerateSpec(_Strict):
+    """At the end of a chat or instruction job, answer a few held-out prompts (the test
+    split's records, else the validation split's) greedily with the trained model; the
+    answers are published in the completed event (``generations``)."""
+
+    prompts: int = Field(4, ge=1, le=MAX_GENERATE_PROMPTS, description="How many prompts.")
+    max_new_tokens: int = Field(
+        64,
+        ge=1,
+        le=MAX_GENERATE_TOKENS,
+        description="Tokens per answer at most; an answer also ends at the end-of-text token.",
+    )
+
+
 class TrainingSpec(_Strict):
     """How long and how to optimise. Give ``max_steps`` or ``epochs`` (default 200 steps)."""
 
@@ -419,6 +437,9 @@ class SubmitJobV1(_Strict):
     adapter: AdapterSpec | None = Field(
         None, description="Train a LoRA adapter instead of every weight (pretrained backend)."
     )
+    generate: GenerateSpec | None = Field(
+        None, description="Answer a few held-out prompts at the end (chat and instruction data)."
+    )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
     timeout_s: float | None = Field(
         None, gt=0.0, le=7 * 24 * 3600.0, description="Fail with TRAINING_TIMEOUT after this."
@@ -468,6 +489,13 @@ class SubmitJobV1(_Strict):
             raise ValueError(
                 f"model settings are for {self.model.backend!r} but backend is {self.backend!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _generate_from_records(self) -> Self:
+        # Held-out prompts are records' prompts: text has none.
+        if self.generate is not None and self.data.format not in ("chat", "instruction"):
+            raise ValueError("generate needs chat or instruction data (its held-out prompts)")
         return self
 
 

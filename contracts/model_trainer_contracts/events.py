@@ -169,6 +169,29 @@ class DownloadEventV1(EventBase):
     done: bool = Field(False, description="The download has ended: no more for this URL.")
 
 
+MAX_GENERATIONS = 16
+MAX_GENERATION_CHARS = 4000
+
+
+class Generation(BaseModel):
+    """A held-out prompt and the trained model's answer to it (greedy)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prompt: str = Field(
+        max_length=MAX_GENERATION_CHARS,
+        description="The rendered prompt (its end, when longer than the bound).",
+    )
+    completion: str = Field(
+        max_length=MAX_GENERATION_CHARS,
+        description="The model's answer, up to its end-of-text token (not included).",
+    )
+    reference: str = Field(
+        max_length=MAX_GENERATION_CHARS,
+        description="The record's own answer (its start, when longer than the bound).",
+    )
+
+
 class CompletedEventV1(EventBase):
     """The job finished and its artifact is written. Terminal."""
 
@@ -181,6 +204,11 @@ class CompletedEventV1(EventBase):
     early_stopped: bool = False
     artifact_path: str
     manifest_digest: str = Field(description="sha256 of the artifact's manifest.json.")
+    generations: list[Generation] = Field(
+        default_factory=list,
+        max_length=MAX_GENERATIONS,
+        description="Answers to held-out prompts, when the job asked for them (generate).",
+    )
 
 
 class FailedEventV1(EventBase):

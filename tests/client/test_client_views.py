@@ -369,3 +369,29 @@ def test_dashboard_on_a_taken_port_is_one_line() -> None:
     assert done.exit_code == 2
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"cannot serve the dashboard at 127.0.0.1:{port}: ")
+
+
+def test_follow_prints_the_held_out_answers_of_a_completed_event() -> None:
+    job = Job("g-1", total_steps=2)
+    events = job.run(steps=2, every=2)
+    done = events[-1]
+    assert isinstance(done, CompletedEventV1)
+    answers = [
+        {
+            "prompt": "<|im_start|>user\nWho?<|im_end|>\n",
+            "completion": " The [king].\n",
+            "reference": "A king.",
+        }
+    ]
+    events[-1] = CompletedEventV1.model_validate(
+        {**done.model_dump(mode="json"), "generations": answers}
+    )
+    console, buffer = pipe()
+    board = JobBoard()
+    with FollowPrinter(console, job.job_id) as printer:
+        for event in events:
+            view = board.apply(event)
+            assert view is not None
+            printer.show(view, event)
+    lines = buffer.getvalue().splitlines()
+    assert lines[-2:] == ["held-out answer: 'The [king].'", "  expected: 'A king.'"]

@@ -26,8 +26,9 @@ from model_trainer_contracts import (
 )
 from peft import PeftModel
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from pydantic import ValidationError
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tests.engine.engine_helpers import Env, Event, checkpoint_file, losses
 from tests.engine.finetune_helpers import (
@@ -41,6 +42,7 @@ from tests.engine.finetune_helpers import (
 C = ModelTrainerErrorCode
 LOGIT_TOLERANCE = 1e-5  # merged vs adapter: the same sums in another order, fp32
 LORA = {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+GENERATE = {"prompts": 2, "max_new_tokens": 8}
 
 
 def _chat_job(env: Env, **extra: object) -> SubmitJobV1:
@@ -71,7 +73,7 @@ def _trained(env: Env, job: SubmitJobV1, source: Path) -> PretrainedNet:
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_lora_on_chat_data_gives_an_adapter_and_a_merged_model(env: Env, arch: str) -> None:
     source = chat_folder(env, arch)
-    job = _chat_job(env, adapter={**LORA, "merge": True})
+    job = _chat_job(env, adapter={**LORA, "merge": True}, generate=GENERATE)
     events: list[Event] = []
     done = run_job(env.ctx(job, events))
     logged = losses(events)
@@ -102,7 +104,8 @@ def test_lora_on_chat_data_gives_an_adapter_and_a_merged_model(env: Env, arch: s
 
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 8, 61]])
     with torch.no_grad():
-        ours = _trained(env, job, source)(ids)
+        net = _trained(env, job, source)
+        ours = net(ids)
         base = AutoModelForCausalLM.from_pretrained(str(source))
         with_adapter = PeftModel.from_pretrained(base, str(folder))(input_ids=ids).logits
         merged = AutoModelForCausalLM.from_pretrained(str(folder / "merged"))
@@ -111,6 +114,40 @@ def test_lora_on_chat_data_gives_an_adapter_and_a_merged_model(env: Env, arch: s
     assert torch.allclose(with_adapter, ours, atol=LOGIT_TOLERANCE, rtol=0)
     assert torch.allclose(merged_logits, ours, atol=LOGIT_TOLERANCE, rtol=0)
     assert not torch.allclose(untouched, ours, atol=1e-3)  # the adapter did change the model
+
+    # The held-out prompts: the test split's records (the last 2 of 40), answered greedily.
+    tok = AutoTokenizer.from_pretrained(str(source))
+    # records 38 and 39 end with the answers to questions 3 and 4 (see conversations())
+    assert [g.reference for g in done.generations] == [
+        "The wind is kind if the sea is calm.",
+        "She said that we shall see the sea.",
+    ]
+    for generation in done.generations:
+        assert generation.prompt.endswith("<|im_start|>assistant\n")
+        assert generation.completion == _greedy(net, tok, generation.prompt, 8)
+
+
+def _greedy(net: PretrainedNet, tok: PreTrainedTokenizerBase, prompt: str, most: int) -> str:
+    """Greedy decoding the plain way: the whole sequence again for every token."""
+    ids: list[int] = tok(prompt, add_special_tokens=False)["input_ids"]
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(most):
+            nxt = int(net(torch.tensor([ids + new]))[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+    return str(tok.decode(new))
+
+
+def test_generate_is_bounded_and_asks_for_records(env: Env) -> None:
+    chat = _chat_job(env).model_dump(mode="json")
+    for bad in ({"prompts": 17}, {"prompts": 0}, {"max_new_tokens": 257}):
+        with pytest.raises(ValidationError):
+            SubmitJobV1.model_validate({**chat, "generate": bad})
+    text = env.job("pretrained").model_dump(mode="json")
+    with pytest.raises(ValidationError, match="generate needs chat or instruction data"):
+        SubmitJobV1.model_validate({**text, "generate": GENERATE})
 
 
 def test_instruction_records_from_parquet_train_the_response(env: Env) -> None:
@@ -276,6 +313,8 @@ def test_packed_examples_never_attend_to_each_other(env: Env, arch: str) -> None
             [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}],
             "empty assistant",
         ),
+        ([{"role": "user", "content": "x"}], "no assistant turn"),
+        ([{"role": "user"}, {"role": "assistant", "content": "y"}], "no string role and content"),
     ],
 )
 def test_bad_chat_records_fail_with_their_line(env: Env, messages: object, reason: str) -> None:
@@ -294,6 +333,20 @@ def test_bad_chat_records_fail_with_their_line(env: Env, messages: object, reaso
     assert err.value.details["line"] == 4
     assert reason in str(err.value.details["reason"])
     assert err.value.stage == "prepare"
+
+
+def test_an_instruction_without_a_response_fails_with_its_line(env: Env) -> None:
+    chat_folder(env, "llama")
+    records: list[dict[str, object]] = [*instructions(6), {"question": "Who?", "answer": "  "}]
+    data = {
+        "corpus_path": write_jsonl(env, "qa.jsonl", records),
+        "format": "instruction",
+        "records": {"prompt_field": "question", "response_field": "answer"},
+    }
+    with pytest.raises(ModelTrainerError) as err:
+        run_job(env.ctx(env.job("pretrained", data=data), []))
+    assert err.value.code == C.CORPUS_MALFORMED_RECORD
+    assert err.value.details == {"file": "qa.jsonl", "line": 7, "reason": "empty response"}
 
 
 def test_a_parquet_file_without_the_named_column_fails(env: Env) -> None:

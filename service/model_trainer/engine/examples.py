@@ -20,7 +20,12 @@ from model_trainer_contracts import (
 from model_trainer.core.pretrained import inspect_pretrained
 from model_trainer.engine.context import RunContext
 from model_trainer.engine.packing import PackedSplits, pack
-from model_trainer.engine.records import read_examples, records_digest
+from model_trainer.engine.records import (
+    HeldOut,
+    held_out_prompts,
+    read_examples,
+    records_digest,
+)
 from model_trainer.engine.tokenizer import TextTokenizer
 
 _C = ModelTrainerErrorCode
@@ -29,7 +34,9 @@ log = structlog.get_logger()
 
 def prepare_examples(
     ctx: RunContext, tokenizer: TextTokenizer | None, context: int
-) -> tuple[TextTokenizer, PackedSplits]:
+) -> tuple[TextTokenizer, PackedSplits, HeldOut | None]:
+    """The tokenizer, the packed splits, and the held-out prompts the job asks to answer
+    (``generate``: the first records of the test split, else of the validation split)."""
     job = ctx.job
     spec = job.data
     if not isinstance(job.model, PretrainedModel) or tokenizer is None:
@@ -76,4 +83,9 @@ def prepare_examples(
         packing_efficiency=round(train.efficiency, 4),
         truncated=train.truncated,
     )
-    return tokenizer, PackedSplits(train, val, test, key)
+    held_out = None
+    if job.generate is not None:
+        first = n_train + n_val if n_test else n_train
+        count = min(job.generate.prompts, n_test or n_val)
+        held_out = held_out_prompts(spec, ctx.data_root, folder, first, count)
+    return tokenizer, PackedSplits(train, val, test, key), held_out

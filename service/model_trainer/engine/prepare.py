@@ -44,7 +44,7 @@ from model_trainer.engine.examples import prepare_examples
 from model_trainer.engine.optim import build_optimizer
 from model_trainer.engine.packing import PackedSplits
 from model_trainer.engine.placement import Placement, resolve_placement
-from model_trainer.engine.records import is_parquet, parquet_text
+from model_trainer.engine.records import HeldOut, is_parquet, parquet_text
 from model_trainer.engine.tokenizer import TextTokenizer, load_from_job, train_bpe, train_char
 
 _C = ModelTrainerErrorCode
@@ -70,6 +70,7 @@ class Prepared:
     num_parameters: int
     flops_per_token: float  # training FLOPs per token, for the mfu figure
     run_digest: str
+    held_out: HeldOut | None = None  # prompts to answer at the end (generate)
 
 
 def run_digest(job: SubmitJobV1) -> str:
@@ -99,8 +100,9 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     placement.apply_matmul_precision()
     context = backend.context_length(job.model)
     splits: Splits | PackedSplits
+    held_out = None
     if job.data.format in RECORD_FORMATS:  # chat, instruction: packed examples
-        tokenizer, splits = prepare_examples(ctx, given_tokenizer(ctx, backend), context)
+        tokenizer, splits, held_out = prepare_examples(ctx, given_tokenizer(ctx, backend), context)
     else:
         tokenizer, splits = prepare_data(ctx, backend, context)
     ctx.obey_stop("prepare", 0)
@@ -162,6 +164,7 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         num_parameters=num_parameters,
         flops_per_token=flops,
         run_digest=digest,
+        held_out=held_out,
     )
 
 

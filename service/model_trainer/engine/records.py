@@ -37,6 +37,7 @@ _C = ModelTrainerErrorCode
 PARQUET = ".parquet"
 _ROWS_PER_BATCH = 1024
 _READ_CHUNK = 1 << 20
+GENERATION_CONFIG = "generation_config.json"
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,17 @@ def parquet_text(spec: DataSpec, data_root: Path, max_bytes: int) -> RawCorpus:
     return RawCorpus([("<parquet>", "".join(parts).encode())], digest, "text", field)
 
 
+@dataclass(frozen=True)
+class HeldOutPrompt:
+    """A held-out record's prompt, rendered and tokenized as training renders it (the
+    conversation up to its last assistant turn, with the generation prompt), and that
+    turn's content, the record's own answer."""
+
+    text: str
+    ids: list[int]
+    reference: str
+
+
 class Renderer:
     """Turns records into examples with the tokenizer and chat template of a model folder."""
 
@@ -162,7 +174,7 @@ class Renderer:
         # Imported here: workers that train char_lstm on text never import transformers.
         from transformers import AutoTokenizer
 
-        self.spec = spec
+        self.spec, self.folder = spec, folder
         self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.templated = has_chat_template(folder)
         eos: object = getattr(self.tok, "eos_token", None)
@@ -244,6 +256,45 @@ class Renderer:
             spans.append((len(before), len(through)))
         return self._tokens(full, spans)
 
+    def prompt(self, record: Record) -> HeldOutPrompt:
+        """The record's prompt and answer (a record :meth:`example` accepted)."""
+        if not isinstance(record.value, dict):
+            raise record.malformed("not a JSON object")
+        if self.spec.format == "chat":
+            messages = self._messages(record, record.value)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            text = self._render(record, messages[:last], True)
+            reference = messages[last]["content"]
+        else:
+            prompt = self._field(record, record.value, self.spec.records.prompt_field)
+            reference = self._field(record, record.value, self.spec.records.response_field)
+            if self.templated:
+                text = self._render(record, [{"role": "user", "content": prompt}], True)
+            else:
+                text = prompt + "\n"
+        ids: list[int] = self.tok(text, add_special_tokens=False)["input_ids"]
+        return HeldOutPrompt(text, ids, reference)
+
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer: the tokenizer's end-of-text token, and the ids a
+        folder's ``generation_config.json`` names (chat models often end a turn with another
+        token)."""
+        found: list[int] = []
+        eos: object = getattr(self.tok, "eos_token_id", None)
+        if isinstance(eos, int):
+            found.append(eos)
+        try:
+            config: JsonValue = json.loads(
+                (self.folder / GENERATION_CONFIG).read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError):
+            return found
+        named = config.get("eos_token_id") if isinstance(config, dict) else None
+        for i in named if isinstance(named, list) else [named]:
+            if isinstance(i, int) and i not in found:
+                found.append(i)
+        return found
+
     def _tokens(self, text: str, spans: list[tuple[int, int]]) -> Example:
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
@@ -254,6 +305,28 @@ class Renderer:
         for start, end in spans:
             trainable |= (starts >= start) & (starts < end)
         return Example(ids, trainable)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out prompts to answer at the end, and the token ids that end an answer."""
+
+    prompts: list[HeldOutPrompt]
+    stop_ids: list[int]
+
+
+def held_out_prompts(
+    spec: DataSpec, data_root: Path, folder: Path, first: int, count: int
+) -> HeldOut:
+    """The prompts of records ``first`` to ``first + count - 1`` (in file order)."""
+    renderer = Renderer(folder, spec)
+    prompts: list[HeldOutPrompt] = []
+    for index, record in enumerate(iter_records(spec, data_root, renderer.columns())):
+        if index >= first + count:
+            break
+        if index >= first:
+            prompts.append(renderer.prompt(record))
+    return HeldOut(prompts, renderer.stop_ids())
 
 
 def read_examples(spec: DataSpec, data_root: Path, folder: Path) -> Iterator[Example]:

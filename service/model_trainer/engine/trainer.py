@@ -97,6 +97,15 @@ class BaseTrainer:
         if len(p.splits.test):
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
+        generations = []
+        if p.held_out is not None and self.job.generate is not None:
+            # Imported here: it needs transformers, which text-only workers never import.
+            from model_trainer.engine.generation import answer_held_out
+
+            with stage("evaluate", device):
+                generations = answer_held_out(
+                    p.model, p.held_out, self.job.generate, p.tokenizer, p.placement, p.context
+                )
         self.ctx.obey_stop("save", p.loop.step)
         with stage("train", device):  # a full disk here is DISK_FULL, like any checkpoint's
             self._checkpoint(p)  # the final step: a crash from here on resumes without training
@@ -130,6 +139,7 @@ class BaseTrainer:
             early_stopped=early_stopped,
             artifact_path=location,
             manifest_digest=digest,
+            generations=generations,
         )
 
     def _train(self, p: Prepared) -> bool:
