@@ -26,6 +26,8 @@ from .commands import (
     PretrainedModel,
     ProgressSpec,
     RecordSpec,
+    ResourcesSpec,
+    Strategy,
     SubmitJobV1,
     TrainingSpec,
 )
@@ -90,7 +92,9 @@ __all__ = [
     "ProgressSpec",
     "QueuedEventV1",
     "RecordSpec",
+    "ResourcesSpec",
     "Stage",
+    "Strategy",
     "SubmitJobV1",
     "TerminalEvent",
     "TrainingSpec",

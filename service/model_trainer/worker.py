@@ -22,6 +22,7 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
+from .core.distributed import Rank, strategy_of
 from .core.envelope import failed_event
 from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
@@ -42,6 +43,7 @@ from .protocol import (
     WorkerMessage,
     WorkerReady,
 )
+from .ranks import launch
 
 log = structlog.get_logger("model_trainer.worker")
 IDLE_AFTER_S = 0.5  # no order within this: the worker is idle
@@ -79,16 +81,24 @@ class _Emitter:
             log.warning("event not sent: the service is gone", job_id=self._job_id)
 
 
+def _mute(_event: ConfigEventV1 | ProgressEventV1) -> None:
+    return None  # ranks other than 0 report nothing: rank 0 speaks for the job
+
+
 def run_order(
     order: RunOrder,
     conn: WorkerEnd,
     flag: StopFlag,
     threads: int,
     memory: WorkerMemory | None = None,
+    rank: Rank | None = None,
 ) -> WorkerMessage:
-    """Run one attempt; every outcome, expected or not, becomes a message."""
+    """Run one attempt (or, given ``rank``, one rank of it); every outcome, expected or not,
+    becomes a message. A job of several processes is handed to its ranks (:mod:`.ranks`)."""
     memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
+    if rank is None and job.resources.processes > 1:
+        return launch(order, conn, flag, threads, memory, strategy_of(job, memory.check_mb))
     ctx = RunContext(
         job=job,
         data_root=order.data_root,
@@ -98,11 +108,12 @@ def run_order(
         threads=threads,
         checkpoint_every=order.checkpoint_every,
         max_corpus_bytes=order.max_corpus_bytes,
-        emit=_Emitter(conn, job.job_id, order.attempt),
+        emit=_Emitter(conn, job.job_id, order.attempt) if rank is None or rank.leader else _mute,
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
         artifacts_url=order.artifacts_url,
         storage_retry_s=order.storage_retry_s,
+        rank=rank,
     )
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
