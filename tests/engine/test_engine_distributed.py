@@ -42,11 +42,12 @@ from model_trainer_contracts import (
 )
 from safetensors.torch import load_file
 
-from tests.engine.engine_helpers import Env, Event, losses
+from tests.engine.engine_helpers import Env, Event, checkpoint_step, losses
 
 pytestmark = pytest.mark.slow
 LOSS_TOLERANCE = 1e-5  # relative, per step: only the order of float sums differs
 WEIGHT_TOLERANCE = 1e-5  # absolute, per weight, after the run's AdamW steps
+RESUME_TOLERANCE = 1e-4  # absolute, per weight, after 40 steps, resumed at another world size
 
 
 def _ranks() -> list[psutil.Process]:
@@ -129,9 +130,13 @@ def test_two_processes_train_as_one_on_the_same_global_batch(
     assert _ranks() == []  # every rank has ended
 
 
-def test_a_cancel_ends_every_rank_at_the_same_step(env: Env) -> None:
-    _, two = _jobs(env, "llama", "fsdp")
-    two = two.model_copy(update={"training": two.training.model_copy(update={"max_steps": 400})})
+def test_a_cancelled_two_process_run_resumes_on_one_process(env: Env) -> None:
+    """Cancel (every rank ends within 5 s, none is left), then the next attempt resumes the
+    gathered checkpoint on one process, and ends where an uninterrupted run ends."""
+    one, two = _jobs(env, "llama", "fsdp")
+    longer = {"max_steps": 40, "eval_every": 20}
+    one = one.model_copy(update={"training": one.training.model_copy(update=longer)})
+    two = two.model_copy(update={"training": one.training})
     asked: list[float] = []
 
     def cancel_at_step_2(event: ProgressEventV1, flag: StopFlag) -> None:
@@ -147,6 +152,17 @@ def test_a_cancel_ends_every_rank_at_the_same_step(env: Env) -> None:
     assert failed.code is ModelTrainerErrorCode.TRAINING_CANCELLED
     assert ended - asked[0] < 5.0  # every rank checkpointed and ended within 5 s
     assert _ranks() == []
+    stopped_at = checkpoint_step(env.artifacts_root / "two")
+    assert 2 <= stopped_at < 40
+    resumed: list[Event] = []
+    alone = two.model_copy(update={"resources": one.resources})  # the same job, 1 process
+    run_job(env.ctx(alone, resumed, attempt=2))
+    assert min(losses(resumed)) == stopped_at + 1  # exact step: the next one
+    run_job(env.ctx(one, []))
+    weights_one = load_file(env.artifacts_root / "one" / "model.safetensors")
+    weights_two = load_file(env.artifacts_root / "two" / "model.safetensors")
+    worst = max(float((weights_one[k] - weights_two[k]).abs().max()) for k in weights_one)
+    assert worst < RESUME_TOLERANCE
 
 
 def test_a_rank_killed_mid_run_ends_the_run_as_a_dead_worker(env: Env) -> None:

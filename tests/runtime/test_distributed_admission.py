@@ -95,17 +95,17 @@ def _estimate(spec: SubmitJobV1, strategy: str) -> int:
 def test_memory_is_estimated_per_process_and_sharded_under_fsdp() -> None:
     big = {"num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8}
     one = SubmitJobV1.model_validate({**job(processes=1).model_dump(), "model": big})
-    two = SubmitJobV1.model_validate({**job(processes=2).model_dump(), "model": big})
-    ddp_one, ddp_two, fsdp_two = (
+    four = SubmitJobV1.model_validate({**job(processes=4).model_dump(), "model": big})
+    ddp_one, ddp_four, fsdp_four = (
         _estimate(one, "ddp"),
-        _estimate(two, "ddp"),
-        _estimate(two, "fsdp"),
+        _estimate(four, "ddp"),
+        _estimate(four, "fsdp"),
     )
-    assert ddp_two < ddp_one  # half the batch's activations and logits per process
-    assert fsdp_two < ddp_two  # and a half of weights, gradients and optimizer state
+    assert ddp_four < ddp_one  # a quarter of the batch's activations and logits per process
+    assert fsdp_four < ddp_four  # a quarter of the optimizer state (the weights whole in a step)
     # auto: ddp while a replica fits, fsdp when only a shard does
     roomy = check_memory(
-        two,
+        four,
         10_000,
         vocabulary=Vocabulary(1000, "bpe"),
         corpus_bytes=0,
@@ -113,16 +113,16 @@ def test_memory_is_estimated_per_process_and_sharded_under_fsdp() -> None:
         precision="fp32",
     )
     assert roomy.strategy == "ddp"
-    tight_mb = (fsdp_two + ddp_two) // 2 // MIB + 96  # between the two, with the runtime's share
+    tight_mb = (fsdp_four + ddp_four) // 2 // MIB + 96  # between the two, with the runtime's share
     tight = check_memory(
-        two,
+        four,
         tight_mb,
         vocabulary=Vocabulary(1000, "bpe"),
         corpus_bytes=0,
         device="cpu",
         precision="fp32",
     )
-    assert (tight.strategy, tight.processes) == ("fsdp", 2)
+    assert (tight.strategy, tight.processes) == ("fsdp", 4)
 
 
 def test_a_two_process_job_takes_two_slots_and_waits_its_turn() -> None:
@@ -137,4 +137,3 @@ def test_a_two_process_job_takes_two_slots_and_waits_its_turn() -> None:
     runs = [e for e in ended if isinstance(e, Run)]
     assert [(r.job_id, r.order.processes) for r in runs] == [("pair", 2)]
     assert book.free_slots() == 0
-

@@ -8,8 +8,9 @@ everywhere; what differs:
   on its own contiguous slice (:func:`local_rows`); gradients are averaged over the ranks, so
   a step is the step of one process on the whole batch, up to float summation order;
 * the model: ``ddp`` wraps it in ``DistributedDataParallel`` (a replica per rank, gradients
-  all-reduced), ``fsdp`` shards it with FSDP2's ``fully_shard`` per decoder layer and at the
-  root (weights, gradients and optimizer state 1/N per rank);
+  all-reduced), ``fsdp`` shards it with FSDP2's ``fully_shard`` as one unit (weights,
+  gradients and optimizer state 1/N per rank between steps; the weights gathered whole for
+  the forward and backward passes);
 * stop requests (cancel, deadline, shutdown) are agreed by all-reduce at each check, so all
   ranks stop at the same step: a collective one rank skips would hang the others;
 * rank 0 alone emits events and writes checkpoints and the artifact, gathered to whole
@@ -105,17 +106,12 @@ def agreed_stop(local: Callable[[], StopReason | None]) -> Callable[[], StopReas
     return check
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers FSDP shards one by one (each gathered whole only while it runs)."""
-    return [m for m in model.modules() if type(m).__name__ in ("LlamaDecoderLayer", "GPT2Block")]
-
-
 def wrap(model: nn.Module, rank: Rank) -> nn.Module:
     """``model`` under the rank's strategy; under ``fsdp`` its parameters become shards, so
     build the optimizer after this."""
     if rank.strategy == "fsdp":
-        for block in _blocks(model):
-            fully_shard(block)
+        # One unit, the root: the backends' lean forwards read their layers' weights from the
+        # root's forward, never calling the layers, so a per-layer unit would stay sharded.
         fully_shard(model)
         return model
     # No buffer broadcast per forward: the buffers are constants, the same on every rank.
