@@ -72,6 +72,10 @@ def launch(
     job = SubmitJobV1.model_validate_json(order.job_json)
     world = job.resources.processes
     _context.set_forkserver_preload(PRELOAD)
+    # Pool workers are daemonic, and multiprocessing refuses children to a daemonic process
+    # (they could be orphaned): here every rank runs the worker's lifeline and _wait ends
+    # them all, so the worker may have them.
+    multiprocessing.current_process().daemon = False
     init_method = f"tcp://127.0.0.1:{free_port()}"
     results: multiprocessing.SimpleQueue[tuple[int, WorkerMessage]] = _context.SimpleQueue()
     bound = log.bind(job_id=job.job_id, attempt=order.attempt, processes=world)

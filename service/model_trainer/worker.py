@@ -97,8 +97,6 @@ def run_order(
     becomes a message. A job of several processes is handed to its ranks (:mod:`.ranks`)."""
     memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
-    if rank is None and job.resources.processes > 1:
-        return launch(order, conn, flag, threads, memory, strategy_of(job, memory.check_mb))
     ctx = RunContext(
         job=job,
         data_root=order.data_root,
@@ -118,6 +116,8 @@ def run_order(
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
     try:
+        if rank is None and job.resources.processes > 1:
+            return launch(order, conn, flag, threads, memory, strategy_of(job, memory.check_mb))
         completed = run_job(ctx)
     except ModelTrainerError as exc:
         if exc.code is ModelTrainerErrorCode.TRAINING_OOM and memory.limit_mb is not None:

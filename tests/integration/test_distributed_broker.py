@@ -62,7 +62,7 @@ def _job(stack: Stack, job_id: str, processes: int) -> SubmitJobV1:
 
 
 async def test_two_process_job_completes_and_three_is_refused(
-    stack: Stack, watcher: EventWatcher
+    stack: Stack, service: ServiceProcess, watcher: EventWatcher
 ) -> None:
     async with CommandSender(stack.bootstrap, stack.commands_topic) as sender:
         await sender.send(_job(stack, "three", 3))
@@ -73,7 +73,12 @@ async def test_two_process_job_completes_and_three_is_refused(
     assert refused.details["field"] == "resources.processes"
     events = await watcher.until_terminal("pair", timeout_s=600)
     kinds = [type(e) for e in events[1:]]
-    assert kinds[0] is ConfigEventV1
+    problems = [
+        line[:600]
+        for line in service.log_path.read_text().splitlines()
+        if '"warning"' in line or '"error"' in line
+    ]
+    assert kinds[0] is ConfigEventV1, ([e.type for e in events], problems[-15:])
     assert kinds[-1] is CompletedEventV1
     progress = [e for e in events if isinstance(e, ProgressEventV1)]
     assert [p.step for p in progress] == sorted({p.step for p in progress})  # rank 0 alone
