@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import socket
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from model_trainer.core.stop import NO_STOP
 from model_trainer.engine import RunContext, run_job
 from model_trainer.engine.distributed import join, leave
 from model_trainer.protocol import JobEvent, RunOrder, StopFlag, WorkerMemory
-from model_trainer.ranks import free_port, launch
+from model_trainer.ranks import launch
 from model_trainer_contracts import (
     ConfigEventV1,
     ProgressEventV1,
@@ -109,6 +110,13 @@ def two(corpus: Path, root: Path, strategy: str, steps: int, batch: int) -> floa
     child.close()
     reader.join(10)
     return _rate(events)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _all_reduce(

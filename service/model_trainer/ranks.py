@@ -2,7 +2,7 @@
 
 The launcher was chosen by experiment (README, "Distributed jobs"): the ranks are new
 processes, forked from a server that imported the engine once per worker (multiprocessing's
-forkserver), meeting at a rendezvous on a free local port (``tcp://127.0.0.1``); the other
+forkserver), meeting at a rendezvous in a file store of their own; the other
 worker slots the job holds stay reserved and idle. So the job has one owner (this worker)
 whose death takes every rank with it (each rank runs the worker's lifeline), one stop flag
 every rank reads, and one outcome.
@@ -17,8 +17,9 @@ last checkpoint like any dead worker.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import signal
-import socket
+import tempfile
 from collections.abc import Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -52,13 +53,6 @@ PRELOAD = [
 GRACE_S = 3.0  # after one rank fails, the others get this long to end before SIGKILL
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def launch(
     order: RunOrder,
     conn: WorkerEnd,
@@ -76,7 +70,10 @@ def launch(
     # (they could be orphaned): here every rank runs the worker's lifeline and _wait ends
     # them all, so the worker may have them.
     multiprocessing.current_process().daemon = False
-    init_method = f"tcp://127.0.0.1:{free_port()}"
+    # A file store, not a TCP port: a free port picked here could be taken before rank 0
+    # binds it on a busy host.
+    rendezvous = tempfile.mkdtemp(prefix=f"rendezvous-{job.job_id}-")
+    init_method = f"file://{rendezvous}/store"
     results: multiprocessing.SimpleQueue[tuple[int, WorkerMessage]] = _context.SimpleQueue()
     bound = log.bind(job_id=job.job_id, attempt=order.attempt, processes=world)
     bound.info("ranks starting", strategy=strategy, init_method=init_method)
@@ -87,7 +84,10 @@ def launch(
     ]
     for rank in ranks:
         rank.start()
-    failed = _wait(ranks)
+    try:
+        failed = _wait(ranks)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
     if failed is not None:
         bound.warning("a rank died; every rank ended", rank=failed, exitcode=ranks[failed].exitcode)
         return WorkerDied(job.job_id, order.attempt, ranks[failed].exitcode)

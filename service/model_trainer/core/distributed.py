@@ -23,7 +23,7 @@ class Rank:
     rank: int
     world: int
     strategy: str  # ddp | fsdp
-    init_method: str  # tcp://127.0.0.1:<port>
+    init_method: str  # file://<folder>/store (or tcp://host:port)
 
     @property
     def leader(self) -> bool:
