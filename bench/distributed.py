@@ -5,7 +5,9 @@ communication share of a 2-process step.
 
 Each run goes through the engine (``run_job`` for 1 process, the worker's launcher
 :func:`model_trainer.ranks.launch` for 2), with the same total threads (2 for the single
-process, 1 per rank). tokens/s is the median of the progress events after the first 5 steps.
+process, 1 per rank). tokens/s is the median of the progress events after the first 5 steps,
+best of ``--rounds`` rounds that each run all three (1 process, 2 DDP, 2 FSDP2) in turn, so a
+shared machine's changing load falls on all of them alike.
 The communication share: two ranks all-reduce a buffer the size of the model's gradients
 (what DDP sends each step) as many times, timed, over the 2-process step time.
 Prints one JSON object on its last line.
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
@@ -162,12 +165,16 @@ def main() -> None:
         data.mkdir()
         corpus = data / args.corpus.name
         corpus.write_bytes(args.corpus.read_bytes())
-        rate_one, params = one(corpus, root / "artifacts", args.steps, args.batch)
-        print(f"1 process: {rate_one:.0f} tokens/s", file=sys.stderr)
-        rate_ddp = two(corpus, root / "artifacts", "ddp", args.steps, args.batch)
-        print(f"2 processes, ddp: {rate_ddp:.0f} tokens/s", file=sys.stderr)
-        rate_fsdp = two(corpus, root / "artifacts", "fsdp", args.steps, args.batch)
-        print(f"2 processes, fsdp: {rate_fsdp:.0f} tokens/s", file=sys.stderr)
+        rates: dict[str, list[float]] = {"one": [], "ddp": [], "fsdp": []}
+        params = 0
+        for round_ in range(args.rounds):
+            artifacts = root / f"artifacts-{round_}"
+            rate, params = one(corpus, artifacts, args.steps, args.batch)
+            rates["one"].append(rate)
+            for strategy in ("ddp", "fsdp"):
+                rates[strategy].append(two(corpus, artifacts, strategy, args.steps, args.batch))
+            print(f"round {round_}: {rates}", file=sys.stderr)
+        rate_one, rate_ddp, rate_fsdp = (max(rates[k]) for k in ("one", "ddp", "fsdp"))
         reduce_s = all_reduce_s(params)
     step_s = args.batch * MODEL["block_size"] / rate_ddp
     print(
@@ -175,6 +182,7 @@ def main() -> None:
             {
                 "parameters": params,
                 "global_batch": args.batch,
+                "rounds": {k: [round(r) for r in v] for k, v in rates.items()},
                 "tokens_per_s_1": round(rate_one),
                 "tokens_per_s_2_ddp": round(rate_ddp),
                 "tokens_per_s_2_fsdp": round(rate_fsdp),
