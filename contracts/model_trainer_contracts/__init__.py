@@ -27,6 +27,8 @@ from .commands import (
     PretrainedModel,
     ProgressSpec,
     RecordSpec,
+    ResourcesSpec,
+    Strategy,
     SubmitJobV1,
     TrainingSpec,
 )
@@ -100,7 +102,9 @@ __all__ = [
     "ProgressSpec",
     "QueuedEventV1",
     "RecordSpec",
+    "ResourcesSpec",
     "Stage",
+    "Strategy",
     "SubmitJobV1",
     "TerminalEvent",
     "TrainingSpec",

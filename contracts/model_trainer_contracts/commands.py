@@ -416,6 +416,20 @@ class ProgressSpec(_Strict):
     every_seconds: float | None = Field(None, gt=0.0, le=3_600.0)
 
 
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+class ResourcesSpec(_Strict):
+    """How many processes train the job together (``torch.distributed``, gloo on CPU), and
+    how: ``ddp`` replicates the model on each and averages gradients, ``fsdp`` shards its
+    weights, gradients and optimizer state over them (FSDP2), ``auto`` picks ``ddp`` unless
+    only sharding fits a worker's memory. The global batch (``training.batch_size``) is split
+    evenly over the processes, so it must divide by their number."""
+
+    processes: int = Field(1, ge=1, le=64, description="Processes (worker slots) the job takes.")
+    strategy: Strategy = Field("auto", description="ddp, fsdp, or auto (by memory).")
+
+
 class SubmitJobV1(_Strict):
     """Train one model. ``job_id`` is the idempotency key: resubmitting the same spec is a no-op."""
 
@@ -441,6 +455,9 @@ class SubmitJobV1(_Strict):
         None, description="Answer a few held-out prompts at the end (chat and instruction data)."
     )
     progress: ProgressSpec = Field(default_factory=ProgressSpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Processes and strategy (default: one)."
+    )
     timeout_s: float | None = Field(
         None, gt=0.0, le=7 * 24 * 3600.0, description="Fail with TRAINING_TIMEOUT after this."
     )
@@ -488,6 +505,11 @@ class SubmitJobV1(_Strict):
         if self.model.backend != self.backend:
             raise ValueError(
                 f"model settings are for {self.model.backend!r} but backend is {self.backend!r}"
+            )
+        processes = self.resources.processes
+        if self.training.batch_size % processes:
+            raise ValueError(
+                f"batch_size {self.training.batch_size} does not split over {processes} processes"
             )
         return self
 

@@ -109,7 +109,7 @@ class JobBook:
     # -------------------------------------------------------------------- views
 
     def free_slots(self) -> int:
-        return max(0, self.policy.slots - len(self.runs))
+        return max(0, self.policy.slots - sum(slot.processes for slot in self.runs.values()))
 
     def queued(self) -> int:
         return len(self.queue)
@@ -530,6 +530,9 @@ class JobBook:
             ready = self._next_ready(now)
             if ready is None:
                 break
+            processes = self.jobs[ready].spec.resources.processes
+            if processes > self.free_slots():
+                break  # the next in turn waits for its slots: none overtakes it
             self.queue.remove(ready)
             job = self.jobs[ready]
             self.dispatched += 1
@@ -551,8 +554,9 @@ class JobBook:
                 deadline=job.deadline,
                 artifacts_url=self.policy.artifacts_url,
                 storage_retry_s=self.policy.storage_retry_s,
+                processes=processes,
             )
-            self.runs[job.job_id] = RunSlot(job.job_id, job.attempt)
+            self.runs[job.job_id] = RunSlot(job.job_id, job.attempt, processes=processes)
             effects.append(Run(job.job_id, order))
             effects.append(Publish(job.record, (self._state(job, JobStatus.RUNNING, now),), {}))
             log.info("job dispatched", job_id=job.job_id, attempt=job.attempt)

@@ -84,6 +84,9 @@ def check_caps(job: SubmitJobV1, settings: Settings) -> None:
     over = [
         ("training.max_steps", tr.max_steps, settings.max_job_steps),
         ("training.eval_batches", tr.eval_batches, settings.max_eval_batches),
+        # A job's processes each take a worker slot at once: more than the instance has
+        # would wait forever.
+        ("resources.processes", job.resources.processes, settings.workers),
     ]
     for name, value, limit in over:
         if value is not None and value > limit:

@@ -70,8 +70,9 @@ class Job:
 
 @dataclass
 class RunSlot:
-    """A worker busy with one run, until the pool reports that run over."""
+    """The workers busy with one run (``processes`` of them), until the pool reports it over."""
 
     job_id: str
     attempt: int
     killed: Killed | None = None
+    processes: int = 1

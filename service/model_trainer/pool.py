@@ -93,10 +93,11 @@ class _Worker:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     run: tuple[str, int] | None = None  # (job_id, attempt)
     doomed: bool = False  # a kill was sent: it takes no more orders
+    held_for: str | None = None  # a slot of this job's other ranks (spawned by its worker)
 
     @property
     def free(self) -> bool:
-        return self.ready.is_set() and self.run is None and not self.doomed
+        return self.ready.is_set() and self.run is None and not self.doomed and not self.held_for
 
 
 class WorkerPool:
@@ -199,9 +200,17 @@ class WorkerPool:
             elif isinstance(message, JobLog):  # the reader thread passes them on itself
                 self.on_log(message)
             else:
-                worker.run = None
+                self._release(worker)
                 self.messages.put_nowait(message)
         self._hand_out()
+
+    def _release(self, worker: _Worker) -> None:
+        """The run on ``worker`` is over: it and the slots held for its other ranks are free."""
+        if worker.run is not None:
+            for other in self._workers:
+                if other.held_for == worker.run[0]:
+                    other.held_for = None
+        worker.run = None
 
     def _on_exit(self, exited: _Exited) -> None:
         worker = self._workers[exited.index]
@@ -215,22 +224,34 @@ class WorkerPool:
         log.warning("worker exited; replacing it", worker=exited.index, exitcode=exitcode)
         WORKER_RESTARTS.inc()
         self._workers[exited.index] = self._spawn(exited.index)
+        self._workers[exited.index].held_for = worker.held_for
         if worker.run is not None:
             self.messages.put_nowait(WorkerDied(*worker.run, exitcode))
+            self._release(worker)
 
     def _hand_out(self) -> None:
-        """Give pending orders to free workers."""
+        """Give pending orders to free workers; an order of N processes takes N at once
+        (its worker spawns the ranks, the others are held idle), or waits at the head."""
         for worker in self._workers:
             if not self._pending:
                 return
             if not worker.free:
                 continue
-            job_id, order = self._pending.popleft()
+            job_id, order = self._pending[0]
+            others = [w for w in self._workers if w.free and w is not worker]
+            if len(others) < order.processes - 1:
+                return
+            self._pending.popleft()
+            for other in others[: order.processes - 1]:
+                other.held_for = job_id
             worker.flag.value = NO_STOP
             try:
                 worker.conn.send(order)
             except OSError:  # the process is gone; its exit is on its way
                 worker.doomed = True
+                for other in others:
+                    if other.held_for == job_id:
+                        other.held_for = None
                 self._pending.appendleft((job_id, order))
                 continue
             worker.run = (job_id, order.attempt)

@@ -45,6 +45,7 @@ class RunOrder:
     deadline: float | None  # wall-clock time after which the run stops with TRAINING_TIMEOUT
     artifacts_url: str | None = None  # object storage for checkpoints and the artifact
     storage_retry_s: float = 120.0
+    processes: int = 1  # worker slots the run holds: its own and, idle, one per other rank
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,6 @@ class JobLog:
     data: bytes
 
 
-WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted | JobLog
-
-
 @dataclass(frozen=True)
 class RunStarted:
     """Reported by the pool: a worker took the run (it may have waited for a free one)."""
@@ -103,14 +101,15 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class WorkerDied:
-    """Reported by the pool, not a worker: the process running this run ended without its
-    end message (killed, crashed, out of memory)."""
+    """Reported by the pool: the process running this run ended without its end message
+    (killed, crashed, out of memory); or by a worker: a rank of the run's processes did."""
 
     job_id: str
     attempt: int
     exitcode: int | None
 
 
+WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted | JobLog | WorkerDied
 RunReport = RunStarted | JobEvent | JobEnded | JobPreempted | WorkerDied  # pool → book
 
 

@@ -7,10 +7,12 @@ Each job's events go up the pipe as they happen; its outcome is one :class:`JobE
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
 import traceback
+from collections.abc import Callable
 
 import structlog
 import torch
@@ -25,6 +27,7 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
+from .core.distributed import Rank, strategy_of
 from .core.envelope import failed_event
 from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
@@ -47,6 +50,7 @@ from .protocol import (
     WorkerMessage,
     WorkerReady,
 )
+from .ranks import launch
 
 log = structlog.get_logger("model_trainer.worker")
 IDLE_AFTER_S = 0.5  # no order within this: the worker is idle
@@ -69,7 +73,7 @@ class _Stopper:
         return reason_of(self._flag.value) or self._deadline()
 
 
-class _Pipe:
+class Pipe:
     """The worker's end of its pipe, one sender at a time: log lines may come from any
     thread, and two messages must never interleave on the pipe."""
 
@@ -88,7 +92,7 @@ class _Pipe:
 
 
 class _Emitter:
-    def __init__(self, conn: _Pipe, job_id: str, attempt: int) -> None:
+    def __init__(self, conn: Pipe, job_id: str, attempt: int) -> None:
         self._conn = conn
         self._job_id = job_id
         self._attempt = attempt
@@ -102,14 +106,20 @@ class _Emitter:
             log.warning("event not sent: the service is gone", job_id=self._job_id)
 
 
+def _mute(_event: ConfigEventV1 | ProgressEventV1) -> None:
+    return None  # ranks other than 0 report nothing: rank 0 speaks for the job
+
+
 def run_order(
     order: RunOrder,
-    conn: _Pipe,
+    conn: Pipe,
     flag: StopFlag,
     threads: int,
     memory: WorkerMemory | None = None,
+    rank: Rank | None = None,
 ) -> WorkerMessage:
-    """Run one attempt; every outcome, expected or not, becomes a message."""
+    """Run one attempt (or, given ``rank``, one rank of it); every outcome, expected or not,
+    becomes a message. A job of several processes is handed to its ranks (:mod:`.ranks`)."""
     memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
     emitter = _Emitter(conn, job.job_id, order.attempt)
@@ -122,24 +132,36 @@ def run_order(
         threads=threads,
         checkpoint_every=order.checkpoint_every,
         max_corpus_bytes=order.max_corpus_bytes,
-        emit=emitter,
-        emit_download=emitter,
+        emit=emitter if rank is None or rank.leader else _mute,
+        emit_download=emitter if rank is None or rank.leader else _mute,
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
         artifacts_url=order.artifacts_url,
         storage_retry_s=order.storage_retry_s,
+        rank=rank,
     )
     # Every record of the run (the engine's, a library's warning) is bound to the job, so the
     # forwarder sends it to the job's logs.
+    ranks: Callable[[], WorkerMessage] | None = None
+    if rank is None and job.resources.processes > 1:
+        strategy = strategy_of(job, memory.check_mb)
+        ranks = functools.partial(launch, order, conn.conn, flag, threads, memory, strategy)
     with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=order.attempt):
-        return _run(ctx, order, memory)
+        return _run(ctx, order, memory, ranks)
 
 
-def _run(ctx: RunContext, order: RunOrder, memory: WorkerMemory) -> WorkerMessage:
+def _run(
+    ctx: RunContext,
+    order: RunOrder,
+    memory: WorkerMemory,
+    ranks: Callable[[], WorkerMessage] | None,
+) -> WorkerMessage:
     job = ctx.job
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
     try:
+        if ranks is not None:  # a job of several processes: its ranks run it
+            return ranks()
         completed = run_job(ctx)
     except ModelTrainerError as exc:
         if exc.code is ModelTrainerErrorCode.TRAINING_OOM and memory.limit_mb is not None:
@@ -217,7 +239,7 @@ def worker_main(
 ) -> None:
     """Serve run orders until the pipe closes (once the ``preload`` backends are imported)."""
     memory = memory or WorkerMemory()
-    pipe = _Pipe(conn)
+    pipe = Pipe(conn)
     configure_logging(log_level, log_format, forward=LogForwarder(pipe.send_log))
     # The service coordinates shutdown through the stop flag; a terminal's Ctrl-C or a
     # process-group SIGTERM must not kill a job mid-step without its checkpoint.

@@ -24,6 +24,7 @@ from model_trainer_contracts import (
 from pydantic import JsonValue
 
 from .capabilities import CAPABILITIES, Capabilities, context_length, core_parameters
+from .distributed import check_resources
 from .finetune import check_finetune
 from .layout import MANIFEST, TOKENIZER_FILE, resolve_inside
 from .memory import check_job_memory, placement
@@ -98,6 +99,7 @@ def admit(
             },
         )
     check_placement(job.training, caps, cuda_available=cuda_available)
+    check_resources(job, caps, cuda_available=cuda_available)
     with _usable_paths(job):
         _check_files(
             job,

@@ -19,7 +19,8 @@ ModelSpec = CharLstmModel | Gpt2Model | LlamaModel | PretrainedModel
 class Capabilities:
     """What a backend supports. ``max_parameters`` bounds the non-embedding parameter count
     (for ``pretrained``, every parameter of the folder's weights). ``can_compile``: whether
-    ``torch.compile`` may be applied (``training.compile``)."""
+    ``torch.compile`` may be applied (``training.compile``). ``strategies``: how a job of
+    several processes may train it (``ddp``, ``fsdp``); empty: one process only."""
 
     tokenizers: frozenset[str]
     devices: frozenset[str]
@@ -29,10 +30,13 @@ class Capabilities:
     can_resume: bool
     can_finetune: bool
     can_compile: bool = False
+    strategies: frozenset[str] = frozenset()
 
 
 _ALL_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
 _BOTH_DEVICES = frozenset({"cpu", "cuda"})
+# The backends whose 1-vs-2-process equivalence is tested (tests/engine/test_engine_distributed.py).
+_DISTRIBUTED = frozenset({"ddp", "fsdp"})
 
 CAPABILITIES: dict[str, Capabilities] = {
     "char_lstm": Capabilities(
@@ -53,6 +57,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         can_resume=True,
         can_finetune=True,
         can_compile=True,
+        strategies=_DISTRIBUTED,
     ),
     "llama": Capabilities(
         tokenizers=frozenset({"char", "bpe", "job"}),
@@ -63,6 +68,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         can_resume=True,
         can_finetune=True,
         can_compile=True,
+        strategies=_DISTRIBUTED,
     ),
     # Fine-tunes the folder it names: that folder is its init, so no init_from.
     "pretrained": Capabilities(

@@ -30,6 +30,15 @@ from its manifest (``kind: job``, and any ``init_from``); for a character tokeni
 distinct characters of inline text, else ``CHAR_VOCAB_BOUND``. The worker checks again with
 the tokenizer it actually built, before it builds the model.
 
+A job of several processes (``resources.processes``) is estimated per process, each holding
+its share of the global batch: under ``ddp`` a whole replica of weights, gradients and
+optimizer state; under ``fsdp`` a 1/N shard of the optimizer state, and the weights and
+gradients whole during a step beside their 1/N shards (the engine shards the model as one
+unit: its lean forwards read every layer's weights from the root's forward). So sharding
+saves memory from 3 processes on: with AdamW 16 bytes a parameter under ``ddp``, 8 + 8/N
+under ``fsdp``. ``auto`` is ``ddp`` when that fits the budget, else ``fsdp``
+where the backend has it (:func:`choose_strategy`).
+
 On CUDA the model's parts live in GPU memory: only ``data`` and ``runtime`` count against the
 host budget (CUDA's own host memory, its context and kernels, is not estimated), and running
 out of GPU memory is CUDA_OOM.
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +61,7 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
-from .capabilities import context_length, footprint
+from .capabilities import CAPABILITIES, context_length, footprint
 from .finetune import trainable_parameters
 from .layout import MANIFEST, resolve_inside
 from .pretrained import confined_folder
@@ -87,6 +97,8 @@ class MemoryEstimate:
     logits: int
     data: int
     runtime: int
+    processes: int = 1
+    strategy: str = "ddp"
 
     @property
     def model_bytes(self) -> int:
@@ -117,6 +129,8 @@ class MemoryEstimate:
             "precision": self.precision,
             "vocab_size": self.vocabulary.size,
             "vocab_source": self.vocabulary.source,
+            "processes": self.processes,
+            "strategy": self.strategy,
             "breakdown_mb": {name: _mb(size) for name, size in parts.items()},
         }
         if self.device == "cuda":
@@ -136,9 +150,10 @@ def estimate(
     device: str,
     precision: str,
     pretrained: tuple[int, int] | None = None,
+    strategy: str = "ddp",
 ) -> MemoryEstimate:
-    """The peak memory of ``job`` run on ``device`` in ``precision`` (both resolved).
-    ``pretrained``: a model folder's ``(all, trainable)`` values
+    """The peak memory of one process of ``job`` run on ``device`` in ``precision`` (both
+    resolved) under ``strategy``. ``pretrained``: a model folder's ``(all, trainable)`` values
     (:func:`~.finetune.trainable_parameters`), which its spec cannot tell."""
     tr = job.training
     half = precision != "fp32"
@@ -146,23 +161,45 @@ def estimate(
     params, context = shape.parameters, context_length(job.model)
     params, trainable = pretrained or (params, params)
     moments = 2 if tr.optimizer == "adamw" else 1 if tr.momentum > 0 else 0
-    tokens = tr.batch_size * context
+    processes = job.resources.processes
+    batch = tr.batch_size // processes
+    tokens = batch * context
     trains_bpe = isinstance(job.tokenizer, BpeTokenizer) and job.init_from is None
     # fp32: the log-softmax, the loss's gradient, the logits' gradient; autocast adds the
     # half-precision logits and their gradient.
     logit_bytes = 4 * 3 + (2 * 2 if half else 0)
+    weights = 4 * params + (2 * params if half else 0)
+    gradients, optimizer = 4 * trainable, 4 * moments * trainable
+    if strategy == "fsdp" and processes > 1:
+        weights += -(-weights // processes)
+        gradients += -(-gradients // processes)
+        optimizer = -(-optimizer // processes)
     return MemoryEstimate(
         device=device,
         precision=precision,
         vocabulary=vocabulary,
-        weights=4 * params + (2 * params if half else 0),
-        gradients=4 * trainable,
-        optimizer=4 * moments * trainable,
-        activations=tr.batch_size * shape.activation_bytes + shape.workspace_bytes + 16 * tokens,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=batch * shape.activation_bytes + shape.workspace_bytes + 16 * tokens,
         logits=tokens * vocabulary.size * logit_bytes,
         data=CORPUS_FACTOR * corpus_bytes + (BPE_TRAINING_BYTES if trains_bpe else 0),
         runtime=RUNTIME_BYTES,
+        processes=processes,
+        strategy=strategy,
     )
+
+
+def choose_strategy(job: SubmitJobV1, fits: Callable[[str], bool]) -> str:
+    """The strategy a job trains with: as asked, or for ``auto`` ``ddp`` unless only ``fsdp``
+    fits (``fits``: whether the estimate under a strategy is within the budget)."""
+    asked = job.resources.strategy
+    if asked != "auto":
+        return asked
+    caps = CAPABILITIES.get(job.backend)
+    if caps is None or "fsdp" not in caps.strategies or job.resources.processes == 1:
+        return "ddp"
+    return "ddp" if fits("ddp") or not fits("fsdp") else "fsdp"
 
 
 def check_memory(
@@ -175,15 +212,21 @@ def check_memory(
     precision: str,
     pretrained: tuple[int, int] | None = None,
 ) -> MemoryEstimate:
-    """The estimate, or RESOURCE_LIMIT_EXCEEDED when it is over ``budget_mb``."""
-    found = estimate(
-        job,
-        vocabulary=vocabulary,
-        corpus_bytes=corpus_bytes,
-        device=device,
-        precision=precision,
-        pretrained=pretrained,
-    )
+    """The estimate (per process, under the strategy :func:`choose_strategy` picks), or
+    RESOURCE_LIMIT_EXCEEDED when it is over ``budget_mb``."""
+
+    def under(strategy: str) -> MemoryEstimate:
+        return estimate(
+            job,
+            vocabulary=vocabulary,
+            corpus_bytes=corpus_bytes,
+            device=device,
+            precision=precision,
+            pretrained=pretrained,
+            strategy=strategy,
+        )
+
+    found = under(choose_strategy(job, lambda s: under(s).host_bytes <= budget_mb * MIB))
     if found.host_bytes > budget_mb * MIB:
         raise ModelTrainerError(
             ModelTrainerErrorCode.RESOURCE_LIMIT_EXCEEDED,

@@ -61,15 +61,17 @@ class LoopState:
 def save(
     folder: Path,
     *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict[str, object],
     scaler: torch.amp.GradScaler | None,
     loop: LoopState,
     run_digest: str,
     data_key: str,
 ) -> Path:
     """Write the checkpoint (temp file, fsync, rename); returns its path. Until the new one
-    is complete the latest stays the latest; then it becomes the previous one."""
+    is complete the latest stays the latest; then it becomes the previous one. ``model`` and
+    ``optimizer`` may be their whole states already (gathered from the shards of a job of
+    several processes)."""
     np_state = np.random.get_state(legacy=False)
     state = {
         "format": FORMAT,
@@ -77,8 +79,8 @@ def save(
         "data_key": data_key,
         "loop": asdict(loop),
         "data_position": loop.step,
-        "model": trained_state(model),
-        "optimizer": optimizer.state_dict(),
+        "model": trained_state(model) if isinstance(model, nn.Module) else model,
+        "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {
             "torch": torch.get_rng_state(),

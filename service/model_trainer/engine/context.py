@@ -26,6 +26,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from model_trainer.core.distributed import Rank
 from model_trainer.core.envelope import Envelope
 from model_trainer.core.stop import StopReason
 
@@ -91,6 +92,8 @@ class RunContext:
     # and the completed event names the artifact's URL; None: local files only.
     artifacts_url: str | None = None
     storage_retry_s: float = 120.0  # how long a run waits for its store, then fails retryably
+    # This process's rank in a job of several processes (None: the job's only process).
+    rank: Rank | None = None
 
     @property
     def job_dir(self) -> Path:

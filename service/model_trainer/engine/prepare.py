@@ -26,15 +26,17 @@ from model_trainer_contracts import (
     ModelTrainerErrorCode,
     RecordSpec,
     SubmitJobV1,
+    TrainingSpec,
 )
 from torch import nn
 
+from model_trainer.core.distributed import Rank
 from model_trainer.core.finetune import RECORD_FORMATS, trainable_parameters
 from model_trainer.core.layout import CACHE_DIR, DOWNLOADS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.core.pretrained import confined_folder
 from model_trainer.core.storage import Fetching
-from model_trainer.engine import checkpoint
+from model_trainer.engine import checkpoint, distributed
 from model_trainer.engine.artifact import read_manifest
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext
@@ -101,10 +103,13 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     context = backend.context_length(job.model)
     splits: Splits | PackedSplits
     held_out = None
-    if job.data.format in RECORD_FORMATS:  # chat, instruction: packed examples
-        tokenizer, splits, held_out = prepare_examples(ctx, given_tokenizer(ctx, backend), context)
-    else:
-        tokenizer, splits = prepare_data(ctx, backend, context)
+    with distributed.leader_first(ctx.rank):  # rank 0 fills the token cache, the others read it
+        if job.data.format in RECORD_FORMATS:  # chat, instruction: packed examples
+            tokenizer, splits, held_out = prepare_examples(
+                ctx, given_tokenizer(ctx, backend), context
+            )
+        else:
+            tokenizer, splits = prepare_data(ctx, backend, context)
     ctx.obey_stop("prepare", 0)
     if ctx.memory_budget_mb is not None:  # again, with the vocabulary the job actually has
         check_memory(
@@ -130,7 +135,9 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
     scaler = torch.amp.GradScaler("cuda") if placement.uses_scaler else None
     digest = run_digest(job)
     fence = checkpoint.Fence.of(ctx)
-    if fence.claim() and not backend.capabilities.can_resume:
+    with distributed.leader_first(ctx.rank):
+        resumes = fence.claim()
+    if resumes and not backend.capabilities.can_resume:
         raise ModelTrainerError(
             _C.RUN_NOT_RESUMABLE, f"backend {backend.name!r} cannot resume from a checkpoint"
         )
@@ -144,6 +151,8 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         run_digest=digest,
         data_key=splits.cache_key,
     )
+    if ctx.rank is not None:  # restored whole above: every rank holds the same state
+        model, optimizer = _distribute(model, optimizer, ctx.rank, tr)
     if loop is not None:
         log.info("engine.resumed", job_id=job.job_id, step=loop.step)
     ctx.obey_stop("prepare", loop.step if loop is not None else 0)
@@ -166,6 +175,20 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         run_digest=digest,
         held_out=held_out,
     )
+
+
+def _distribute(
+    model: nn.Module, optimizer: torch.optim.Optimizer, rank: Rank, tr: TrainingSpec
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model under the rank's strategy, and its optimizer: the same one under DDP (the
+    same parameters), a new one over the shards under FSDP, with the restored state."""
+    wrapped = distributed.wrap(model, rank)
+    if rank.strategy != "fsdp":
+        return wrapped, optimizer
+    sharded = build_optimizer(wrapped, tr)
+    if optimizer.state:
+        distributed.load_optimizer_state(wrapped, sharded, optimizer.state_dict())
+    return wrapped, sharded
 
 
 def _total_steps(job: SubmitJobV1, train_tokens: int, tokens_per_step: int) -> int:

@@ -18,6 +18,7 @@ import torch
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    Generation,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -25,7 +26,7 @@ from model_trainer_contracts import (
 from pydantic import JsonValue
 
 from model_trainer.core import storage
-from model_trainer.engine import checkpoint
+from model_trainer.engine import checkpoint, distributed
 from model_trainer.engine.artifact import write_artifact
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import RunContext, stopped
@@ -89,6 +90,9 @@ class BaseTrainer:
         with stage("prepare"):
             p = prepare(self.ctx, self.backend)
         device = p.placement.device.type
+        rank = self.ctx.rank
+        if rank is not None:  # from here every rank runs the same steps: stops are agreed
+            self.ctx.stop_requested = distributed.agreed_stop(self.ctx.stop_requested)
         self._emit(self._config_event(p))
         with stage("train", device):
             early_stopped = self._train(p)
@@ -97,7 +101,7 @@ class BaseTrainer:
         if len(p.splits.test):
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
-        generations = []
+        generations: list[Generation] = []
         if p.held_out is not None and self.job.generate is not None:
             # Imported here: it needs transformers, which text-only workers never import.
             from model_trainer.engine.generation import answer_held_out
@@ -109,12 +113,19 @@ class BaseTrainer:
         self.ctx.obey_stop("save", p.loop.step)
         with stage("train", device):  # a full disk here is DISK_FULL, like any checkpoint's
             self._checkpoint(p)  # the final step: a crash from here on resumes without training
+        model = distributed.whole_model(
+            p.model,
+            self.ctx.rank,
+            lambda: self.backend.build(self.job.model, p.tokenizer.vocab_size),
+        )
+        if model is None:  # not rank 0 of several: rank 0 writes the artifact
+            return self._completed(p, test_loss, early_stopped, str(self.ctx.job_dir), "", [])
         with stage("save", device):
             fence = checkpoint.Fence.of(self.ctx)
             digest = write_artifact(
                 self.ctx.job_dir,
                 self.backend,
-                p.model,
+                model,
                 p.tokenizer,
                 self._manifest(p, test_loss),
                 attempt=self.ctx.attempt,
@@ -129,6 +140,17 @@ class BaseTrainer:
                     self.ctx.storage_retry_s,
                 )
         log.info("engine.completed", job_id=self.job.job_id, step=p.loop.step, test_loss=test_loss)
+        return self._completed(p, test_loss, early_stopped, location, digest, generations)
+
+    def _completed(
+        self,
+        p: Prepared,
+        test_loss: float | None,
+        early_stopped: bool,
+        location: str,
+        digest: str,
+        generations: list[Generation],
+    ) -> CompletedEventV1:
         return CompletedEventV1(
             **self.ctx.envelope(),
             test_loss=test_loss,
@@ -175,10 +197,14 @@ class BaseTrainer:
     def _step(self, p: Prepared) -> tuple[float, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches: (loss, grad norm)."""
         tr, model, opt, scaler = self.job.training, p.model, p.optimizer, p.scaler
-        total = torch.zeros((), device=p.placement.device)
+        total, rank = torch.zeros((), device=p.placement.device), self.ctx.rank
         for micro in range(tr.grad_accum_steps):
             seed = derive_seed(tr.seed, "train", p.loop.step, micro)
             x, y, positions = draw(p.splits.train, p.context, tr.batch_size, seed)
+            # Several processes: each trains on its slice of the same global batch.
+            x, y = distributed.local_rows(x, rank), distributed.local_rows(y, rank)
+            if positions is not None:
+                positions = distributed.local_rows(positions, rank)
             with p.placement.autocast():
                 loss = self._loss(p, x, y, positions) / tr.grad_accum_steps
             scaled: torch.Tensor = scaler.scale(loss) if scaler is not None else loss
@@ -193,7 +219,7 @@ class BaseTrainer:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(total), float(norm)
+        return float(distributed.mean(total, rank)), distributed.full_norm(norm)
 
     def _loss(
         self, p: Prepared, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor | None
@@ -283,10 +309,13 @@ class BaseTrainer:
     def _checkpoint(self, p: Prepared) -> None:
         fence = checkpoint.Fence.of(self.ctx)
         fence.check(p.loop.step)
+        model, optimizer = distributed.whole_states(p.model, p.optimizer, self.ctx.rank)
+        if self.ctx.rank is not None and not self.ctx.rank.leader:
+            return  # rank 0 writes the gathered state
         saved = checkpoint.save(
             fence.folder,
-            model=p.model,
-            optimizer=p.optimizer,
+            model=model,
+            optimizer=optimizer,
             scaler=p.scaler,
             loop=p.loop,
             run_digest=p.run_digest,

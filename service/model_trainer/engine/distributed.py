@@ -1,0 +1,211 @@
+"""One job on several processes: ``torch.distributed`` (gloo) around the shared training loop.
+
+Every rank runs the same :class:`~model_trainer.engine.trainer.BaseTrainer` loop on the same
+seeds, so every decision (steps, evaluations, early stopping, stops) is taken identically
+everywhere; what differs:
+
+* the batch: each rank draws the same global batch of ``training.batch_size`` rows and trains
+  on its own contiguous slice (:func:`local_rows`); gradients are averaged over the ranks, so
+  a step is the step of one process on the whole batch, up to float summation order;
+* the model: ``ddp`` wraps it in ``DistributedDataParallel`` (a replica per rank, gradients
+  all-reduced), ``fsdp`` shards it with FSDP2's ``fully_shard`` as one unit (weights,
+  gradients and optimizer state 1/N per rank between steps; the weights gathered whole for
+  the forward and backward passes);
+* stop requests (cancel, deadline, shutdown) are agreed by all-reduce at each check, so all
+  ranks stop at the same step: a collective one rank skips would hang the others;
+* rank 0 alone emits events and writes checkpoints and the artifact, gathered to whole
+  tensors first, in the single-process format: a checkpoint resumes at any number of
+  processes, and the artifact is one ordinary ``transformers`` folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    DictValueType,
+    ListDictValueType,
+    PrimitiveType,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from model_trainer.core.distributed import Rank
+from model_trainer.core.stop import StopReason, reason_of
+
+TIMEOUT = datetime.timedelta(minutes=30)  # torch's default: rank 0 may tokenize a corpus alone
+
+
+def join(rank: Rank) -> None:
+    """Join the job's process group (gloo: CPU)."""
+    dist.init_process_group(
+        "gloo",
+        init_method=rank.init_method,
+        rank=rank.rank,
+        world_size=rank.world,
+        timeout=TIMEOUT,
+    )
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+@contextlib.contextmanager
+def leader_first(rank: Rank | None) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others (files rank 0 creates, such as the
+    token cache or the attempt's checkpoint folder, are then found, not raced for)."""
+    if rank is not None and not rank.leader:
+        barrier()
+    yield
+    if rank is not None and rank.leader:
+        barrier()
+
+
+def local_rows(x: Tensor, rank: Rank | None) -> Tensor:
+    """This rank's contiguous slice of a global batch's rows."""
+    if rank is None:
+        return x
+    size = x.size(0) // rank.world
+    return x[rank.rank * size : (rank.rank + 1) * size]
+
+
+def mean(value: Tensor, rank: Rank | None) -> Tensor:
+    """The mean of ``value`` over the ranks (the global batch's loss from the local ones)."""
+    if rank is None:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / rank.world
+
+
+def agreed_stop(local: Callable[[], StopReason | None]) -> Callable[[], StopReason | None]:
+    """A stop check every rank answers alike: the highest reason any rank sees (0: none)."""
+
+    def check() -> StopReason | None:
+        reason = local()
+        flag = torch.tensor([0 if reason is None else int(reason)], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return reason_of(int(flag.item()))
+
+    return check
+
+
+def wrap(model: nn.Module, rank: Rank) -> nn.Module:
+    """``model`` under the rank's strategy; under ``fsdp`` its parameters become shards, so
+    build the optimizer after this."""
+    if rank.strategy == "fsdp":
+        # One unit, the root: the backends' lean forwards read their layers' weights from the
+        # root's forward, never calling the layers, so a per-layer unit would stay sharded.
+        fully_shard(model)
+        return model
+    # No buffer broadcast per forward: the buffers are constants, the same on every rank.
+    return DistributedDataParallel(model, broadcast_buffers=False)
+
+
+def inner(model: nn.Module) -> nn.Module:
+    """The backend's own module (DDP wraps it; FSDP2 shards in place)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def full_norm(norm: Tensor) -> float:
+    """A gradient norm as a float (a DTensor under FSDP2: reduced over the shards)."""
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict[str, Tensor]:
+    """The whole model's state on rank 0 (empty elsewhere); a collective under FSDP."""
+    state = get_model_state_dict(inner(model), options=_FULL)
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def _order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The optimizer's parameters by name, in the order ``state_dict()`` numbers them."""
+    names = {id(p): name for name, p in inner(model).named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, object]:
+    """The optimizer's whole state on rank 0 in ``optimizer.state_dict()``'s own format
+    (parameters by index), as a single process writes it; a collective under FSDP."""
+    by_name = get_optimizer_state_dict(inner(model), optimizer, options=_FULL)
+    index = {name: i for i, name in enumerate(_order(model, optimizer))}
+    named_state, named_groups = by_name.get("state", {}), by_name.get("param_groups", [])
+    state = {index[n]: s for n, s in named_state.items()} if isinstance(named_state, dict) else {}
+    groups: list[dict[str, object]] = []
+    for group in named_groups if isinstance(named_groups, list) else []:
+        names = group.get("params", [])
+        ids = [index[n] for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        groups.append({**group, "params": ids})
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, plain: dict[str, object]
+) -> None:
+    """Load a single-process ``optimizer.state_dict()`` into the optimizer of the sharded
+    ``model`` (every rank reads the whole state and keeps its shard)."""
+    order = _order(model, optimizer)
+    plain_state, plain_groups = plain.get("state", {}), plain.get("param_groups", [])
+    state: DictValueType = {}
+    if isinstance(plain_state, dict):
+        for i, values in plain_state.items():
+            if isinstance(i, int) and isinstance(values, dict):
+                state[order[i]] = {str(k): v for k, v in values.items()}
+    groups: ListDictValueType = []
+    for group in plain_groups if isinstance(plain_groups, list) else []:
+        if isinstance(group, dict):
+            ids = group.get("params", [])
+            names: list[PrimitiveType] = [order[i] for i in ids if isinstance(i, int)]
+            groups.append({**{str(k): v for k, v in group.items()}, "params": names})
+    set_optimizer_state_dict(
+        inner(model),
+        optimizer,
+        {"state": state, "param_groups": groups},
+        options=StateDictOptions(full_state_dict=True),
+    )
+
+
+def whole_states(
+    model: nn.Module, optimizer: torch.optim.Optimizer, rank: Rank | None
+) -> tuple[nn.Module | dict[str, Tensor], torch.optim.Optimizer | dict[str, object]]:
+    """What a checkpoint saves: the model and optimizer as one process holds them (their
+    whole states gathered to rank 0 under FSDP: a collective)."""
+    if rank is None or rank.strategy != "fsdp":
+        return inner(model), optimizer
+    return full_model_state(model), full_optimizer_state(model, optimizer)
+
+
+def whole_model(
+    model: nn.Module, rank: Rank | None, build: Callable[[], nn.Module]
+) -> nn.Module | None:
+    """The unsharded model for the artifact on rank 0 (None on the others); under FSDP a
+    fresh ``build()`` loaded with the gathered weights (a collective)."""
+    if rank is None:
+        return model
+    if rank.strategy != "fsdp":
+        return inner(model) if rank.leader else None
+    state = full_model_state(model)
+    if not rank.leader:
+        return None
+    whole = build()
+    whole.load_state_dict(state)
+    return whole
