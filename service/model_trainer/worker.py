@@ -106,7 +106,7 @@ class _Emitter:
             log.warning("event not sent: the service is gone", job_id=self._job_id)
 
 
-def _mute(_event: ConfigEventV1 | ProgressEventV1) -> None:
+def _mute(_event: ConfigEventV1 | ProgressEventV1 | DownloadEventV1) -> None:
     return None  # ranks other than 0 report nothing: rank 0 speaks for the job
 
 
