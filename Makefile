@@ -9,7 +9,7 @@ export MODEL_TRAINER_CACHE := $(CACHE)
 UV := $(or $(shell command -v uv 2>/dev/null),$(CACHE)/tools/bin/uv)
 VENV := .venv
 
-.PHONY: install demo test lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
+.PHONY: install demo test test-fast lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
 
 $(CACHE)/tools/bin/uv:
 	$(PYTHON) -m venv $(CACHE)/tools
@@ -37,6 +37,13 @@ TEST_WORKERS ?= 3
 test: install kafka-fetch
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
 		--cov-fail-under=$(COVERAGE_FLOOR)
+
+# The layers that start no server (no broker, no S3 server, no `model-trainer serve`) and no
+# long training: the book, the two-book world, contracts, core, the client, the CLI and the
+# engine's quick tests. Under a minute on 2 cores; no coverage, one process.
+FAST_MARKERS := not kafka and not s3 and not slow
+test-fast: install
+	$(VENV)/bin/pytest -n 0 -p no:cacheprovider --no-cov -q -m "$(FAST_MARKERS)"
 
 lint: install
 	$(VENV)/bin/ruff check .

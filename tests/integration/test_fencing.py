@@ -12,6 +12,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from local_service import ServiceProcess, Stack
 from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_client.kafka import (
     partition_for_key,
@@ -29,7 +30,6 @@ from model_trainer_contracts import (
 from tests.figures import Figure
 
 from .flows import assert_seq_contiguous, dead_letters, long_job, of, send, wait_for_step
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4  # the service's default for the topics it creates

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from local_service import ServiceProcess, Stack
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -20,8 +21,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.engine.finetune_helpers import chat_folder, conversations, write_jsonl
-
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

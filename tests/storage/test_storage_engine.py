@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from tests.engine.engine_helpers import Env, Event, losses, make_text
 
+pytestmark = pytest.mark.s3
 _C = ModelTrainerErrorCode
 BUCKET = "model-trainer"
 
