@@ -40,10 +40,11 @@ test: install kafka-fetch
 
 # The layers that start no server (no broker, no S3 server, no `model-trainer serve`) and no
 # long training: the book, the two-book world, contracts, core, the client, the CLI and the
-# engine's quick tests. Under a minute on 2 cores; no coverage, one process.
+# engine's quick tests; the property tests draw a tenth of their examples. No coverage.
 FAST_MARKERS := not kafka and not s3 and not slow
 test-fast: install
-	$(VENV)/bin/pytest -n 0 -p no:cacheprovider --no-cov -q -m "$(FAST_MARKERS)"
+	TEST_EXAMPLES_DIVISOR=10 $(VENV)/bin/pytest -n 0 -p no:cacheprovider --no-cov -q \
+		-m "$(FAST_MARKERS)"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ test that uses a server fixture, or starts a server itself, without its marker f
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -87,3 +88,10 @@ def count_layers(reports: Iterable[pytest.TestReport]) -> list[str]:
     total = sum(sum(counted.values()) for counted in by_layer.values())
     lines.append(f"{'total':12} {total:4} tests")
     return lines
+
+
+def examples(full: int) -> int:
+    """How many examples a property test draws: ``full`` in ``make test``, a tenth of it in
+    ``make test-fast`` (``TEST_EXAMPLES_DIVISOR=10``), so the fast suite still walks every
+    state machine without costing a minute of it."""
+    return max(1, full // int(os.environ.get("TEST_EXAMPLES_DIVISOR", "1")))
