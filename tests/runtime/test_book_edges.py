@@ -190,3 +190,15 @@ def test_a_redelivered_offset_is_one_unfinished_command() -> None:
     assert tracker.unfinished() == 2
     assert tracker.finish(tp, 4) == 5
     assert tracker.oldest_unfinished(tp) == 5
+
+
+def test_a_tick_kills_a_run_once_and_leaves_the_queue_alone() -> None:
+    book = new_book(slots=1, cancel_grace_s=3)
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(submit("b"), 1), now=0)
+    book.command(record(cancel("a"), 2), now=1)
+    first = book.tick(now=4)
+    assert [e for e in first if isinstance(e, Kill)] == [Kill("a", 1)]
+    assert book.tick(now=5) == []  # killed already; b waits for the worker's slot
+    assert book.queued() == 1
+    assert _runs(book.died("a", 1, -9, now=6)) == ["b"]
