@@ -77,6 +77,8 @@ def count_layers(reports: Iterable[pytest.TestReport]) -> list[str]:
         kept = outcome_of.get(report.nodeid)
         if kept is None or kept[1] == "passed":
             outcome_of[report.nodeid] = (layers[0], outcome)
+    if not outcome_of:
+        return []  # nothing ran (--collect-only)
     by_layer: dict[str, Counter[str]] = {}
     for layer, outcome in outcome_of.values():
         by_layer.setdefault(layer, Counter())[outcome] += 1
