@@ -26,8 +26,10 @@ install: $(VENV)/.installed
 kafka-fetch:
 	$(PYTHON) deploy/local_kafka.py fetch
 
+# STORAGE=s3: corpus, checkpoints and artifact in a local S3 server's bucket (SeaweedFS).
+STORAGE ?= local
 demo: install kafka-fetch
-	deploy/demo.sh
+	STORAGE=$(STORAGE) deploy/demo.sh
 
 # Branch coverage of the service and the contracts, subprocesses and workers included.
 # The integration tests mostly wait (on brokers, rebalances, timeouts), so files run in

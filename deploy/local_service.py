@@ -86,6 +86,7 @@ class Stack:
             "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
             "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "MODEL_TRAINER_STATE_TOPIC": self.state_topic,
+            "MODEL_TRAINER_LOGS_TOPIC": f"logs-{self.uid}",
             "MODEL_TRAINER_GROUP_ID": self.group_id,
             "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
             "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
@@ -130,6 +131,7 @@ class ServiceProcess:
     def __init__(self, stack: Stack, name: str = "svc", **overrides: str) -> None:
         self.stack = stack
         self.name = name
+        self.launcher: tuple[str, ...] = ()  # a command to run the service under (setpriv ...)
         self.http_port = free_port()
         self.log_path = stack.root / f"{name}.log"
         self.env = {
@@ -142,7 +144,7 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_trainer", "serve"],
+            [*self.launcher, sys.executable, "-m", "model_trainer", "serve"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

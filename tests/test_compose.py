@@ -52,6 +52,7 @@ def test_topics_created_are_the_topics_the_service_uses() -> None:
         env["MODEL_TRAINER_EVENTS_TOPIC"],
         env["MODEL_TRAINER_DEAD_LETTER_TOPIC"],
         env["MODEL_TRAINER_STATE_TOPIC"],
+        env["MODEL_TRAINER_LOGS_TOPIC"],
     }
     assert created == used
     defaults = Settings()
@@ -60,6 +61,7 @@ def test_topics_created_are_the_topics_the_service_uses() -> None:
         defaults.events_topic,
         defaults.dead_letter_topic,
         defaults.state_topic,
+        defaults.logs_topic,
     }
     assert "create trainer.jobs.state --config cleanup.policy=compact" in str(command[0])
 

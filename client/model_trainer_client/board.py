@@ -15,6 +15,7 @@ from typing import assert_never
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     FailedEventV1,
     JobStateV1,
     JobStatus,
@@ -345,6 +346,8 @@ def _apply_event(view: JobView, event: Update) -> None:
         if event.val_loss is not None:
             view.val_loss = event.val_loss
             series["val_loss"].add(event.step, event.val_loss)
+    elif isinstance(event, DownloadEventV1):
+        view.event_status = JobStatus.RUNNING  # fetching its corpus, before its config
     elif isinstance(event, CompletedEventV1):
         view.event_status = JobStatus.COMPLETED
         view.step = event.steps

@@ -1,4 +1,4 @@
-"""``model-trainer-client``: submit, cancel, status, jobs, watch, dashboard, export.
+"""``model-trainer-client``: submit, cancel, status, logs, jobs, watch, dashboard, export, sweep.
 
 Exit codes: 0 completed (or done), 1 failed (or refused), 2 bad input, 3 timed out (or no
 broker), 4 cancelled, 5 rejected, 130 interrupted (Ctrl-C).
@@ -38,6 +38,7 @@ from .cli_common import (
     console,
     out,
 )
+from .durations import parse_duration
 from .hints import new_job_id
 from .settings import ConnectionOverrides
 
@@ -278,9 +279,19 @@ def jobs(
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N jobs.")
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only jobs submitted within this long: 90s, 30m, 2h, 1d, 1h30m."),
+    ] = None,
 ) -> None:
-    """Every job of the compacted state topic, newest first, as a table (or JSON)."""
+    """Every job of the compacted state topic, newest first, as a table (or JSON), with
+    its progress, loss and duration from the events topic."""
     labels = _labels(label or [])
+    try:
+        within = None if since is None else parse_duration(since)
+    except ValueError as exc:
+        _say("--since", exc)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     settings = _settings(
         ConnectionOverrides(
             bootstrap_servers,
@@ -303,6 +314,7 @@ def jobs(
             out=out,
             as_json=as_json,
             limit=limit,
+            since=within,
         ),
     )
 
@@ -452,12 +464,17 @@ def register(app: typer.Typer, dist: str = "model-trainer-client") -> None:
         DEBUG[0] = debug
 
     app.callback()(options)
-    for command in (submit, cancel, status, jobs, watch, dashboard):
+    from .logs_cli import logs
+
+    for command in (submit, cancel, status, logs, jobs, watch, dashboard):
         app.command()(command)
     app.add_typer(export_app, name="export")
     from .mlflow_cli import register_mlflow
 
     register_mlflow(export_app)
+    from .sweep_cli import register_sweep
+
+    register_sweep(app)
 
 
 def run_app(app: typer.Typer, prog: str) -> None:

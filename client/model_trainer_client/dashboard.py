@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from model_trainer_contracts.commands import JOB_ID_PATTERN
 from pydantic import JsonValue
 from rich.console import Console
 
 from . import outage
 from .board import JobBoard, JobView
 from .guard import ENV_TOKEN, DashboardGuard, is_loopback
+from .joblogs import log_text, read_log_lines
 from .readers import LiveTail
 from .settings import ClientSettings
 
@@ -153,6 +156,7 @@ class Feed:
 
 
 FEED = web.AppKey("feed", Feed)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -161,6 +165,15 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 async def _jobs(request: web.Request) -> web.Response:
     return web.json_response(snapshot(request.app[FEED].board))
+
+
+async def _logs(request: web.Request) -> web.Response:
+    """The selected job's log lines (the last 500), as ``logs JOB_ID`` prints them."""
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.fullmatch(job_id):
+        raise web.HTTPBadRequest(text="not a job id\n")
+    lines = await read_log_lines(request.app[FEED].settings, job_id)
+    return web.json_response({"job_id": job_id, "lines": [log_text(line) for line in lines]})
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
@@ -198,6 +211,7 @@ def make_app(feed: Feed, guard: DashboardGuard) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_get("/api/jobs", _jobs)
     app.router.add_get("/events", _events)
+    app.router.add_get("/api/logs/{job_id}", _logs)
     app.router.add_static("/static/", STATIC)
 
     async def _close_streams(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     FailedEventV1,
     JobStateV1,
     JobStatus,
@@ -47,15 +48,15 @@ from .client import CommandSender
 from .decode import QueuedNotice, Update, is_rejection
 from .hints import follow_up, group_members, new_job_id, service_group, spec_digest
 from .kafka import partition_for_key, topic_partitions
-from .readers import JobFollower, LiveTail, read_job_state, read_states
+from .readers import JobFollower, LiveTail, read_events_of, read_job_state, read_states
 from .render import (
     fmt_duration,
     fmt_float,
     reason,
     render_board,
-    render_states,
+    render_jobs,
     render_status,
-    state_views,
+    run_time,
 )
 from .settings import ClientSettings
 
@@ -131,6 +132,9 @@ class FollowPrinter:
             # evaluations stay in a terminal's scrollback; the bar carries the rest
             if not quiet and (not self.live or update.val_loss is not None):
                 self.print(progress_line(update))
+        elif isinstance(update, DownloadEventV1):
+            if not quiet:
+                self.print(download_line(update))
         elif isinstance(update, CompletedEventV1 | FailedEventV1):
             if not quiet:
                 self.result(view)
@@ -186,6 +190,15 @@ class FollowPrinter:
     def refused(self, event: FailedEventV1) -> None:
         self.hide_bar()
         self.print(f"[red]refused[/red] {event.code}: {escape(event.message)}")
+
+
+def download_line(update: DownloadEventV1) -> str:
+    mb = 1 << 20
+    return (
+        f"downloading {update.url}: {update.bytes_done / mb:,.1f} of "
+        f"{update.bytes_total / mb:,.1f} MB ({update.files_done}/{update.files_total} files, "
+        f"{update.elapsed_s:.0f}s){', done' if update.done else ''}"
+    )
 
 
 def progress_line(update: ProgressEventV1) -> str:
@@ -466,16 +479,27 @@ async def jobs(
     out: Console,
     as_json: bool = False,
     limit: int | None = None,
+    since: timedelta | None = None,
 ) -> int:
+    """Every job of the state topic (submitted within ``since``), newest first, with its
+    progress, loss and duration from the events topic."""
+    now = _now()
     states = list((await read_states(settings)).values())
+    if since is not None:
+        states = [state for state in states if state.submitted_at >= now - since]
     chosen = select_states(states, status=status, user_id=user_id, labels=labels)[:limit]
+    board = JobBoard()
+    board.apply_all(chosen)
+    board.apply_all(await read_events_of(settings, chosen))
+    views = [view for state in chosen if (view := board.get(state.job_id)) is not None]
     if as_json:
-        _say_out(out, json.dumps([view.row() for view in state_views(chosen)]))
+        rows = [{**view.row(), "duration_s": run_time(view, now)} for view in views]
+        _say_out(out, json.dumps(rows))
         return 0
     if out.is_terminal:
-        out.print(render_states(chosen, width=out.width))
+        out.print(render_jobs(views, width=out.width, now=now))
     else:  # a pipe or a log: every column, whole, however wide the lines get
-        table = render_states(chosen)
+        table = render_jobs(views, now=now)
         width = Console(width=10_000).measure(table).maximum
         Console(file=out.file, width=width, color_system=None).print(table)
     return 0

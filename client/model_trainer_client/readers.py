@@ -221,6 +221,32 @@ async def read_states(settings: ClientSettings) -> dict[str, JobStateV1]:
     return states
 
 
+async def read_events_of(
+    settings: ClientSettings, states: list[JobStateV1], backlog_ms: int = 60_000
+) -> list[Update]:
+    """The events of these jobs (``jobs``' progress, loss and duration): each partition
+    holding one read from shortly before the oldest such job was submitted, to its end."""
+    topic = settings.events_topic
+    ids = await topic_partitions(settings.connection, topic)
+    if not ids or not states:
+        return []
+    since: dict[TopicPartition, int] = {}
+    for state in states:
+        tp = TopicPartition(topic, ids[partition_for_key(state.job_id.encode(), len(ids))])
+        at = int(state.submitted_at.timestamp() * 1000) - backlog_ms
+        since[tp] = min(at, since.get(tp, at))
+    wanted = {state.job_id.encode() for state in states}
+    async with TopicReader(settings.connection) as reader:
+        starts: dict[TopicPartition, int | None] = dict(await reader.offsets_at(since))
+        await reader.add(starts)
+        records = await reader.read_to_end()
+    return [
+        update
+        for record in records
+        if record.key in wanted and (update := decode_update(record.value)) is not None
+    ]
+
+
 class LiveTail:
     """Every job's events and state records as they come, for ``watch``, the dashboard and
     the TensorBoard export. The state topic is read from its beginning; the events topic from

@@ -167,19 +167,45 @@ def state_views(states: Sequence[JobStateV1]) -> list[JobView]:
     return [view for state in states if (view := board.apply(state)) is not None]
 
 
-# ``jobs``' columns, most useful first: a narrow terminal loses the last ones first.
-_COLUMNS = ("job", "status", "reason", "progress", "user", "submitted", "labels", "attempt")
+# ``jobs``' columns, most useful first: a narrow terminal loses the last ones first (what the
+# events add, then what the state record says of the job's owner and history).
+_COLUMNS = (
+    "job",
+    "status",
+    "reason",
+    "user",
+    "submitted",
+    "labels",
+    "attempt",
+    "progress",
+    "loss",
+    "duration",
+)
 _PADDING = 3  # a column's borders and padding
 _REASON_MIN = 24
 
 
-def _cells(view: JobView) -> dict[str, str]:
+def run_time(view: JobView, now: datetime) -> float | None:
+    """How long the job took (completed: its own count), or has been going since its
+    submission (running), or went until its end (failed, cancelled); None before it ran."""
+    if view.duration_s is not None:
+        return view.duration_s
+    start = view.submitted_at
+    if start is None or view.shown in (ViewStatus.QUEUED, ViewStatus.REJECTED):
+        return None
+    end = now if view.shown is ViewStatus.RUNNING else (view.updated_at or now)
+    return max(0.0, (end - start).total_seconds())
+
+
+def _cells(view: JobView, now: datetime) -> dict[str, str]:
     step = f"{view.step}/{view.total_steps}" if view.total_steps else "-"
     return {
         "job": view.job_id,
         "status": str(view.shown),
         "reason": reason(view),
         "progress": step,
+        "loss": fmt_float(view.train_loss),
+        "duration": fmt_duration(run_time(view, now)),
         "user": str(view.user_id),
         "submitted": _when(view.submitted_at),
         "labels": fmt_labels(view.labels),
@@ -188,10 +214,18 @@ def _cells(view: JobView) -> dict[str, str]:
 
 
 def render_states(states: Sequence[JobStateV1], width: int | None = None) -> Table:
-    """``jobs``: one row per job of the state topic. Within ``width`` (a terminal's), the
-    least useful columns are left out first and the reason is cut short; without one (a
-    pipe, a log) every column is there, whole."""
-    rows = [_cells(view) for view in state_views(states)]
+    """``jobs`` of state records alone (no events read: no progress, loss or duration)."""
+    return render_jobs(state_views(states), width)
+
+
+def render_jobs(
+    views: Sequence[JobView], width: int | None = None, now: datetime | None = None
+) -> Table:
+    """``jobs``: one row per job. Within ``width`` (a terminal's), the least useful columns
+    are left out first and the reason is cut short; without one (a pipe, a log) every column
+    is there, whole."""
+    at = now or datetime.now(UTC)
+    rows = [_cells(view, at) for view in views]
     natural = {name: max([len(name)] + [len(row[name]) for row in rows]) for name in _COLUMNS}
     kept = list(_COLUMNS)
     if width is not None:
@@ -203,12 +237,13 @@ def render_states(states: Sequence[JobStateV1], width: int | None = None) -> Tab
     if width is not None:
         others = sum(natural[n] + _PADDING for n in kept if n != "reason")
         room = max(_REASON_MIN, width - others - _PADDING - 1)
-    table = Table(title=f"{len(states)} jobs", title_justify="left", expand=False)
+    table = Table(title=f"{len(views)} jobs", title_justify="left", expand=False)
     for name in kept:
         cut = name == "reason" and room is not None
         table.add_column(
             name,
             no_wrap=True,
+            justify="right" if name in ("progress", "loss", "duration") else "left",
             overflow="ellipsis" if cut else "fold",
             min_width=None if cut else natural[name],
             max_width=room if cut else None,

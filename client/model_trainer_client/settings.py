@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from model_trainer_contracts import COMMANDS_TOPIC, EVENTS_TOPIC
+from model_trainer_contracts import COMMANDS_TOPIC, EVENTS_TOPIC, LOGS_TOPIC
 from pydantic import SecretStr
 
 STATE_TOPIC = "trainer.jobs.state"
@@ -264,6 +264,7 @@ class ClientSettings:
     commands_topic: str = COMMANDS_TOPIC
     events_topic: str = EVENTS_TOPIC
     state_topic: str = STATE_TOPIC
+    logs_topic: str = LOGS_TOPIC
 
     @property
     def bootstrap_servers(self) -> str:
@@ -288,4 +289,5 @@ class ClientSettings:
             commands_topic=_first(env, f"{ENV_PREFIX}COMMANDS_TOPIC") or COMMANDS_TOPIC,
             events_topic=_first(env, f"{ENV_PREFIX}EVENTS_TOPIC") or EVENTS_TOPIC,
             state_topic=_first(env, f"{ENV_PREFIX}STATE_TOPIC") or STATE_TOPIC,
+            logs_topic=_first(env, f"{ENV_PREFIX}LOGS_TOPIC") or LOGS_TOPIC,
         )

@@ -29,6 +29,7 @@ from typing import Protocol, assert_never
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     EventBase,
     FailedEventV1,
     ProgressEventV1,
@@ -202,6 +203,8 @@ class TensorBoardExport:
                     writer.add_scalar("loss/val", event.val_loss, step, walltime)
                 if event.val_ppl is not None:
                     writer.add_scalar("ppl/val", event.val_ppl, step, walltime)
+            case DownloadEventV1():
+                pass  # fetching the corpus, not a measurement
             case CompletedEventV1():
                 if event.test_loss is not None:
                     writer.add_scalar("loss/test", event.test_loss, event.steps, walltime)

@@ -33,6 +33,7 @@ from .errors import ERROR_INFO, ErrorInfo, ModelTrainerError, ModelTrainerErrorC
 from .events import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     Event,
     EventBase,
     FailedEventV1,
@@ -40,6 +41,7 @@ from .events import (
     QueuedEventV1,
     TerminalEvent,
 )
+from .logs import LogLineV1
 from .state import JobStateV1, JobStatus
 from .topics import (
     COMMANDS_TOPIC,
@@ -50,6 +52,7 @@ from .topics import (
     DLQ_ORIGINAL_PARTITION_HEADER,
     DLQ_ORIGINAL_TOPIC_HEADER,
     EVENTS_TOPIC,
+    LOGS_TOPIC,
 )
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "DLQ_ORIGINAL_TOPIC_HEADER",
     "ERROR_INFO",
     "EVENTS_TOPIC",
+    "LOGS_TOPIC",
     "MAX_COMMAND_BYTES",
     "AdapterSpec",
     "BpeTokenizer",
@@ -72,6 +76,7 @@ __all__ = [
     "CompletedEventV1",
     "ConfigEventV1",
     "DataSpec",
+    "DownloadEventV1",
     "ErrorInfo",
     "Event",
     "EventBase",
@@ -82,6 +87,7 @@ __all__ = [
     "JobStatus",
     "JobTokenizer",
     "LlamaModel",
+    "LogLineV1",
     "ModelTokenizer",
     "ModelTrainerError",
     "ModelTrainerErrorCode",

@@ -40,7 +40,7 @@ _DISCRIMINATORS = ("type", "backend", "kind")
 # Tags of the discriminated unions; pydantic puts the chosen tag into an error's location.
 _TAGS = frozenset(
     {"trainer.job.submit.v1", "trainer.job.cancel.v1", "char_lstm", "gpt2", "char", "bpe", "job"}
-    | {"trainer.metrics.config.v1", "trainer.metrics.progress.v1"}
+    | {"trainer.metrics.config.v1", "trainer.metrics.progress.v1", "trainer.metrics.download.v1"}
     | {"trainer.metrics.completed.v1", "trainer.job.failed.v1", "trainer.job.queued.v1"}
 )
 _COMMAND_MODELS: tuple[type[BaseModel], ...] = (SubmitJobV1, CancelJobV1)

@@ -23,6 +23,10 @@ from pydantic.config import JsonDict, JsonValue
 # Starts with a letter or digit: ids name folders, so ".", ".." and hidden names are refused.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+# An artifact in object storage, as a completed event's artifact_path names it (no
+# credentials: a bucket name has no "@" or ":").
+ARTIFACT_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9._-]{1,221}/\S+$"
+ArtifactUrl = Annotated[str, StringConstraints(pattern=ARTIFACT_URL_PATTERN, max_length=1024)]
 MAX_INLINE_TEXT_CHARS = 1_000_000
 MAX_LABELS = 32
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -165,7 +169,8 @@ class PretrainedModel(_Strict):
     path: str = Field(
         min_length=1,
         max_length=1024,
-        description="The model folder, relative to the service's data root.",
+        description="The model folder, relative to the service's data root, or an s3:// URL "
+        "(a folder of objects).",
     )
     block_size: int = Field(
         256,
@@ -406,7 +411,11 @@ class SubmitJobV1(_Strict):
     tokenizer: TokenizerSpec = Field(default_factory=CharTokenizer, description="Default: char.")
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    init_from: JobId | None = Field(None, description="Fine-tune from this job's artifact.")
+    init_from: JobId | ArtifactUrl | None = Field(
+        None,
+        description="Fine-tune from this job's artifact, or from the artifact at an s3:// URL "
+        "(a completed event's artifact_path).",
+    )
     adapter: AdapterSpec | None = Field(
         None, description="Train a LoRA adapter instead of every weight (pretrained backend)."
     )

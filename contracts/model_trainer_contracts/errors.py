@@ -48,6 +48,7 @@ class ModelTrainerErrorCode(StrEnum):
     ARTIFACT_WRITE_FAILED = "ARTIFACT_WRITE_FAILED"
     STORAGE_ACCESS_DENIED = "STORAGE_ACCESS_DENIED"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+    DISK_FULL = "DISK_FULL"
     COMMAND_UNDECODABLE = "COMMAND_UNDECODABLE"
     COMMAND_INVALID = "COMMAND_INVALID"
     COMMAND_TOO_LARGE = "COMMAND_TOO_LARGE"
@@ -149,6 +150,13 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
         True,
         "The object store did not answer, on every retry within the bound; the job's last "
         "good checkpoint is kept.",
+    ),
+    _C.DISK_FULL: ErrorInfo(
+        507,
+        True,
+        "The service's disk filled up while the run wrote (a checkpoint, the token cache, the "
+        "artifact). The service does not end the job with it: the job goes back to the queue "
+        "with its last good checkpoint and runs again from it once space returns.",
     ),
     _C.COMMAND_UNDECODABLE: ErrorInfo(400, False, "The command is not UTF-8 JSON."),
     _C.COMMAND_INVALID: ErrorInfo(422, False, "The command fails the contract's validation."),

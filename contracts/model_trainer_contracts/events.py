@@ -154,6 +154,21 @@ class ProgressEventV1(EventBase):
     )
 
 
+class DownloadEventV1(EventBase):
+    """A large input is being fetched from object storage (a corpus at an s3:// URL) before
+    the attempt's config event: bytes done of total, published every few seconds while the
+    download lasts (none for one that ends sooner), the last with ``done`` true."""
+
+    type: Literal["trainer.metrics.download.v1"] = "trainer.metrics.download.v1"
+    url: str = Field(max_length=1024, description="What is fetched: the corpus URL.")
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0, description="Every object's size, from the listing.")
+    files_done: int = Field(ge=0)
+    files_total: int = Field(ge=0)
+    elapsed_s: NonNegative
+    done: bool = Field(False, description="The download has ended: no more for this URL.")
+
+
 class CompletedEventV1(EventBase):
     """The job finished and its artifact is written. Terminal."""
 
@@ -204,12 +219,24 @@ class FailedEventV1(EventBase):
 
 
 Event = Annotated[
-    QueuedEventV1 | ConfigEventV1 | ProgressEventV1 | CompletedEventV1 | FailedEventV1,
+    QueuedEventV1
+    | ConfigEventV1
+    | ProgressEventV1
+    | DownloadEventV1
+    | CompletedEventV1
+    | FailedEventV1,
     Field(discriminator="type"),
 ]
 TerminalEvent = CompletedEventV1 | FailedEventV1
 EVENT_TYPES = frozenset(
     str(model.model_fields["type"].default)
-    for model in (QueuedEventV1, ConfigEventV1, ProgressEventV1, CompletedEventV1, FailedEventV1)
+    for model in (
+        QueuedEventV1,
+        ConfigEventV1,
+        ProgressEventV1,
+        DownloadEventV1,
+        CompletedEventV1,
+        FailedEventV1,
+    )
 )
 """The ``type`` of every event this version of the contract defines."""

@@ -20,6 +20,7 @@ from .errors import ERROR_INFO, ModelTrainerErrorCode
 from .events import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     FailedEventV1,
     ProgressEventV1,
     QueuedEventV1,
@@ -31,6 +32,7 @@ Message = (
     | QueuedEventV1
     | ConfigEventV1
     | ProgressEventV1
+    | DownloadEventV1
     | CompletedEventV1
     | FailedEventV1
 )
@@ -81,6 +83,22 @@ QUEUED = QueuedEventV1(
     position=2,
     queue="trainer.jobs[3]",
     reason="submitted",
+)
+
+DOWNLOAD = DownloadEventV1(
+    event_id="0b6f2d4e-8f0c-4c57-9a53-1f3c2f7de0d1",
+    ts=datetime(2025, 3, 14, 9, 26, 47, 102000, tzinfo=UTC),
+    seq=1,
+    job_id=_JOB,
+    user_id=_USER,
+    attempt=1,
+    labels=_LABELS,
+    url="s3://nlp-corpora/tinyshakespeare/",
+    bytes_done=402_653_184,
+    bytes_total=1_073_741_824,
+    files_done=3,
+    files_total=8,
+    elapsed_s=4.1,
 )
 
 _T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
@@ -174,5 +192,14 @@ FAILED = FailedEventV1(
     details={"step": 1, "batch_size": 256, "device": "cuda:0", "allocated_gb": 139.2},
 )
 
-EXAMPLES: tuple[Message, ...] = (SUBMIT, CANCEL, QUEUED, CONFIG, PROGRESS, COMPLETED, FAILED)
+EXAMPLES: tuple[Message, ...] = (
+    SUBMIT,
+    CANCEL,
+    QUEUED,
+    CONFIG,
+    PROGRESS,
+    DOWNLOAD,
+    COMPLETED,
+    FAILED,
+)
 """One example per message type, commands first, in catalogue order."""

@@ -21,11 +21,22 @@ from .errors import ModelTrainerErrorCode
 from .events import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     FailedEventV1,
     ProgressEventV1,
     QueuedEventV1,
 )
-from .examples import CANCEL, COMPLETED, CONFIG, FAILED, PROGRESS, QUEUED, SUBMIT, Message
+from .examples import (
+    CANCEL,
+    COMPLETED,
+    CONFIG,
+    DOWNLOAD,
+    FAILED,
+    PROGRESS,
+    QUEUED,
+    SUBMIT,
+    Message,
+)
 from .topics import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
@@ -69,6 +80,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("trainer.job.queued.v1", QueuedEventV1, EVENTS_TOPIC, "event", QUEUED),
     MessageSpec("trainer.metrics.config.v1", ConfigEventV1, EVENTS_TOPIC, "event", CONFIG),
     MessageSpec("trainer.metrics.progress.v1", ProgressEventV1, EVENTS_TOPIC, "event", PROGRESS),
+    MessageSpec("trainer.metrics.download.v1", DownloadEventV1, EVENTS_TOPIC, "event", DOWNLOAD),
     MessageSpec("trainer.metrics.completed.v1", CompletedEventV1, EVENTS_TOPIC, "event", COMPLETED),
     MessageSpec("trainer.job.failed.v1", FailedEventV1, EVENTS_TOPIC, "event", FAILED),
 )

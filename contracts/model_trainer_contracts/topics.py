@@ -4,6 +4,7 @@ stay ordered on one partition. The service lets each name be overridden."""
 COMMANDS_TOPIC = "trainer.jobs"
 EVENTS_TOPIC = "trainer.metrics"
 DEAD_LETTER_TOPIC = "trainer.jobs.dlq"
+LOGS_TOPIC = "trainer.jobs.logs"  # a job's log lines (LogLineV1), best-effort
 
 # Dead letters: the refused command's bytes and key unchanged, these headers added (UTF-8).
 DLQ_ERROR_CODE_HEADER = "error_code"

@@ -36,6 +36,7 @@ from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     EventBase,
     FailedEventV1,
     JobStateV1,
@@ -526,7 +527,7 @@ class JobBook:
     def _dispatch(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         while self.free_slots() > 0 and not self.stopping:
-            ready = self._next_ready()
+            ready = self._next_ready(now)
             if ready is None:
                 break
             self.queue.remove(ready)
@@ -563,9 +564,10 @@ class JobBook:
         waiting = [Waiting(spec.job_id, spec.user_id, spec.priority) for spec in queued]
         return run_order(waiting, self.last_served)
 
-    def _next_ready(self) -> str | None:
+    def _next_ready(self, now: float) -> str | None:
         """The next job to run: not still dying from an earlier run (a job never runs twice
-        at once), and of a user under the per-user limit of running jobs."""
+        at once), not waiting for disk space, and of a user under the per-user limit of
+        running jobs."""
         limit = self.policy.max_running_per_user
         running: dict[int, int] = {}
         for slot in self.runs.values():
@@ -574,6 +576,9 @@ class JobBook:
                 running[owner.spec.user_id] = running.get(owner.spec.user_id, 0) + 1
         for waiting in self._waiting():
             if waiting.job_id in self.runs:
+                continue
+            not_before = self.jobs[waiting.job_id].not_before
+            if not_before is not None and now < not_before:
                 continue
             if limit is not None and running.get(waiting.user_id, 0) >= limit:
                 continue
@@ -612,11 +617,13 @@ class JobBook:
         return self.ended(report.job_id, report.attempt, event, now)
 
     def progress(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
-        """A config or progress event from the job's worker."""
+        """A config, progress or download event from the job's worker."""
         job = self._current(job_id, attempt)
-        if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1):
+        if job is None or not isinstance(event, ConfigEventV1 | ProgressEventV1 | DownloadEventV1):
             return []
         job.last_heard = now
+        if isinstance(event, DownloadEventV1):  # the worker spaces them out already
+            return self._publish_progress(job, event, now)
         if isinstance(event, ProgressEventV1) and self._too_soon(job, now):
             # Coalesced: the latest values win; an evaluation waits apart, so a plain step
             # never replaces it, and the last of each always goes out.
@@ -652,7 +659,7 @@ class JobBook:
         )
 
     def _publish_progress(
-        self, job: Job, event: ConfigEventV1 | ProgressEventV1, now: float
+        self, job: Job, event: ConfigEventV1 | ProgressEventV1 | DownloadEventV1, now: float
     ) -> list[Effect]:
         if (
             job.held is not None
@@ -677,8 +684,10 @@ class JobBook:
         if job is None:
             return effects + self._dispatch(now)
         effects += self._flush_held(job, now)  # the run's last progress goes out before its end
+        if isinstance(event, FailedEventV1) and event.code is _C.DISK_FULL:
+            return effects + self._disk_full(job, event, now)
         if isinstance(event, CompletedEventV1 | FailedEventV1):
-            final = self._stamp(job, event)
+            final = self._stamp(job, _with_cancel_reason(event, job.cancel_reason))
         else:
             error = ModelTrainerError(_C.INTERNAL_ERROR, f"the worker ended with a {event.type}")
             final = failed_event(job.envelope(), error)
@@ -692,6 +701,31 @@ class JobBook:
             return effects + self._dispatch(now)
         log.info("job handed back", job_id=job_id, step=step)
         return effects + self._run_over(job, now)
+
+    def _disk_full(self, job: Job, event: FailedEventV1, now: float) -> list[Effect]:
+        """The run met a full disk: not the job's fault, so no failure is counted and no
+        terminal event goes out (which would release its checkpoints). The job is handed back,
+        to wait ``disk_full_retry_s`` in the queue and then resume from its last good
+        checkpoint; a cancel still ends it, a revoke still leaves it to the next owner, and a
+        run stopped at its deadline (whose last checkpoint found the disk full) still times
+        out."""
+        if job.deadline is not None and now >= job.deadline and job.cancel_reason is None:
+            timeout = job.spec.timeout_s or self.policy.default_timeout_s or 0.0
+            error = ModelTrainerError(
+                _C.TRAINING_TIMEOUT,
+                f"the run passed its timeout of {timeout:g}s (its last checkpoint met a full disk)",
+                stage="train",
+            )
+            return self._end(job, failed_event(job.envelope(), error), now)
+        wait = self.policy.disk_full_retry_s
+        log.warning(
+            "disk full; job handed back", job_id=job.job_id, wait_s=wait, error=event.message
+        )
+        job.not_before = now + wait
+        leaving = job.record not in self.assigned or job.record in self.releasing
+        if job.cancel_reason is not None or leaving or self.stopping:
+            return self._run_over(job, now)  # cancelled, or left to the next owner
+        return [*self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
 
     def died(self, job_id: str, attempt: int, exitcode: int | None, now: float) -> list[Effect]:
         """The worker running this run exited without reporting its end."""
@@ -926,3 +960,17 @@ def _admission_failed(exc: Exception) -> ModelTrainerError:
         f"the job could not be checked: {type(exc).__name__}: {exc}"[:1000],
         details={"exception": type(exc).__name__},
     )
+
+
+def _with_cancel_reason(
+    event: CompletedEventV1 | FailedEventV1, reason: str | None
+) -> CompletedEventV1 | FailedEventV1:
+    """A run stopped by a cancel reports where it stopped; its failed event also says why, as
+    the cancel command's reason promises (a sweep names itself there when it prunes a trial)."""
+    if not reason or not isinstance(event, FailedEventV1):
+        return event
+    if event.code is not _C.TRAINING_CANCELLED:
+        return event
+    message = f"cancelled: {reason} ({event.message})"
+    details = {**event.details, "reason": reason}
+    return event.model_copy(update={"message": message, "details": details})

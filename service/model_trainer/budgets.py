@@ -14,8 +14,9 @@ The estimate is what a run writes at its peak: three checkpoints (the latest, th
 kept in case the latest is damaged, and the next being written), each the fp32 weights and the
 optimizer's moments; the artifact's fp32 weights; and the token cache's ids (4 bytes a token,
 at most one token a corpus byte). Jobs already queued or running are not reserved: the free
-space is measured at acceptance, and a run that still meets a full disk fails (it is not yet
-handed back with its last checkpoint: see the README's Security section).
+space is measured at acceptance, and a run that still meets a full disk ends with DISK_FULL,
+which the service answers by handing the job back with its last good checkpoint (the book's
+``_disk_full``).
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class Policy:
     default_timeout_s: float | None = None  # a job that sets no timeout_s gets this one
     artifacts_url: str | None = None  # object storage for checkpoints and artifacts
     storage_retry_s: float = 120.0
+    disk_full_retry_s: float = 60.0  # a job whose run filled the disk waits this long, queued
 
 
 def request_digest(job: SubmitJobV1) -> str:

@@ -49,6 +49,7 @@ class Job:
     state_at: float | None = None  # when its state record last went out
     held: ProgressEventV1 | None = None  # the newest progress not yet out
     held_eval: ProgressEventV1 | None = None  # the newest evaluation not yet out
+    not_before: float | None = None  # queued, it waits until then (its run filled the disk)
 
     @property
     def job_id(self) -> str:

@@ -45,6 +45,7 @@ def policy_of(settings: Settings) -> Policy:
         default_timeout_s=settings.default_timeout_s,
         artifacts_url=settings.artifacts_url,
         storage_retry_s=settings.storage_retry_s,
+        disk_full_retry_s=settings.disk_full_retry_s,
     )
 
 

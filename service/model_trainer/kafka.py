@@ -70,6 +70,17 @@ async def ensure_topics(settings: Settings) -> None:
                 retention,
             )
         )
+        # Best-effort and bulkier than events: their own, shorter retention.
+        logs = {"retention.ms": str(settings.logs_retention_ms)}
+        wanted.append(
+            NewTopic(
+                settings.logs_topic,
+                settings.topic_partitions,
+                settings.replication_factor,
+                None,
+                logs,
+            )
+        )
         wanted.append(
             NewTopic(
                 settings.state_topic,

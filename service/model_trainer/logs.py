@@ -46,8 +46,12 @@ _LEVELS = {
 }
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Route structlog (and stdlib loggers such as aiokafka's) to stderr in one format."""
+def configure_logging(
+    level: str = "info", fmt: str = "json", forward: structlog.types.Processor | None = None
+) -> None:
+    """Route structlog (and stdlib loggers such as aiokafka's) to stderr in one format;
+    ``forward`` sees every record too, just before it is rendered (a worker's job logs)."""
+    extra = [] if forward is None else [forward]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -59,7 +63,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, *extra, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         # One write a record: the service and its workers share stderr, and two records must
         # never land on one line.
@@ -68,7 +72,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[*shared, *extra], processor=renderer)
     )
     handler.addFilter(_ConnectionNoise())
     root = logging.getLogger()

@@ -49,6 +49,11 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
+LOG_LINES_DROPPED = Counter(
+    "model_trainer_log_lines_dropped",
+    "Jobs' log lines not published: the buffer was full or the broker refused them.",
+    registry=REGISTRY,
+)
 CONNECTION_ERRORS = Counter(
     "model_trainer_kafka_connection_errors",
     "Kafka client connection errors (retried by the client; not logged one by one).",

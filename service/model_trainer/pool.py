@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 
@@ -29,6 +30,7 @@ from .core.stop import NO_STOP, StopReason
 from .metrics import WORKER_RESTARTS
 from .protocol import (
     JobEvent,
+    JobLog,
     JobPreempted,
     ParentEnd,
     RunOrder,
@@ -70,6 +72,10 @@ def worker_entry(
 
 
 READY_TIMEOUT_S = 180.0
+
+
+def _ignore(_line: JobLog) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.cuda = False  # whether the workers see a CUDA device (from their ready message)
+        # Where the workers' log lines go, called on the pipe's reader thread (thread-safe).
+        self.on_log: Callable[[JobLog], None] = _ignore
 
     @classmethod
     def for_settings(cls, settings: Settings) -> WorkerPool:
@@ -167,6 +175,9 @@ class WorkerPool:
                 process.join(timeout=5)
                 loop.call_soon_threadsafe(self._raw.put_nowait, _Exited(index, process))
                 return
+            if isinstance(message, JobLog):  # off the event loop: logs never delay it
+                self.on_log(message)
+                continue
             loop.call_soon_threadsafe(self._raw.put_nowait, (index, message))
 
     async def supervise(self) -> None:
@@ -185,6 +196,8 @@ class WorkerPool:
                 worker.ready.set()
             elif isinstance(message, JobEvent):
                 self.messages.put_nowait(message)
+            elif isinstance(message, JobLog):  # the reader thread passes them on itself
+                self.on_log(message)
             else:
                 worker.run = None
                 self.messages.put_nowait(message)

@@ -80,7 +80,17 @@ class JobPreempted:
     step: int
 
 
-WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted
+@dataclass(frozen=True)
+class JobLog:
+    """A log line of the running job, an encoded ``LogLineV1``: published best-effort on the
+    logs topic, never seen by the job book."""
+
+    job_id: str
+    attempt: int
+    data: bytes
+
+
+WorkerMessage = WorkerReady | JobEvent | JobEnded | JobPreempted | JobLog
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,10 @@ class Publishers:
     def pending(self) -> int:
         return sum(publisher.pending for publisher in self._by_tp.values())
 
+    def pending_in(self, tps: Iterable[TP]) -> int:
+        """Batches ``tps``' producers hold uncommitted."""
+        return sum(self._by_tp[tp].pending for tp in set(tps) & set(self._by_tp))
+
     def behind(self) -> bool:
         return self.pending >= self._settings.max_unpublished
 

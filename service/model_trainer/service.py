@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 import structlog
@@ -24,7 +25,10 @@ from .book import JobBook
 from .budgets import admit_limits
 from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
 from .core.admission import admit
+from .core.layout import DOWNLOADS
+from .core.remote_folders import use_downloads
 from .effects import Effect, Kill, Publish, Run, Stop
+from .joblog import LogShipper
 from .journal import journal, policy_of
 from .kafka import command_record, ensure_topics, wait_for_broker
 from .marker import CrashMarkers
@@ -35,6 +39,7 @@ from .records import TP, Record
 from .settings import Settings
 from .state import StateReader
 from .sweeper import sweeping
+from .threads import run_in_daemon_thread
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
@@ -50,7 +55,11 @@ class TrainerService:
 
     def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
         self.settings = settings
+        # Acceptance checks a model folder at a URL from a head copy (no weights fetched).
+        use_downloads(settings.artifacts_root / DOWNLOADS, full=False)
         self.pool = WorkerPool.for_settings(settings)
+        self.job_logs = LogShipper(settings)
+        self.pool.on_log = self.job_logs.add
         self.publisher = Publishers(settings, self._owns)
         self.book = JobBook(
             policy_of(settings), self._admit, self.publisher.behind, partitioner=partition_for_key
@@ -105,6 +114,7 @@ class TrainerService:
             async with anyio.create_task_group() as tasks:
                 for loop in (
                     self.publisher.run,
+                    self.job_logs.run,
                     self._adoptions,
                     self._fences,
                     self.pool.supervise,
@@ -125,7 +135,8 @@ class TrainerService:
         finally:  # each step bounded: the broker may be away
             with anyio.CancelScope(shield=True):
                 await self.pool.stop(timeout_s=2)
-                for closing in (self.consumer.stop, self.publisher.stop, self.state.stop):
+                closings = (self.consumer.stop, self.publisher.stop, self.state.stop)
+                for closing in (*closings, self.job_logs.stop):
                     with anyio.move_on_after(3):
                         await closing()
             log.info("service stopped", unpublished=self.unpublished)
@@ -211,13 +222,13 @@ class TrainerService:
 
     async def _check_files(self, spec: SubmitJobV1) -> ModelTrainerError | None:
         """Admission in a thread, bounded: a slow disk refuses the job, never stalls the loop
-        (a thread still stuck past the bound is abandoned, at most two at a time)."""
+        (at most two at a time; a thread still stuck past the bound is abandoned, and being a
+        daemon it cannot keep the process from exiting)."""
         limit = self.settings.admission_timeout_s
         try:
             with anyio.fail_after(limit):
-                await anyio.to_thread.run_sync(
-                    self._admit, spec, abandon_on_cancel=True, limiter=self._admissions
-                )
+                async with self._admissions:
+                    await run_in_daemon_thread(partial(self._admit, spec), "admission")
         except TimeoutError:
             return ModelTrainerError(
                 ModelTrainerErrorCode.ADMISSION_TIMEOUT,
@@ -264,16 +275,28 @@ class TrainerService:
         """Hand back the jobs of ``tps`` before the partitions go: bounded by the grace. What
         is still unpublished then is dropped with the partition's producer: its commands stay
         uncommitted and the next owner, whose producer fences this one, acts on them."""
+        partitions = sorted(tp.partition for tp in tps)
         async with self._rebalancing:
             self._catching_up -= tps
+            if tps:  # aiokafka calls this with nothing on a first join
+                log.info("handing back partitions", partitions=partitions)
             self._apply(self.book.revoke(tps, time.time()))
             with anyio.move_on_after(self.settings.handback_grace_s + 5):
                 await self._until(lambda: not self.book.handing_back(tps))
-            with anyio.move_on_after(5):
+            limit = self.settings.handback_flush_timeout_s
+            with anyio.move_on_after(limit):
                 await self.publisher.flush(tps)
+            unsent = self.publisher.pending_in(tps)
+            if unsent:
+                log.warning(
+                    "hand-back flush timed out",
+                    partitions=partitions,
+                    batches=unsent,
+                    timeout_s=limit,
+                )
             self._apply(self.book.release(tps))
             await self.publisher.close(tps)
-            log.info("partitions revoked", partitions=sorted(tp.partition for tp in tps))
+            log.info("partitions revoked", partitions=partitions)
 
     async def on_assigned(self, tps: set[TP]) -> None:
         """Pause ``tps`` and take them up in :meth:`_adoptions`: aiokafka runs this callback

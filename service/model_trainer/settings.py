@@ -18,6 +18,7 @@ from model_trainer_contracts import (
     COMMANDS_TOPIC,
     DEAD_LETTER_TOPIC,
     EVENTS_TOPIC,
+    LOGS_TOPIC,
     MAX_COMMAND_BYTES,
 )
 from model_trainer_contracts.commands import BackendName
@@ -103,6 +104,18 @@ class Settings(BaseSettings):
         description="retention.ms of the commands topic it creates (-1: for ever). A job's "
         "submit record must outlive the job, or a restart after it expired never ends the job; "
         "set it only above the longest job you allow.",
+    )
+    logs_topic: str = Field(LOGS_TOPIC, description="Jobs' log lines out, keyed by job_id.")
+    logs_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=-1,
+        description="retention.ms of the logs topic it creates (-1: for ever).",
+    )
+    logs_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Log lines held while the broker is slow or away; past it the oldest "
+        "are dropped (and counted), never training.",
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics it creates.")
     replication_factor: int = Field(1, ge=1, description="Replicas of topics it creates.")
@@ -257,6 +270,12 @@ class Settings(BaseSettings):
         description="Free space the artifacts volume keeps: a job that would eat into it is "
         "refused, and /readyz answers 503 saying why once less is free.",
     )
+    disk_full_retry_s: float = Field(
+        60.0,
+        gt=0,
+        description="A run that meets a full disk (DISK_FULL) is handed back, its last good "
+        "checkpoint kept; the job waits this long in the queue, then runs again from it.",
+    )
 
     http_host: str = Field("127.0.0.1", description="Bind address of the HTTP endpoints.")
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz /readyz /metrics; 0: off.")
@@ -282,6 +301,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Checking a job's files at acceptance (corpus, model folder) may take this "
         "long, off the event loop; past it the job is refused with ADMISSION_TIMEOUT.",
+    )
+    handback_flush_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="On a revoke, what the handed-back jobs said is committed within this; "
+        "past it the rest is dropped with the partition (its commands stay uncommitted, and "
+        "the next owner, whose producer fences this one, acts on them again).",
     )
 
     @field_validator(

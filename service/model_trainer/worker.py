@@ -6,14 +6,17 @@ Each job's events go up the pipe as they happen; its outcome is one :class:`JobE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import traceback
 
 import structlog
 import torch
 from model_trainer_contracts import (
     ConfigEventV1,
+    DownloadEventV1,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -27,13 +30,15 @@ from .core.stop import StopReason, reason_of, stop_at_deadline
 from .engine import run_job  # validates the job before any work
 from .engine.context import Preempted, RunContext, Superseded
 from .engine.registry import preload as preload_backends
-from .engine.stages import is_oom
+from .engine.stages import disk_full, is_disk_full, is_oom
+from .joblog import LogForwarder
 from .lifeline import orphaned
 from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
 from .logs import configure_logging
 from .protocol import (
     JobEnded,
     JobEvent,
+    JobLog,
     JobPreempted,
     RunOrder,
     StopFlag,
@@ -64,13 +69,31 @@ class _Stopper:
         return reason_of(self._flag.value) or self._deadline()
 
 
+class _Pipe:
+    """The worker's end of its pipe, one sender at a time: log lines may come from any
+    thread, and two messages must never interleave on the pipe."""
+
+    def __init__(self, conn: WorkerEnd) -> None:
+        self.conn = conn
+        self._lock = threading.RLock()  # a record logged while sending must not deadlock
+
+    def send(self, message: WorkerMessage) -> None:
+        with self._lock:
+            self.conn.send(message)
+
+    def send_log(self, line: JobLog) -> None:
+        # The service gone (its lifeline ends this process): the line is on stderr only.
+        with contextlib.suppress(OSError):
+            self.send(line)
+
+
 class _Emitter:
-    def __init__(self, conn: WorkerEnd, job_id: str, attempt: int) -> None:
+    def __init__(self, conn: _Pipe, job_id: str, attempt: int) -> None:
         self._conn = conn
         self._job_id = job_id
         self._attempt = attempt
 
-    def __call__(self, event: ConfigEventV1 | ProgressEventV1) -> None:
+    def __call__(self, event: ConfigEventV1 | ProgressEventV1 | DownloadEventV1) -> None:
         try:
             self._conn.send(JobEvent(self._job_id, self._attempt, encode(event)))
         except BrokenPipeError:
@@ -81,7 +104,7 @@ class _Emitter:
 
 def run_order(
     order: RunOrder,
-    conn: WorkerEnd,
+    conn: _Pipe,
     flag: StopFlag,
     threads: int,
     memory: WorkerMemory | None = None,
@@ -89,6 +112,7 @@ def run_order(
     """Run one attempt; every outcome, expected or not, becomes a message."""
     memory = memory or WorkerMemory()
     job = SubmitJobV1.model_validate_json(order.job_json)
+    emitter = _Emitter(conn, job.job_id, order.attempt)
     ctx = RunContext(
         job=job,
         data_root=order.data_root,
@@ -98,12 +122,21 @@ def run_order(
         threads=threads,
         checkpoint_every=order.checkpoint_every,
         max_corpus_bytes=order.max_corpus_bytes,
-        emit=_Emitter(conn, job.job_id, order.attempt),
+        emit=emitter,
+        emit_download=emitter,
         stop_requested=_Stopper(flag, order.deadline),
         memory_budget_mb=memory.check_mb,
         artifacts_url=order.artifacts_url,
         storage_retry_s=order.storage_retry_s,
     )
+    # Every record of the run (the engine's, a library's warning) is bound to the job, so the
+    # forwarder sends it to the job's logs.
+    with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=order.attempt):
+        return _run(ctx, order, memory)
+
+
+def _run(ctx: RunContext, order: RunOrder, memory: WorkerMemory) -> WorkerMessage:
+    job = ctx.job
     bound = log.bind(job_id=job.job_id, attempt=order.attempt)
     bound.info("job started")
     try:
@@ -111,7 +144,11 @@ def run_order(
     except ModelTrainerError as exc:
         if exc.code is ModelTrainerErrorCode.TRAINING_OOM and memory.limit_mb is not None:
             exc.details.setdefault("budget_mb", memory.limit_mb)
-        bound.info("job failed", code=str(exc.code), error=exc.message, stage=exc.stage)
+        # With its traceback (a cancel's aside): the job's own logs show where it failed.
+        where = exc.code is not ModelTrainerErrorCode.TRAINING_CANCELLED
+        bound.info(
+            "job failed", code=str(exc.code), error=exc.message, stage=exc.stage, exc_info=where
+        )
         return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), exc)))
     except Superseded as exc:
         bound.warning("job superseded: a later attempt owns it", by=exc.by, step=exc.step)
@@ -120,6 +157,10 @@ def run_order(
         bound.info("job preempted", step=exc.step)
         return JobPreempted(job.job_id, order.attempt, exc.step)
     except Exception as exc:
+        if is_disk_full(exc):  # a full disk outside the engine's stages: the same typed failure
+            error = disk_full("train", exc)
+            bound.warning("job hit a full disk", error=error.message)
+            return JobEnded(job.job_id, order.attempt, encode(failed_event(ctx.envelope(), error)))
         if is_oom(exc):  # out of memory outside the engine's stages: the same typed failure
             bound.error("job ran out of memory", error=str(exc)[:300])
             details: dict[str, JsonValue] = {}
@@ -176,7 +217,8 @@ def worker_main(
 ) -> None:
     """Serve run orders until the pipe closes (once the ``preload`` backends are imported)."""
     memory = memory or WorkerMemory()
-    configure_logging(log_level, log_format)
+    pipe = _Pipe(conn)
+    configure_logging(log_level, log_format, forward=LogForwarder(pipe.send_log))
     # The service coordinates shutdown through the stop flag; a terminal's Ctrl-C or a
     # process-group SIGTERM must not kill a job mid-step without its checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -189,13 +231,13 @@ def worker_main(
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     preload_backends(preload)  # before the memory limit, as the worker's own imports
     guard_memory(memory, cuda)
-    conn.send(WorkerReady(os.getpid(), cuda))
+    pipe.send(WorkerReady(os.getpid(), cuda))
     while True:
         try:
             order = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(run_order(order, conn, stop_flag, threads, memory))
+        pipe.send(run_order(order, pipe, stop_flag, threads, memory))
         release_memory(full=False)
         if not conn.poll(IDLE_AFTER_S):  # idle: back to the idle size before the next job
             release_memory(full=True)

@@ -14,6 +14,7 @@ from model_trainer_client.decode import QueuedNotice, Update
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     EventBase,
     FailedEventV1,
     JobStateV1,
@@ -83,6 +84,19 @@ class Job:
                 "batch_size": 8,
                 "learning_rate": 6e-4,
                 "queue": "jobs-0",
+            }
+        )
+
+    def download(self, done: int = 3 << 20) -> DownloadEventV1:
+        return DownloadEventV1.model_validate(
+            {
+                **self._envelope(),
+                "url": "s3://corpora/books/",
+                "bytes_done": done,
+                "bytes_total": 8 << 20,
+                "files_done": 1,
+                "files_total": 4,
+                "elapsed_s": 2.0,
             }
         )
 
@@ -195,12 +209,17 @@ class Topics:
     def state(self) -> str:
         return f"c-state-{self.uid}"
 
+    @property
+    def logs(self) -> str:
+        return f"c-logs-{self.uid}"
+
     def env(self) -> dict[str, str]:
         return {
             "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
             "MODEL_TRAINER_COMMANDS_TOPIC": self.commands,
             "MODEL_TRAINER_EVENTS_TOPIC": self.events,
             "MODEL_TRAINER_STATE_TOPIC": self.state,
+            "MODEL_TRAINER_LOGS_TOPIC": self.logs,
         }
 
     async def create(self, partitions: int = 3) -> None:
@@ -212,6 +231,7 @@ class Topics:
                     NewTopic(self.commands, partitions, 1, None, None),
                     NewTopic(self.events, partitions, 1, None, None),
                     NewTopic(self.state, partitions, 1, None, {"cleanup.policy": "compact"}),
+                    NewTopic(self.logs, partitions, 1, None, None),
                 ]
             )
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from model_trainer_client.dashboard import Dashboard
 from model_trainer_client.settings import ClientSettings
-from model_trainer_contracts import ModelTrainerErrorCode
+from model_trainer_contracts import LogLineV1, ModelTrainerErrorCode, encode
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -77,6 +77,14 @@ def points_over(count: int) -> Callable[[webdriver.Chrome], int | bool]:
     def check(d: webdriver.Chrome) -> int | bool:
         found = int(d.execute_script(POINTS))
         return found if found > count else False
+
+    return check
+
+
+def logs_hold(text: str) -> Callable[[webdriver.Chrome], str | bool]:
+    def check(d: webdriver.Chrome) -> str | bool:
+        shown = str(d.find_element("id", "detail-logs").text)
+        return shown if text in shown else False
 
     return check
 
@@ -179,6 +187,19 @@ async def test_dashboard_shows_a_job_queued_then_running_with_a_growing_curve_th
             browser.execute_script("document.querySelector(`tr[data-job='nope-job']`).click()")
             info = browser.find_element("id", "detail-info").text
             assert "JOB_NOT_FOUND: job_not_found happened" in info
+
+            # the selected job's own log lines, its traceback among them
+            crash = "Traceback (most recent call last):\n  File x\nValueError: boom"
+            for number, message, exception in [(0, "job started", None), (1, "crashed", crash)]:
+                line = LogLineV1(
+                    job_id="stopped-1", line=number, level="info", message=message,
+                    exception=exception,
+                )  # fmt: skip
+                await pub.send(topics.logs, ("stopped-1", encode(line)))
+            browser.execute_script("document.querySelector(`tr[data-job='stopped-1']`).click()")
+            shown = await until(browser, logs_hold("ValueError: boom"))
+            assert isinstance(shown, str)
+            assert [n for n, x in enumerate(shown.splitlines()) if "job started" in x] == [0]
 
             shot = tmp_path / "dashboard.png"
             assert await asyncio.to_thread(browser.save_screenshot, str(shot))

@@ -17,7 +17,7 @@ import importlib.util, sys
 import model_trainer_client.cli, model_trainer_client.dashboard, model_trainer_client.tb_export
 import model_trainer_client.mlflow_export
 from model_trainer_client import JobBoard, decode_update
-absent = ("torch", "transformers", "model_trainer", "tensorboardX", "mlflow")
+absent = ("torch", "transformers", "model_trainer", "tensorboardX", "mlflow", "optuna")
 installed = [name for name in absent if importlib.util.find_spec(name) is not None]
 loaded = [name for name in absent if name in sys.modules]
 assert not installed and not loaded, (installed, loaded)
@@ -53,7 +53,7 @@ def test_client_installs_and_runs_without_torch_or_the_service(tmp_path: Path) -
     assert ran.stdout.strip() == "client-alone-ok"
     helped = _run([str(venv / "bin" / "model-trainer-client"), "--help"], env, tmp_path)
     assert helped.returncode == 0, helped.stderr
-    for command in ("submit", "cancel", "status", "jobs", "watch", "dashboard", "export"):
+    for command in ("submit", "cancel", "status", "jobs", "watch", "dashboard", "export", "sweep"):
         assert command in helped.stdout
     no_extra = _run(
         [str(venv / "bin" / "model-trainer-client"), "export", "tensorboard", "--logdir", "tb"],
@@ -69,3 +69,9 @@ def test_client_installs_and_runs_without_torch_or_the_service(tmp_path: Path) -
     )
     assert no_mlflow.returncode == 2
     assert "model-trainer-client[mlflow]" in no_mlflow.stderr
+    (tmp_path / "sweep.yaml").write_text("name: s\n")
+    no_optuna = _run(
+        [str(venv / "bin" / "model-trainer-client"), "sweep", "sweep.yaml"], env, tmp_path
+    )
+    assert no_optuna.returncode == 2
+    assert "model-trainer-client[sweep]" in no_optuna.stderr

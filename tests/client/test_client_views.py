@@ -28,6 +28,7 @@ from model_trainer_client.tb_export import TensorBoardExport
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    DownloadEventV1,
     Event,
     FailedEventV1,
     JobStateV1,
@@ -68,6 +69,8 @@ def one_of_each(job: Job, kind: type) -> Update:
         return job.config()
     if kind is ProgressEventV1:
         return job.progress(4, val=True)
+    if kind is DownloadEventV1:
+        return job.download()
     if kind is CompletedEventV1:
         return job.completed()
     if kind is FailedEventV1:
@@ -97,6 +100,7 @@ def test_the_event_types_are_the_ones_the_views_know() -> None:
         "QueuedEventV1",
         "ConfigEventV1",
         "ProgressEventV1",
+        "DownloadEventV1",
         "CompletedEventV1",
         "FailedEventV1",
     ]

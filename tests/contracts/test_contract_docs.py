@@ -174,7 +174,7 @@ def test_asyncapi_describes_three_topics_keys_and_headers() -> None:
     }
     assert actions == {
         "receiveCommands": ("receive", 2),
-        "sendEvents": ("send", 5),
+        "sendEvents": ("send", 6),
         "sendDeadLetters": ("send", 1),
     }
     for spec in MESSAGES:

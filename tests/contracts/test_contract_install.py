@@ -22,7 +22,7 @@ from model_trainer_contracts.seed import decode_trainer_metrics_event, is_config
 for spec in MESSAGES:
     decode = decode_command if spec.kind == "command" else decode_event
     assert decode(encode(spec.example)) == spec.example, spec.type
-assert len(EXAMPLES) == len(MESSAGES) == 7
+assert len(EXAMPLES) == len(MESSAGES) == 8
 assert decode_event_tolerant(b'{"type": "trainer.metrics.future.v9"}') is None
 assert is_config(decode_trainer_metrics_event(encode(CONFIG)))
 assert json.loads(dumps(asyncapi_document()))["asyncapi"] == "3.0.0"

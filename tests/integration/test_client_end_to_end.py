@@ -4,10 +4,12 @@ the ended job, and ``jobs`` from the service's JobStateV1 records on the state t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,8 +92,16 @@ async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
     runner = CliRunner()
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
-            await send(stack, long_job(stack, "done", steps=4))
+            # a corpus that is not UTF-8 fails in the worker, after admission
+            (stack.data_root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 500)
+            broken = long_job(stack, "broken", steps=4)
+            broken = broken.model_copy(
+                update={"data": broken.data.model_copy(update={"corpus_path": "latin1.txt"})}
+            )
+            await send(stack, long_job(stack, "done", steps=4), broken)
             await until_end(watcher, "done", timeout_s=180)
+            await until_end(watcher, "broken", timeout_s=60)
+            await _logs_of_a_failed_job(runner, client_env)
             await send(stack, long_job(stack, "long", steps=100_000), long_job(stack, "waiting"))
             await wait_for_step(watcher, "long", 2, timeout_s=120)
             await asyncio.sleep(1)
@@ -128,11 +138,17 @@ async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
             running.write_text(
                 json.dumps(long_job(stack, "long", steps=100_000).model_dump(mode="json"))
             )
+            logs = _LogsFollower("long", service.env)
+            await logs.until_streamed(timeout_s=60)
             started = time.monotonic()
             follower = asyncio.create_task(asyncio.to_thread(_follow, running, service.env))
             await asyncio.sleep(3)
             await send(stack, CancelJobV1(job_id="long"))
             ended = await follower
+            logs_ended = await asyncio.to_thread(logs.wait, 30)
+            assert logs_ended == 4, logs.text()  # the job's exit code: cancelled
+            assert "job failed" in logs.lines[-1], logs.text()
+            assert "code=TRAINING_CANCELLED" in logs.lines[-1]
             assert ended.returncode == 4, ended.stderr  # cancelled: its own exit code
             assert "cancelled TRAINING_CANCELLED" in ended.stderr
             assert time.monotonic() - started < 10 + 3
@@ -179,9 +195,26 @@ async def _refusals_and_a_keyless_record(
     assert listed.exit_code == 0, listed.output
     rows = {row["job_id"]: row for row in json.loads(listed.stdout)}
     assert [rows[j]["status"] for j in ("nope-job", "typo-job")] == ["rejected", "rejected"]
+    # the progress, loss and duration columns, from the events topic
+    done = rows["done"]
+    assert (done["step"], done["total_steps"], done["status"]) == (4, 4, "completed")
+    assert isinstance(done["train_loss"], float)
+    assert isinstance(done["duration_s"], float)
+    assert done["duration_s"] > 0
+    recent = await asyncio.to_thread(
+        runner.invoke, app, ["jobs", "--since", "1h", "--json"], env=client_env
+    )
+    assert sorted(row["job_id"] for row in json.loads(recent.stdout)) == sorted(rows)
+    later = await asyncio.to_thread(
+        runner.invoke, app, ["jobs", "--since", "1s", "--json"], env=client_env
+    )
+    assert "done" not in [row["job_id"] for row in json.loads(later.stdout)]
+    wrong = await asyncio.to_thread(runner.invoke, app, ["jobs", "--since", "soon"], env=client_env)
+    assert wrong.exit_code == 2, wrong.output
     assert rows["typo-job"]["error_message"] == typo["error_message"]
     table = await asyncio.to_thread(runner.invoke, app, ["jobs"], env=client_env)
-    assert f"JOB_NOT_FOUND: {nope['error_message']}" in table.stdout, table.stdout
+    # the refusal's event (read for the progress columns) adds its stage
+    assert f"JOB_NOT_FOUND at validate: {nope['error_message']}" in table.stdout, table.stdout
     watched = await asyncio.to_thread(runner.invoke, app, ["watch", "typo-job"], env=client_env)
     assert watched.exit_code == 5, watched.output
     assert "typo-job rejected (COMMAND_INVALID" in watched.stdout
@@ -197,6 +230,76 @@ async def _refusals_and_a_keyless_record(
     headers = dict(letter.headers)
     assert headers["error_code"] == b"COMMAND_INVALID"
     assert b"key" in headers["error_message"]
+
+
+async def _logs_of_a_failed_job(runner: CliRunner, client_env: dict[str, str]) -> None:
+    """``logs`` of a job that failed in its worker: its lines, the traceback among them."""
+    async with asyncio.timeout(30):
+        while True:  # the lines come on another producer than the events: soon after
+            shown = await asyncio.to_thread(runner.invoke, app, ["logs", "broken"], env=client_env)
+            if "CORPUS_NOT_DECODABLE" in shown.stdout:
+                break
+            await asyncio.sleep(0.5)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert "job started" in lines[0], shown.stdout
+    failed = next(n for n, line in enumerate(lines) if "job failed" in line)
+    assert "code=CORPUS_NOT_DECODABLE" in lines[failed]
+    assert lines[failed + 1] == "Traceback (most recent call last):", shown.stdout
+    assert "model_trainer/engine/corpus.py" in shown.stdout
+    assert "ModelTrainerError" in shown.stdout
+    nothing = await asyncio.to_thread(runner.invoke, app, ["logs", "no-such-job"], env=client_env)
+    assert nothing.exit_code == 2, nothing.output
+
+
+class _LogsFollower:
+    """``logs JOB_ID --follow`` in a process, its lines read as they come."""
+
+    def __init__(self, job_id: str, env: dict[str, str]) -> None:
+        self.started = datetime.now(UTC)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "model_trainer_client", "logs", job_id, "--follow"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def _logged_after_start(self) -> bool:
+        for line in list(self.lines):
+            stamp = line.split(" ", 1)[0]
+            with contextlib.suppress(ValueError):
+                if datetime.fromisoformat(stamp) > self.started:
+                    return True
+        return False
+
+    async def until_streamed(self, timeout_s: float) -> None:
+        """Until it printed a line logged after it started (not history): it streams."""
+        async with asyncio.timeout(timeout_s):
+            while not self._logged_after_start():
+                assert self.process.poll() is None, self.text()
+                await asyncio.sleep(0.2)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self._reader.join(5)
+        return code
+
+    def text(self) -> str:
+        stderr = self.process.stderr.read() if self.process.stderr is not None else ""
+        return "\n".join(self.lines) + "\n--- stderr:\n" + stderr
 
 
 def _follow(spec: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

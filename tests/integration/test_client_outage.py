@@ -5,11 +5,16 @@ stopped and started)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from tests.client.stream import Job, Publisher, Topics
 
 pytestmark = pytest.mark.kafka
 
-OUTAGE_S = 12.0
+OUTAGE_S = 30.0  # the acceptance line: a 30 s broker stop
 
 
 def _start(
@@ -40,6 +45,31 @@ async def _until(what: Callable[[], bool], timeout_s: float) -> None:
     while not what():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.2)
+
+
+class _PageStream:
+    """What the dashboard's page is told over its event stream: here, its Kafka link."""
+
+    def __init__(self) -> None:
+        self.kafka: list[bool] = []
+
+    def open(self, said: str) -> None:
+        found = re.search(r"at (http://\S+/)\?token=(\S+)", said)
+        assert found is not None, said
+        request = urllib.request.Request(
+            f"{found.group(1)}events", headers={"Authorization": f"Bearer {found.group(2)}"}
+        )
+        threading.Thread(target=self._read, args=(request,), daemon=True).start()
+
+    def _read(self, request: urllib.request.Request) -> None:
+        event = ""
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=120) as stream:
+            for raw in stream:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event == "kafka":
+                    self.kafka.append(bool(json.loads(line.removeprefix("data: "))["live"]))
 
 
 async def test_a_broker_outage_is_two_lines_under_watch_dashboard_and_follow(
@@ -64,10 +94,12 @@ async def test_a_broker_outage_is_two_lines_under_watch_dashboard_and_follow(
     def text(name: str) -> str:
         return (tmp_path / name).read_text()
 
+    page = _PageStream()
     try:
         await _until(lambda: "outage-1 running" in text("watch.out"), 60)
         await _until(lambda: "dashboard of" in text("dashboard.err"), 60)
         await _until(lambda: "following its events" in text("follow.err"), 60)
+        page.open(text("dashboard.err"))
         await asyncio.sleep(2)  # the dashboard's reader connected too
         local_broker.stop()
         await asyncio.sleep(OUTAGE_S)
@@ -75,6 +107,8 @@ async def test_a_broker_outage_is_two_lines_under_watch_dashboard_and_follow(
         back = "Kafka broker reachable again"
         names = ("watch.err", "dashboard.err", "follow.err")
         await _until(lambda: all(back in text(name) for name in names), 90)
+        await _until(lambda: len(page.kafka) >= 2, 30)
+        assert page.kafka == [False, True]  # the page said stale, then live again
         async with Publisher(topics.bootstrap) as pub:
             await pub.send(topics.events, job.completed())
         assert await asyncio.to_thread(watch.wait, 60) == 0

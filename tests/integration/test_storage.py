@@ -1,11 +1,14 @@
 """Object storage through the real service: a job reads its corpus from S3 (SeaweedFS), is
 killed on instance A, resumes on instance B (another disk, no shared volume) from A's last
 checkpoint in the bucket, and its artifact in the bucket holds the weights of a run never
-interrupted."""
+interrupted. Then, through B, the S3 server is stopped mid-job and started again: the job
+completes or ends with the retryable code, never with a dangling artifact reference."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,11 @@ from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
+    FailedEventV1,
     ModelTrainerErrorCode,
     SubmitJobV1,
 )
+from pydantic import JsonValue
 from safetensors.torch import load_file
 
 from tests.figures import Figure
@@ -29,6 +34,7 @@ from tests.figures import Figure
 from .flows import assert_seq_contiguous, of, send, wait_for_step
 
 pytestmark = pytest.mark.kafka
+OUTAGE_S = 10.0  # well under the run's retry bound (MODEL_TRAINER_STORAGE_RETRY_S, 120 s)
 
 
 async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
@@ -68,8 +74,16 @@ async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
             svc.stop()  # one that never got ready is not left running
             raise
 
+    # The second job, through B: the store is stopped mid-run, then started again.
+    outage = job.model_copy(
+        update={
+            "job_id": "s3-2",
+            "training": job.training.model_copy(update={"max_steps": 300}),
+        }
+    )
     a = service("a", disk_a)
     b: ServiceProcess | None = None
+    down_s = 0.0
     try:
         async with EventWatcher(stack.bootstrap, stack.events_topic) as watcher:
             await send(stack, job)
@@ -77,12 +91,22 @@ async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
             a.kill()
             b = service("b", disk_b)
             await watcher.until_terminal("s3-1", timeout_s=300)
+            await send(stack, outage)
+            await wait_for_step(watcher, "s3-2", 20, timeout_s=180)
+            stopped = time.monotonic()
+            local_s3.stop()
+            await asyncio.sleep(OUTAGE_S)
+            local_s3.start()
+            down_s = time.monotonic() - stopped
+            await watcher.until_terminal("s3-2", timeout_s=300)
             await asyncio.sleep(2)  # a second terminal event would show up here
             await watcher.poll()
     finally:
         a.stop()
         if b is not None:
             b.stop()
+        if local_s3.running_pid() is None:  # the session's other tests need it
+            local_s3.start()
     events = of(watcher, "s3-1")
     terminal = [e for e in events if is_terminal(e)]
     assert len(terminal) == 1, terminal
@@ -129,4 +153,46 @@ async def test_s3_job_killed_on_a_resumes_on_b_from_the_bucket(
         await asyncio.sleep(0.1)
     assert left() == []
     assert "manifest.json" in list(storage.iter_names(fs, f"{url}/s3-1"))
+
+    # The outage: the run waited for the store (retries in B's log) and either completed
+    # with an artifact whose every file is in the bucket, or ended with the retryable code
+    # and no artifact at all: never an event naming a partial one.
+    assert b is not None
+    retries = [line for line in b.log_lines() if line.get("event") == "storage.retry"]
+    assert retries, "the run never noticed the store was down"
+    events = of(watcher, "s3-2")
+    terminal = [e for e in events if is_terminal(e)]
+    assert len(terminal) == 1, terminal
+    assert_seq_contiguous(events)
+    ended = terminal[0]
+    storage.forget()  # the server restarted: no connection kept from before
+    fs = storage.store()
+    if isinstance(ended, CompletedEventV1):
+        assert ended.artifact_path == f"{url}/s3-2"
+        manifest: JsonValue = json.loads(fs.cat_file(f"{ended.artifact_path}/manifest.json"))
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        assert isinstance(files, dict)
+        assert files
+        listed = sorted(files)
+        prefix = ended.artifact_path.removeprefix(storage.SCHEME) + "/"
+        stored = [name.removeprefix(prefix) for name in fs.find(prefix, detail=True)]
+        assert [name for name in listed if name not in stored] == []
+        fetched = storage.download_tree(
+            ended.artifact_path,
+            tmp_path / "fetched-2",
+            missing=ModelTrainerErrorCode.MODEL_NOT_FOUND,
+        )
+        assert load_artifact(fetched).tokenizer.vocab_size > 0
+        outcome = f"completed at step {ended.steps}"
+    else:
+        assert isinstance(ended, FailedEventV1), ended
+        assert ended.code is ModelTrainerErrorCode.STORAGE_UNAVAILABLE
+        assert ended.retryable
+        with pytest.raises(FileNotFoundError):
+            fs.info(f"{url}/s3-2/manifest.json")
+        outcome = f"failed {ended.code.value} (retryable)"
+    figure(
+        f"s3 store down {down_s:.1f}s mid-job (after step 20 of 300): {outcome}; "
+        f"{len(retries)} storage retries logged"
+    )
     storage.forget()

@@ -158,6 +158,27 @@ def test_cancel_of_a_running_job_stops_it_then_kills_it_after_the_grace() -> Non
     assert book.free_slots() == 1
 
 
+def test_a_run_stopped_by_a_cancel_ends_with_the_cancels_reason() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(cancel("a"), 1), now=1)
+    stopped = FailedEventV1(
+        job_id="a",
+        user_id=7,
+        seq=0,
+        code=C.TRAINING_CANCELLED,
+        message="stopped at step 4 (cancel)",
+        retryable=False,
+        http_status=499,
+        stage="train",
+        details={"step": 4},
+    )
+    (event,) = published(book.ended("a", 1, stopped, now=2))
+    assert isinstance(event, FailedEventV1)
+    assert event.message == "cancelled: test (stopped at step 4 (cancel))"
+    assert event.details == {"step": 4, "reason": "test"}
+
+
 def test_cancel_is_not_lost_when_the_worker_dies() -> None:
     book = new_book()
     book.command(record(submit("a"), 0), now=0)

@@ -4,7 +4,6 @@ written to it, resumed from it on another disk, and its outages survived."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,22 +27,11 @@ from safetensors.torch import load_file
 
 from tests.engine.engine_helpers import Env, Event, losses, make_text
 
+from .conftest import use_s3
+
 pytestmark = pytest.mark.s3
 _C = ModelTrainerErrorCode
 BUCKET = "model-trainer"
-
-
-def _use(server: LocalS3, monkeypatch: pytest.MonkeyPatch, **override: str) -> None:
-    for name, value in {**server.client_env(), **override}.items():
-        monkeypatch.setenv(name, value)
-    storage.forget()
-
-
-@pytest.fixture
-def s3(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[storage.ObjectStore]:
-    _use(local_s3, monkeypatch)
-    yield storage.store()
-    storage.forget()
 
 
 def _prefix(tmp_path: Path) -> str:
@@ -129,7 +117,7 @@ def test_store_down_mid_job_fails_retryably_and_keeps_the_last_good_checkpoint(
     server = LocalS3(workdir=tmp_path / "s3", port=free_port())
     server.start()
     try:
-        _use(server, monkeypatch)
+        use_s3(server, monkeypatch)
         fs = storage.store()
         env = Env(tmp_path / "node-a")
         base = f"s3://{BUCKET}/down"
@@ -199,9 +187,9 @@ def test_admission_answers_storage_problems_with_typed_codes(
     assert code(f"{base}/empty.txt") is _C.CORPUS_EMPTY
     assert code(f"{base}/ok.txt", max_bytes=4) is _C.CORPUS_TOO_LARGE
     assert code("s3://key:secret@bucket/x.txt") is _C.PATH_NOT_ALLOWED
-    _use(local_s3, monkeypatch, AWS_SECRET_ACCESS_KEY="wrong")
+    use_s3(local_s3, monkeypatch, AWS_SECRET_ACCESS_KEY="wrong")
     assert code(f"{base}/ok.txt") is _C.STORAGE_ACCESS_DENIED
-    _use(local_s3, monkeypatch, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    use_s3(local_s3, monkeypatch, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
     assert code(f"{base}/ok.txt") is _C.STORAGE_UNAVAILABLE
 
 

@@ -188,7 +188,41 @@ function renderDetail() {
   drawChart(document.getElementById("chart-tps"), [
     { name: "tokens_per_sec", label: "tok/s", points: series.tokens_per_sec || [] },
   ]);
+  if (logs.job !== row.job_id) refreshLogs(true);
 }
+
+// ---------------------------------------------------------------- logs
+
+// The selected job's log lines: fetched when it is selected, then every few seconds while it
+// is queued or running (its lines are on the logs topic, not in the event stream).
+const LOG_POLL_MS = 3000;
+const logs = { job: null, fetched: 0, busy: false };
+
+async function refreshLogs(force) {
+  const row = state.jobs.get(state.selected);
+  if (!row || logs.busy) return;
+  const active = row.status === "queued" || row.status === "running";
+  const changed = logs.job !== row.job_id;
+  if (!force && !changed && !(active && Date.now() - logs.fetched > LOG_POLL_MS)) return;
+  logs.busy = true;
+  try {
+    const response = await fetch(`/api/logs/${encodeURIComponent(row.job_id)}`);
+    if (!response.ok) return;
+    const body = await response.json();
+    if (body.job_id !== state.selected) return;
+    const box = document.getElementById("detail-logs");
+    box.textContent = body.lines.length ? body.lines.join("\n") : "no log lines yet";
+    box.classList.toggle("muted", body.lines.length === 0);
+    logs.job = body.job_id;
+    logs.fetched = Date.now();
+  } catch (err) {
+    // the next refresh tries again
+  } finally {
+    logs.busy = false;
+  }
+}
+
+setInterval(() => refreshLogs(false), 1000);
 
 // ---------------------------------------------------------------- charts
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def _check_files(
                 f"no corpus file or directory at {job.data.corpus_path!r}",
                 details={"corpus_path": job.data.corpus_path},
             )
+        if target.is_dir():
+            # A folder the service cannot list (no read permission) is refused now, not
+            # found empty by the worker later.
+            with os.scandir(target):
+                pass
     if data_root is not None and isinstance(job.model, PretrainedModel):
         _check_pretrained(job.model, caps, data_root)
     if artifacts_root is not None:
@@ -221,7 +227,7 @@ def _check_owners(job: SubmitJobV1, artifacts_root: Path) -> None:
     tok = job.tokenizer
     used = [job.init_from, tok.job_id if isinstance(tok, JobTokenizer) else None]
     for job_id in [j for j in used if j is not None]:
-        owner = _owner(artifacts_root / job_id / MANIFEST)
+        owner = _owner(confined_folder(artifacts_root, job_id, field="init_from") / MANIFEST)
         if owner != job.user_id:
             raise ModelTrainerError(
                 _C.JOB_FORBIDDEN,
@@ -252,12 +258,13 @@ def _check_pretrained(spec: PretrainedModel, caps: Capabilities, data_root: Path
 
 
 def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:
-    if job.init_from is not None:
-        confined_folder(artifacts_root, job.init_from, field="init_from")
+    init = None
+    if job.init_from is not None:  # a job's artifact, or one at a URL (its local copy)
+        init = confined_folder(artifacts_root, job.init_from, field="init_from")
     tok = job.tokenizer
     if isinstance(tok, JobTokenizer):
         confined_folder(artifacts_root, tok.job_id, field="tokenizer")
-    if job.init_from is not None and not (artifacts_root / job.init_from / MANIFEST).is_file():
+    if init is not None and not (init / MANIFEST).is_file():
         raise ModelTrainerError(
             _C.MODEL_NOT_FOUND,
             f"job {job.init_from!r} has no artifact",

@@ -54,6 +54,8 @@ from pydantic import JsonValue
 from .capabilities import context_length, footprint
 from .finetune import trainable_parameters
 from .layout import MANIFEST, resolve_inside
+from .pretrained import confined_folder
+from .storage import is_url
 
 MIB = 1 << 20
 CHAR_VOCAB_BOUND = 257  # a byte's worth of distinct characters, and <unk>
@@ -245,8 +247,13 @@ def vocabulary(job: SubmitJobV1, artifacts_root: Path | None) -> Vocabulary:
 def _manifest_vocab(artifacts_root: Path, job_id: str) -> int | None:
     """``resolved.vocab_size`` of an earlier job's manifest (a small file), if it has one."""
     try:
-        manifest = json.loads((artifacts_root / job_id / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        folder = (
+            confined_folder(artifacts_root, job_id, field="init_from")
+            if is_url(job_id)
+            else artifacts_root / job_id
+        )
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, ModelTrainerError):
         return None
     resolved = manifest.get("resolved") if isinstance(manifest, dict) else None
     size = resolved.get("vocab_size") if isinstance(resolved, dict) else None

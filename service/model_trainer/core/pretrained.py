@@ -27,6 +27,8 @@ from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
 
 from .layout import TOKENIZER_FILE, resolve_inside
+from .remote_folders import local_folder
+from .storage import is_url
 
 _C = ModelTrainerErrorCode
 CONFIG_FILE = "config.json"
@@ -77,11 +79,17 @@ class PretrainedFolder:
 
 
 def inspect_pretrained(data_root: Path, relative: str) -> PretrainedFolder:
-    """Check the folder ``relative`` under ``data_root``: PATH_NOT_ALLOWED (the folder leaves
-    the data root, or a file a load would open leaves the folder), MODEL_NOT_FOUND,
-    MODEL_FORMAT_UNSUPPORTED (pickled weights only), MODEL_LOAD_FAILED (an unreadable config
-    or safetensors header) or TOKENIZER_NOT_FOUND."""
-    folder = resolve_inside(data_root, relative, field="path")
+    """Check the folder ``relative`` under ``data_root``, or at an ``s3://`` URL (its local
+    copy, :mod:`.remote_folders`): PATH_NOT_ALLOWED (the folder leaves the data root, or a
+    file a load would open leaves the folder), MODEL_NOT_FOUND, MODEL_FORMAT_UNSUPPORTED
+    (pickled weights only), MODEL_LOAD_FAILED (an unreadable config or safetensors header) or
+    TOKENIZER_NOT_FOUND; STORAGE_ACCESS_DENIED or STORAGE_UNAVAILABLE for a URL."""
+    if is_url(relative):
+        folder = local_folder(
+            relative, field="path", missing=_C.MODEL_NOT_FOUND, placeholders=PICKLE_SUFFIXES
+        )
+    else:
+        folder = resolve_inside(data_root, relative, field="path")
     details: dict[str, JsonValue] = {"path": relative}
     if not folder.is_dir():
         raise ModelTrainerError(
@@ -119,8 +127,14 @@ def inspect_pretrained(data_root: Path, relative: str) -> PretrainedFolder:
 def confined_folder(root: Path, name: str, *, field: str) -> Path:
     """``root / name`` resolved, inside ``root``, every entry of it resolving inside it:
     PATH_NOT_ALLOWED else. An earlier job's artifact is checked so before an ``init_from``
-    or a ``kind: job`` tokenizer reads it; a missing folder is left to the caller."""
-    folder = resolve_inside(root, name, field=field)
+    or a ``kind: job`` tokenizer reads it; a missing folder is left to the caller. An
+    ``s3://`` URL (an artifact in object storage) is its local copy, checked the same way."""
+    if is_url(name):
+        folder = local_folder(
+            name, field=field, missing=_C.MODEL_NOT_FOUND, placeholders=PICKLE_SUFFIXES
+        )
+    else:
+        folder = resolve_inside(root, name, field=field)
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
             _check_inside(folder, path.name, name)

@@ -45,7 +45,16 @@ CHUNK = 8 << 20  # files are digested in blocks of this size
 PROBE_TIMEOUTS = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
 RUN_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
 RETRY_BOUND_S = 120.0  # a job waits this long for its store before it fails, retryably
+PROGRESS_EVERY_S = 2.0  # a running download reports its bytes this often (none if sooner done)
 _T = TypeVar("_T")
+
+
+class ByteMeter(Protocol):
+    """fsspec's transfer callback, the two calls s3fs makes while it streams an object."""
+
+    def set_size(self, size: int) -> None: ...
+
+    def relative_update(self, inc: int = 1) -> None: ...
 
 
 @runtime_checkable
@@ -64,9 +73,9 @@ class ObjectStore(Protocol):
 
     def pipe_file(self, path: str, value: bytes) -> None: ...
 
-    def cat_file(self, path: str) -> bytes: ...
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes: ...
 
-    def get_file(self, rpath: str, lpath: str) -> None: ...
+    def get_file(self, rpath: str, lpath: str, *, callback: ByteMeter = ...) -> None: ...
 
     def rm(self, path: str, *, recursive: bool) -> None: ...
 
@@ -224,12 +233,91 @@ def _remote(name: str, url: str, info: Mapping[str, object]) -> RemoteFile:
     return RemoteFile(name, url, size if isinstance(size, int) else 0, version)
 
 
-def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
+@dataclass(frozen=True)
+class Fetching:
+    """How far a corpus download has come (what a download event carries)."""
+
+    url: str
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    elapsed_s: float
+    done: bool
+
+
+class DownloadMeter:
+    """Counts the bytes s3fs streams (a :class:`ByteMeter`) across a corpus's objects and
+    calls ``report`` at most every ``every_s``: a download that ends sooner says nothing; one
+    that reported says so once more when it ends. A retried object counts from zero again."""
+
+    def __init__(
+        self,
+        url: str,
+        files: list[RemoteFile],
+        report: Callable[[Fetching], None],
+        *,
+        every_s: float | None = None,  # PROGRESS_EVERY_S
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url, self.report, self.clock = url, report, clock
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.total = sum(f.size for f in files)
+        self.files_total = len(files)
+        self.finished = self.files_done = self.current = 0
+        self.started = self.last = clock()
+        self.reported = False
+
+    def start_file(self) -> None:
+        self.current = 0
+
+    def set_size(self, size: int) -> None:
+        """The object's size (known already, from the listing)."""
+
+    def relative_update(self, inc: int = 1) -> None:
+        self.current += inc
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._report(done=False)
+
+    def file_done(self, size: int) -> None:
+        self.finished += size
+        self.files_done += 1
+        self.current = 0
+
+    def end(self) -> None:
+        if self.reported:
+            self._report(done=True)
+
+    def _report(self, *, done: bool) -> None:
+        self.reported = True
+        self.report(
+            Fetching(
+                self.url,
+                min(self.finished + self.current, self.total),
+                self.total,
+                self.files_done,
+                self.files_total,
+                round(self.clock() - self.started, 3),
+                done,
+            )
+        )
+
+
+def fetch_corpus(
+    url: str,
+    cache_dir: Path,
+    max_bytes: int,
+    *,
+    progress: Callable[[Fetching], None] | None = None,
+) -> tuple[Path, str]:
     """Download a corpus once into ``cache_dir/<key>`` (key: the URL and each object's ETag,
     version and size) and return (root, path relative to it) to read it as a local corpus.
     Each object is streamed to disk (never whole in memory); the token cache is then keyed
     by the content digest, as for a local corpus. A folder complete from an earlier job is
-    used again as it is."""
+    used again as it is. ``progress`` hears how far a long download has come (see
+    :class:`DownloadMeter`)."""
     files = list_corpus(url, max_bytes)
     single = len(files) == 1 and files[0].url == url
     key = hashlib.sha256(
@@ -243,15 +331,20 @@ def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
     fs = store()
     partial = cache_dir / f".{key}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
+    meter = DownloadMeter(url, files, progress) if progress is not None else None
     try:
         for f in files:
             target = partial / (f.name if single else f"corpus/{f.name}")
             retrying(
                 "download",
                 f.url,
-                partial_call(download_file, fs, f.url, target),
+                partial_call(download_file, fs, f.url, target, meter),
                 missing=_C.CORPUS_NOT_FOUND,
             )
+            if meter is not None:
+                meter.file_done(f.size)
+        if meter is not None:
+            meter.end()
         versions = {f.name: f.version for f in files}
         (partial / ".complete").write_text(json.dumps(versions, sort_keys=True))
         with contextlib.suppress(OSError):  # another job fetched the same corpus meanwhile
@@ -262,13 +355,19 @@ def fetch_corpus(url: str, cache_dir: Path, max_bytes: int) -> tuple[Path, str]:
     return root, relative
 
 
-def download_file(fs: ObjectStore, url: str, target: Path) -> None:
+def download_file(
+    fs: ObjectStore, url: str, target: Path, meter: DownloadMeter | None = None
+) -> None:
     """Fetch ``url`` into ``target`` through a temp file: s3fs streams the body to disk (as
     fast as boto3's transfer manager here, see bench/storage.py), never all in memory."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target, os.getpid())
     try:
-        fs.get_file(url, str(tmp))
+        if meter is None:
+            fs.get_file(url, str(tmp))
+        else:
+            meter.start_file()
+            fs.get_file(url, str(tmp), callback=meter)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

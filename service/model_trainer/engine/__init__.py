@@ -12,6 +12,8 @@ from __future__ import annotations
 from model_trainer_contracts import CompletedEventV1
 
 from model_trainer.core.capabilities import Capabilities
+from model_trainer.core.layout import DOWNLOADS
+from model_trainer.core.remote_folders import use_downloads
 from model_trainer.core.stop import StopReason
 from model_trainer.engine.backend import Backend
 from model_trainer.engine.context import Preempted, RunContext
@@ -29,6 +31,8 @@ def run_job(ctx: RunContext) -> CompletedEventV1:
     ModelTrainerError (with its stage) on failure, TRAINING_CANCELLED / TRAINING_TIMEOUT after
     checkpointing when asked to stop, and :class:`Preempted` after checkpointing on shutdown.
     """
+    # A model folder or init_from artifact at a URL is loaded from a full local copy.
+    use_downloads(ctx.artifacts_root / DOWNLOADS, full=True)
     validate_job(
         ctx.job,
         data_root=ctx.data_root,

@@ -33,7 +33,7 @@ from torch import nn
 
 from model_trainer.core.layout import CHECKPOINTS, temp_path
 from model_trainer.engine.context import RunContext, Superseded
-from model_trainer.engine.files import atomic_write, atomic_write_bytes, sha256_file
+from model_trainer.engine.files import sha256_file
 from model_trainer.engine.remote import RemoteCheckpoints
 
 log = structlog.get_logger()
@@ -68,7 +68,8 @@ def save(
     run_digest: str,
     data_key: str,
 ) -> Path:
-    """Write the checkpoint (temp file, fsync, rename); returns its path."""
+    """Write the checkpoint (temp file, fsync, rename); returns its path. Until the new one
+    is complete the latest stays the latest; then it becomes the previous one."""
     np_state = np.random.get_state(legacy=False)
     state = {
         "format": FORMAT,
@@ -89,12 +90,25 @@ def save(
         },
     }
     path = folder / FILE
-    if path.is_file():
-        os.replace(path, folder / PREVIOUS)
-        with contextlib.suppress(OSError):
-            os.replace(_digest_path(path), _digest_path(folder / PREVIOUS))
-    atomic_write(path, lambda f: torch.save(state, f))
-    atomic_write_bytes(_digest_path(path), sha256_file(path).encode())
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp, tmp_digest = temp_path(path, os.getpid()), temp_path(_digest_path(path), os.getpid())
+    try:
+        # The new checkpoint is complete (written, synced, digested) before the last good one
+        # moves aside: a write that fails (a full disk) leaves the folder as it was.
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp_digest.write_bytes(sha256_file(tmp).encode())
+        if path.is_file():
+            os.replace(path, folder / PREVIOUS)
+            with contextlib.suppress(OSError):
+                os.replace(_digest_path(path), _digest_path(folder / PREVIOUS))
+        os.replace(tmp_digest, _digest_path(path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_digest.unlink(missing_ok=True)
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from model_trainer_contracts import (
     ConfigEventV1,
+    DownloadEventV1,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -56,6 +57,10 @@ def _discard(_event: ConfigEventV1 | ProgressEventV1) -> None:
     return None
 
 
+def _discard_download(_event: DownloadEventV1) -> None:
+    return None
+
+
 @dataclass
 class RunContext:
     """One attempt of one job.
@@ -78,6 +83,8 @@ class RunContext:
     checkpoint_every: int = 500  # the job's own, or the runner's default: resolved already
     max_corpus_bytes: int = 1 << 30
     emit: Callable[[ConfigEventV1 | ProgressEventV1], None] = _discard
+    # A long corpus download's events (before the config event; none for a short one).
+    emit_download: Callable[[DownloadEventV1], None] = _discard_download
     stop_requested: Callable[[], StopReason | None] = _never_stop
     memory_budget_mb: int | None = None
     # Object storage (``s3://bucket/prefix``): checkpoints and the artifact go there too,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,12 @@ def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
 
 
 def read_corpus(
-    spec: DataSpec, data_root: Path, max_bytes: int, *, downloads: Path | None = None
+    spec: DataSpec,
+    data_root: Path,
+    max_bytes: int,
+    *,
+    downloads: Path | None = None,
+    progress: Callable[[storage.Fetching], None] | None = None,
 ) -> RawCorpus:
     """Read the corpus bytes; CORPUS_NOT_FOUND, CORPUS_TOO_LARGE or PATH_NOT_ALLOWED.
 
@@ -88,7 +94,9 @@ def read_corpus(
                 "this runner reads no object storage",
                 details={"corpus_path": spec.corpus_path},
             )
-        data_root, relative = storage.fetch_corpus(spec.corpus_path, downloads, max_bytes)
+        data_root, relative = storage.fetch_corpus(
+            spec.corpus_path, downloads, max_bytes, progress=progress
+        )
         spec = spec.model_copy(update={"corpus_path": relative})
     if spec.inline_text is not None:
         files = [("<inline>", spec.inline_text.encode())]

@@ -11,6 +11,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import structlog
 import torch
 from model_trainer_contracts import (
     BpeTokenizer,
+    DownloadEventV1,
     JobTokenizer,
     ModelTokenizer,
     ModelTrainerError,
@@ -31,6 +33,7 @@ from model_trainer.core.finetune import RECORD_FORMATS, trainable_parameters
 from model_trainer.core.layout import CACHE_DIR, DOWNLOADS, MANIFEST
 from model_trainer.core.memory import Vocabulary, check_memory, corpus_bytes
 from model_trainer.core.pretrained import confined_folder
+from model_trainer.core.storage import Fetching
 from model_trainer.engine import checkpoint
 from model_trainer.engine.artifact import read_manifest
 from model_trainer.engine.backend import Backend
@@ -186,7 +189,11 @@ def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextT
         raw = parquet_text(data, ctx.data_root, ctx.max_corpus_bytes)
     else:
         raw = read_corpus(
-            data, ctx.data_root, ctx.max_corpus_bytes, downloads=ctx.artifacts_root / DOWNLOADS
+            data,
+            ctx.data_root,
+            ctx.max_corpus_bytes,
+            downloads=ctx.artifacts_root / DOWNLOADS,
+            progress=partial(_download_event, ctx),
         )
     ctx.obey_stop("prepare", 0)
     given = given_tokenizer(ctx, backend)
@@ -223,6 +230,22 @@ def prepare_data(ctx: RunContext, backend: Backend, context: int) -> tuple[TextT
             details={"backend": backend.name, "tokenizer": tokenizer.kind},
         )
     return tokenizer, split(tokens, ctx.job.data, context, key)
+
+
+def _download_event(ctx: RunContext, fetching: Fetching) -> None:
+    """A long corpus download, told in the job's events (the worker's pipe, then Kafka)."""
+    ctx.emit_download(
+        DownloadEventV1(
+            **ctx.envelope(),
+            url=fetching.url,
+            bytes_done=fetching.bytes_done,
+            bytes_total=fetching.bytes_total,
+            files_done=fetching.files_done,
+            files_total=fetching.files_total,
+            elapsed_s=fetching.elapsed_s,
+            done=fetching.done,
+        )
+    )
 
 
 def _init_dir(ctx: RunContext, init_from: str) -> Path:

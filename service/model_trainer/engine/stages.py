@@ -1,5 +1,5 @@
 """Labelling failures with the stage they happened in, and mapping the few foreign
-exceptions that have a code (out of memory, artifact writes) to typed errors."""
+exceptions that have a code (out of memory, a full disk, artifact writes) to typed errors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, Stage
+from pydantic import JsonValue
 
 _C = ModelTrainerErrorCode
 # Host memory: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), C++'s
@@ -29,14 +30,46 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` comes of a write into a full disk or quota (ENOSPC, EDQUOT), itself or
+    along its chain: ``torch.save`` into a full disk raises a RuntimeError ("unexpected pos")
+    whose context is the OSError."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def disk_full(name: Stage, exc: BaseException) -> ModelTrainerError:
+    """DISK_FULL: retryable, and not the job's fault, so the service hands the job back with
+    its checkpoints instead of ending it."""
+    where = next(
+        (
+            str(c.filename)
+            for c in (exc, exc.__cause__, exc.__context__)
+            if isinstance(c, OSError) and c.filename
+        ),
+        None,
+    )
+    details: dict[str, JsonValue] = {} if where is None else {"path": where}
+    return ModelTrainerError(
+        _C.DISK_FULL, f"the disk is full: {str(exc)[:300]}", stage=name, details=details
+    )
+
+
 @contextmanager
 def stage(name: Stage, device_type: str = "cpu") -> Iterator[None]:
     """Run a block as stage ``name``.
 
     A ModelTrainerError still carrying the default stage gets ``name``; torch's and Python's
     out-of-memory errors (:func:`is_oom`, e.g. an allocation past the worker's memory limit)
-    become CUDA_OOM (on a GPU) or TRAINING_OOM; in the ``save`` stage another OSError becomes
-    ARTIFACT_WRITE_FAILED. Anything else propagates unchanged.
+    become CUDA_OOM (on a GPU) or TRAINING_OOM; a write into a full disk (:func:`is_disk_full`)
+    becomes DISK_FULL; in the ``save`` stage another OSError becomes ARTIFACT_WRITE_FAILED.
+    Anything else propagates unchanged.
     """
     try:
         yield
@@ -49,6 +82,8 @@ def stage(name: Stage, device_type: str = "cpu") -> Iterator[None]:
     except MemoryError as exc:
         raise _oom(name, "cpu", exc) from exc
     except RuntimeError as exc:
+        if is_disk_full(exc):
+            raise disk_full(name, exc) from exc
         text = str(exc).lower()
         if any(t in text for t in _HOST_OOM_TEXT):
             raise _oom(name, "cpu", exc) from exc
@@ -58,6 +93,8 @@ def stage(name: Stage, device_type: str = "cpu") -> Iterator[None]:
     except OSError as exc:
         if exc.errno == errno.ENOMEM:
             raise _oom(name, "cpu", exc) from exc
+        if is_disk_full(exc):
+            raise disk_full(name, exc) from exc
         if name != "save":
             raise
         raise ModelTrainerError(

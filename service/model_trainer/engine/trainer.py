@@ -98,7 +98,8 @@ class BaseTrainer:
             with stage("evaluate", device):
                 test_loss = self._evaluate(p, p.splits.test, "test", 0)
         self.ctx.obey_stop("save", p.loop.step)
-        self._checkpoint(p)  # the final step: a crash from here on resumes without training
+        with stage("train", device):  # a full disk here is DISK_FULL, like any checkpoint's
+            self._checkpoint(p)  # the final step: a crash from here on resumes without training
         with stage("save", device):
             fence = checkpoint.Fence.of(self.ctx)
             digest = write_artifact(
