@@ -31,6 +31,7 @@ from .book_helpers import (
     published,
     record,
     submit,
+    user_failure,
 )
 
 P0 = TP(TOPIC, 0)
@@ -202,3 +203,44 @@ def test_a_tick_kills_a_run_once_and_leaves_the_queue_alone() -> None:
     assert book.tick(now=5) == []  # killed already; b waits for the worker's slot
     assert book.queued() == 1
     assert _runs(book.died("a", 1, -9, now=6)) == ["b"]
+
+
+def test_a_revoke_or_a_shutdown_sends_no_stop_to_a_run_already_stopping() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(cancel("a"), 1), now=1)  # Stop(CANCEL) went out
+    assert book.revoke([P0], now=2) == []  # a cancelled job ends as cancelled
+    other = new_book()
+    other.command(record(submit("b"), 0), now=0)
+    assert other.revoke([P0], now=1) == [Stop("b", StopReason.SHUTDOWN)]
+    assert other.shutdown(now=2) == []  # handing back already
+
+
+def test_a_cancelled_run_that_fails_otherwise_keeps_its_own_failure() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.command(record(cancel("a"), 1), now=1)
+    (event,) = published(book.ended("a", 1, user_failure("a"), now=2))
+    assert isinstance(event, FailedEventV1)
+    assert (event.code, event.message) == (C.TRAINING_NAN_LOSS, "nan")
+
+
+def test_a_full_disk_during_a_hand_back_leaves_the_job_to_the_next_owner() -> None:
+    book = new_book()
+    book.command(record(submit("a"), 0), now=0)
+    book.revoke([P0], now=1)
+    full = FailedEventV1(
+        job_id="a",
+        user_id=7,
+        seq=0,
+        attempt=1,
+        code=C.DISK_FULL,
+        message="the disk is full",
+        retryable=True,
+        http_status=507,
+        stage="train",
+    )
+    effects = book.ended("a", 1, full, now=2)
+    assert published(effects) == []  # no terminal event: its checkpoints stay
+    assert commits(effects) == {}  # its submit stays uncommitted for the next owner
+    assert "a" not in book.jobs
