@@ -9,7 +9,7 @@ export MODEL_TRAINER_CACHE := $(CACHE)
 UV := $(or $(shell command -v uv 2>/dev/null),$(CACHE)/tools/bin/uv)
 VENV := .venv
 
-.PHONY: install demo test lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
+.PHONY: install demo test test-fast lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
 
 $(CACHE)/tools/bin/uv:
 	$(PYTHON) -m venv $(CACHE)/tools
@@ -36,9 +36,22 @@ demo: install kafka-fetch
 # TEST_WORKERS processes at once, each with its own broker (pytest-xdist; 0 runs in one).
 COVERAGE_FLOOR ?= 90
 TEST_WORKERS ?= 3
+# The job book and its pure helpers are held to every branch (the same run's data).
+BOOK_FILES := service/model_trainer/book.py,service/model_trainer/effects.py,$\
+	service/model_trainer/offsets.py,service/model_trainer/fairshare.py,$\
+	service/model_trainer/jobs.py,service/model_trainer/records.py
 test: install kafka-fetch
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
 		--cov-fail-under=$(COVERAGE_FLOOR)
+	$(VENV)/bin/coverage report --include="$(BOOK_FILES)" --show-missing --fail-under=100
+
+# The layers that start no server (no broker, no S3 server, no `model-trainer serve`) and no
+# long training: the book, the two-book world, contracts, core, the client, the CLI and the
+# engine's quick tests; the property tests draw a tenth of their examples. No coverage.
+FAST_MARKERS := not kafka and not s3 and not slow
+test-fast: install
+	TEST_EXAMPLES_DIVISOR=10 $(VENV)/bin/pytest -n 0 -p no:cacheprovider --no-cov -q \
+		-m "$(FAST_MARKERS)"
 
 lint: install
 	$(VENV)/bin/ruff check .

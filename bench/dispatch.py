@@ -24,15 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from local_kafka import LocalKafka, free_port  # noqa: E402
+from local_service import ServiceProcess, Stack  # noqa: E402
 from model_trainer_client import CommandSender, EventWatcher  # noqa: E402
 from model_trainer_client.settings import KAFKA_ENV_PREFIX  # noqa: E402
 from model_trainer_contracts import ConfigEventV1, SubmitJobV1  # noqa: E402
-
-from tests.integration.harness import ServiceProcess, Stack  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from local_kafka import LocalKafka, free_port  # noqa: E402
+from local_service import Stack  # noqa: E402
 from model_trainer_client import is_terminal  # noqa: E402
 from model_trainer_client.kafka import partition_for_key  # noqa: E402
 from model_trainer_contracts import (  # noqa: E402
@@ -63,12 +64,12 @@ from soak_harness import (  # noqa: E402
     EventLog,
     Producer,
     Service,
-    Stack,
     TopicReader,
     json_objects,
     kill_leftovers,
     rss_mb,
     say,
+    soak_job,
 )
 
 SECTIONS = ("kill9", "outage", "fuzz", "load", "replay", "zombie", "poison")
@@ -144,7 +145,7 @@ async def calibrate(
 ) -> float:
     """Training steps a second of the soak's job on this machine now (the load of a shared
     machine changes, so each section that sizes a job by time measures it again)."""
-    job = stack.job(f"calibrate-{stack.uid}", steps=300, checkpoint_every=12)
+    job = soak_job(stack, f"calibrate-{stack.uid}", steps=300, checkpoint_every=12)
     await producer.submit(stack.commands_topic, job)
     await events.until(ended(events, job.job_id), 300, "calibration job")
     done = events.terminals(job.job_id)[0]
@@ -207,7 +208,7 @@ async def kill9(soak: Soak) -> None:
             steps = max(100, round(rate * soak.args.kill9_job_s))
             every = max(5, steps // 25)
             for i in range(rounds):
-                job = stack.job(f"kill9-{i}", steps=steps, checkpoint_every=every)
+                job = soak_job(stack, f"kill9-{i}", steps=steps, checkpoint_every=every)
                 job_ids.append(job.job_id)
                 await producer.submit(stack.commands_topic, job)
                 kill_at = soak.rng.randint(max(2 * every, steps // 5), max(3 * every, steps // 2))
@@ -273,7 +274,7 @@ async def outage(soak: Soak) -> None:
             # Long enough to train through the outage and well past the broker's return
             # (stopping and starting it take up to 20 s each).
             steps = round(rate * (2 * outage_s + 60))
-            job = stack.job("outage-1", steps=steps, checkpoint_every=max(5, steps // 25))
+            job = soak_job(stack, "outage-1", steps=steps, checkpoint_every=max(5, steps // 25))
             await producer.submit(stack.commands_topic, job)
             await events.until(reached(events, job.job_id, steps // 20), 300, "outage job step")
             before_step = events.max_step(job.job_id)
@@ -305,7 +306,7 @@ async def outage(soak: Soak) -> None:
             Producer(soak.bootstrap) as producer,
         ):
             await events.until(ended(events, job.job_id), 900, "outage job end")
-            later = stack.job("outage-2", steps=10)  # the consumer is not stuck afterwards
+            later = soak_job(stack, "outage-2", steps=10)  # the consumer is not stuck afterwards
             await producer.submit(stack.commands_topic, later)
             await events.until(ended(events, later.job_id), 300, "job after the outage")
             await events.settle()
@@ -343,11 +344,11 @@ async def fuzz(soak: Soak) -> None:
     stack = soak.stack("fuzz")
     svc = Service(stack, "fuzz")
     await start(svc)
-    template = stack.job("fz-template", steps=5)
+    template = soak_job(stack, "fz-template", steps=5)
     fuzzer = CommandFuzzer(
         soak.rng, template, MAX_COMMAND_BYTES, huge_tags=not soak.args.fuzz_spare_tags
     )
-    good = [stack.job(f"fz-good-{i}", steps=20) for i in range(GOOD_FUZZ_JOBS)]
+    good = [soak_job(stack, f"fz-good-{i}", steps=20) for i in range(GOOD_FUZZ_JOBS)]
     every = max(1, count // GOOD_FUZZ_JOBS)
     sent_bytes = 0
     try:
@@ -423,7 +424,7 @@ async def load(soak: Soak) -> None:
     instances = [Service(stack, f"load-{x}", instance_id=f"load-{x}") for x in "ab"]
     await start(*instances)
     jobs: list[SubmitJobV1] = [
-        stack.job(f"load-{i}", steps=soak.rng.randint(1, 3)) for i in range(count)
+        soak_job(stack, f"load-{i}", steps=soak.rng.randint(1, 3)) for i in range(count)
     ]
     ids = [job.job_id for job in jobs]
     try:
@@ -656,8 +657,11 @@ async def zombie(soak: Soak) -> None:
             every = max(5, steps // 50)
             for i in range(rounds):
                 target, other = instances[i % 2], instances[1 - i % 2]
-                job = stack.job(
-                    await owned_by(target, other, stack, i), steps=steps, checkpoint_every=every
+                job = soak_job(
+                    stack,
+                    await owned_by(target, other, stack, i),
+                    steps=steps,
+                    checkpoint_every=every,
                 )
                 job_ids.append(job.job_id)
                 await producer.submit(stack.commands_topic, job)
@@ -747,8 +751,8 @@ async def poison(soak: Soak) -> None:
     make_hostile_tree(stack.data_root)
     svc = Service(stack, "poison")
     await start(svc)
-    hostile = HostileCommands(soak.rng, stack.job("px-template", steps=2), TOPIC_PARTITIONS)
-    good = stack.job("px-good", steps=20)
+    hostile = HostileCommands(soak.rng, soak_job(stack, "px-template", steps=2), TOPIC_PARTITIONS)
+    good = soak_job(stack, "px-good", steps=20)
     sent: list[tuple[str | None, tuple[int, int]]] = []
     began = time.monotonic()
     try:

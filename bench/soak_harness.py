@@ -1,6 +1,6 @@
 """What ``bench/soak.py`` needs to drive the real service: its topics, its processes, and a
-reader that keeps every committed event with its offset. Bench-local on purpose: the tests'
-harness lives under ``tests/`` and the benchmarks do not depend on it.
+reader that keeps every committed event with its offset. The stack (topics, folders,
+settings) is the one the integration tests use (``deploy/local_service.py``).
 
 Every service process starts in a session of its own; :func:`kill_leftovers` SIGKILLs what
 is left of every session this module started (checked by pid and command line, so nothing
@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from local_kafka import free_port  # noqa: E402
+from local_service import Stack  # noqa: E402
 
-CORPUS = (
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
-    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
-) * 60
 MAX_COMMAND_BYTES = 1_000_000
 _STARTED = time.monotonic()
 # Process groups (sessions) of every service this module started.
@@ -124,97 +120,25 @@ def json_objects(line: str) -> list[dict[str, object]]:
     return found
 
 
-@dataclass
-class Stack:
-    """Topic names, folders and settings shared by the service instances of one section."""
-
-    bootstrap: str
-    root: Path
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    def __post_init__(self) -> None:
-        self.data_root.mkdir(parents=True, exist_ok=True)
-        self.artifacts_root.mkdir(parents=True, exist_ok=True)
-        (self.data_root / "corpus.txt").write_text(CORPUS)
-
-    @property
-    def data_root(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def artifacts_root(self) -> Path:
-        return self.root / "artifacts"
-
-    @property
-    def commands_topic(self) -> str:
-        return f"jobs-{self.uid}"
-
-    @property
-    def events_topic(self) -> str:
-        return f"metrics-{self.uid}"
-
-    @property
-    def dead_letter_topic(self) -> str:
-        return f"dlq-{self.uid}"
-
-    @property
-    def state_topic(self) -> str:
-        return f"state-{self.uid}"
-
-    @property
-    def group_id(self) -> str:
-        return f"group-{self.uid}"
-
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = {
-            "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
-            "MODEL_TRAINER_COMMANDS_TOPIC": self.commands_topic,
-            "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
-            "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
-            "MODEL_TRAINER_STATE_TOPIC": self.state_topic,
-            "MODEL_TRAINER_GROUP_ID": self.group_id,
-            "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
-            "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
-            "MODEL_TRAINER_WORKERS": "1",
-            "MODEL_TRAINER_THREADS_PER_WORKER": "1",
-            "MODEL_TRAINER_LOG_FORMAT": "json",
-            "MODEL_TRAINER_MAX_COMMAND_BYTES": str(MAX_COMMAND_BYTES),
-            "MODEL_TRAINER_SESSION_TIMEOUT_MS": "10000",
-            "MODEL_TRAINER_SHUTDOWN_GRACE_S": "20",
-        }
-        env.update({f"MODEL_TRAINER_{k.upper()}": v for k, v in overrides.items()})
-        return env
-
-    def job(
-        self, job_id: str, *, steps: int, checkpoint_every: int | None = None, eval_every: int = 50
-    ) -> SubmitJobV1:
-        """A small, real char-level job on the section's corpus."""
-        training: dict[str, object] = {
-            "max_steps": steps,
-            "batch_size": 8,
-            "eval_every": eval_every,
-            "eval_batches": 2,
-        }
-        if checkpoint_every is not None:
-            training["checkpoint_every"] = checkpoint_every
-        return SubmitJobV1.model_validate(
-            {
-                "type": "trainer.job.submit.v1",
-                "job_id": job_id,
-                "user_id": 7,
-                "backend": "char_lstm",
-                "model": {
-                    "embedding_dim": 16,
-                    "hidden_size": 32,
-                    "num_layers": 1,
-                    "block_size": 32,
-                },
-                "data": {"corpus_path": "corpus.txt", "val_fraction": 0.1, "test_fraction": 0.05},
-                "training": training,
-                "progress": {"every_steps": 5},
-                "labels": {"suite": "soak"},
-            }
-        )
+def soak_job(
+    stack: Stack,
+    job_id: str,
+    *,
+    steps: int,
+    checkpoint_every: int | None = None,
+    eval_every: int = 50,
+) -> SubmitJobV1:
+    """A small, real char-level job on the section's corpus."""
+    spec = stack.job(job_id, steps=steps, progress={"every_steps": 5}, labels={"suite": "soak"})
+    training: dict[str, object] = {
+        "max_steps": steps,
+        "batch_size": 8,
+        "eval_every": eval_every,
+        "eval_batches": 2,
+    }
+    if checkpoint_every is not None:
+        training["checkpoint_every"] = checkpoint_every
+    return SubmitJobV1.model_validate({**spec, "training": training})
 
 
 class Service:
@@ -227,7 +151,11 @@ class Service:
         self.log_path = stack.root / f"{name}.log"
         self.env = {
             **os.environ,
-            **stack.env(http_port=str(self.http_port), **overrides),
+            **stack.env(
+                http_port=str(self.http_port),
+                max_command_bytes=str(MAX_COMMAND_BYTES),
+                **overrides,
+            ),
             "PYTHONUNBUFFERED": "1",
         }
         self.proc: subprocess.Popen[bytes] | None = None

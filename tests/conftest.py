@@ -22,12 +22,43 @@ from local_kafka import LocalKafka, free_port  # noqa: E402
 from local_s3 import LocalS3  # noqa: E402
 
 from tests.figures import FIGURE, Figure  # noqa: E402
+from tests.layers import (  # noqa: E402
+    LAYER,
+    count_layers,
+    guard_start,
+    layer_of,
+    server_markers_missing,
+)
 
 
 @pytest.fixture
 def figure(record_property: Callable[[str, object], None]) -> Figure:
     """Report a measured figure: printed in the "figures" section of the summary."""
     return lambda line: record_property(FIGURE, line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The layer travels with the test's reports (user_properties), so the controller of a
+    # pytest-xdist run counts what its workers ran.
+    for item in items:
+        item.user_properties.append((LAYER, layer_of(item)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # `make test-fast` deselects by marker: a test that reaches a server without its marker
+    # would start one there, and the fast suite would quietly stop being fast.
+    missing = server_markers_missing(item)
+    if missing:
+        pytest.fail(f"{item.nodeid} uses a server but lacks the marker(s) {missing}", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_need_markers() -> Iterator[None]:
+    """A test that starts a broker or an S3 server by hand carries its marker too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalKafka, "start", guard_start(LocalKafka.start, "kafka"))
+        patch.setattr(LocalS3, "start", guard_start(LocalS3.start, "s3"))
+        yield
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -40,6 +71,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if lines:
         terminalreporter.section("figures")
         for line in lines:
+            terminalreporter.write_line(line)
+    counts = count_layers(
+        report
+        for outcome in ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
+        for report in terminalreporter.stats.get(outcome, [])
+    )
+    if counts:
+        terminalreporter.section("tests per layer")
+        for line in counts:
             terminalreporter.write_line(line)
 
 

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Each test runs the CLI in a subprocess that imports torch and trains: not the fast suite.
+pytestmark = pytest.mark.slow
 CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 80
 
 

@@ -24,10 +24,9 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.partitioner import murmur2
+from model_trainer_contracts import Headers
 
 from .settings import KAFKA_ENV_PREFIX, KafkaConnection, as_connection, client_kwargs
-
-Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)

@@ -745,8 +745,6 @@ class JobBook:
             return effects + self._end(job, self._cancelled(job, "train", killed=True), now)
         if job.phase is Phase.HANDING_BACK or killed is Killed.HANDBACK:
             return effects + self._run_over(job, now)  # preemption: free, never a failure
-        if killed is Killed.TIMEOUT:
-            return effects + self._end(job, self._timed_out(job), now)
         job.failures += 1
         stalled = killed is Killed.STALL
         if job.failures < self.policy.max_attempts:
@@ -797,9 +795,7 @@ class JobBook:
         else:
             status, code = JobStatus.COMPLETED, None
         records = [self._event_record(event), self._state(job, status, now, code)]
-        if job.job_id in self.queue:
-            self.queue.remove(job.job_id)
-        self.jobs.pop(job.job_id, None)
+        self.jobs.pop(job.job_id, None)  # a queued job left the queue before it ends
         commits = self._commit(job.record, job.offset)
         log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
         ended = Publish(job.record, tuple(records), commits, (event,), job.job_id)

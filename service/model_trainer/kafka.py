@@ -1,8 +1,8 @@
 """The Kafka operations only the service needs (topic creation, waiting for the broker).
 
 The typed helpers it shares with the client (records, committed readers, partition lookup,
-the connection probe) live in :mod:`model_trainer_client.kafka`, re-exported here; every
-aiokafka client takes its connection arguments from
+the connection probe) live in :mod:`model_trainer_client.kafka`, imported from there by
+every module that uses them; every aiokafka client takes its connection arguments from
 :func:`model_trainer_client.settings.client_kwargs`.
 """
 
@@ -15,44 +15,13 @@ from collections.abc import Callable
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
-from model_trainer_client.kafka import (
-    KafkaAccessError,
-    KafkaAuthenticationError,
-    KafkaTLSError,
-    assign_whole_topic,
-    committed_reader,
-    partition_for_key,
-    partitions,
-    probe_brokers,
-    to_record,
-    topic_partitions,
-)
-from model_trainer_client.settings import (
-    KafkaConfigError,
-    KafkaConnection,
-    as_connection,
-    client_kwargs,
-)
+from model_trainer_client.kafka import probe_brokers, to_record
+from model_trainer_client.settings import KafkaConnection, as_connection, client_kwargs
 
 from .records import Record
 from .settings import Settings
 
-__all__ = [
-    "BrokerUnreachableError",
-    "KafkaAccessError",
-    "KafkaAuthenticationError",
-    "KafkaConfigError",
-    "KafkaTLSError",
-    "assign_whole_topic",
-    "command_record",
-    "committed_reader",
-    "ensure_topics",
-    "partition_for_key",
-    "partitions",
-    "to_record",
-    "topic_partitions",
-    "wait_for_broker",
-]
+__all__ = ["BrokerUnreachableError", "command_record", "ensure_topics", "wait_for_broker"]
 log = structlog.get_logger(__name__)
 
 

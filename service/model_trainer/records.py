@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-Headers = list[tuple[str, bytes]]
+from model_trainer_contracts import Headers
 
 
 class TP(NamedTuple):

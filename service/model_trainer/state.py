@@ -16,17 +16,17 @@ from collections.abc import Callable, Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from model_trainer_client.settings import KafkaConnection
-from model_trainer_contracts import JobStateV1
-from pydantic import ValidationError
-
-from .kafka import (
+from model_trainer_client.kafka import (
     assign_whole_topic,
     committed_reader,
     partition_for_key,
     to_record,
     topic_partitions,
 )
+from model_trainer_client.settings import KafkaConnection
+from model_trainer_contracts import JobStateV1
+from pydantic import ValidationError
+
 from .settings import Settings
 
 log = structlog.get_logger(__name__)

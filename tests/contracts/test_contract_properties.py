@@ -37,6 +37,8 @@ from model_trainer_contracts.events import EventBase
 from model_trainer_contracts.examples import CANCEL, SUBMIT
 from pydantic import JsonValue
 
+from tests.layers import examples
+
 # Strategies: every valid message, bounds respected.
 
 job_ids = st.from_regex(JOB_ID_PATTERN, fullmatch=True)
@@ -246,7 +248,7 @@ failures = st.builds(
 events = queueds | configs | progresses | completions | failures
 
 
-_settings = settings(max_examples=200, deadline=None)
+_settings = settings(max_examples=examples(200), deadline=None)
 _TAGS = {"char_lstm", "gpt2", "char", "bpe", "job"}
 
 

@@ -82,6 +82,7 @@ def test_run_job_refuses_before_any_work(env: Env) -> None:
     assert not env.artifacts_root.exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports transformers
 def test_the_table_is_the_contracts_backend_set_and_imports_lazily() -> None:
     assert set(backend_names()) == set(get_args(BackendName))
     assert all(create_backend(name).name == name for name in backend_names())

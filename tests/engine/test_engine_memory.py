@@ -371,6 +371,7 @@ def _real_vocabulary(root: Path, job: SubmitJobV1) -> Vocabulary:
     return Vocabulary(manifest["resolved"]["vocab_size"], "tokenizer")
 
 
+@pytest.mark.slow  # the probe trains every shape in a child process: minutes
 @pytest.mark.parametrize("job", SHAPES, ids=[job.job_id for job in SHAPES])
 def test_the_estimate_bounds_the_measured_peak(
     probe: dict[str, dict[str, JsonValue]], job: SubmitJobV1, figure: Figure
@@ -406,6 +407,7 @@ def test_the_estimate_bounds_the_measured_peak(
     assert est_mb >= data, "the estimate is below what the worker's limit counts"
 
 
+@pytest.mark.slow
 def test_past_the_workers_limit_a_job_fails_with_training_oom_and_the_next_one_runs(
     probe: dict[str, dict[str, JsonValue]],
     figure: Figure,

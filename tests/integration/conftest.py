@@ -3,8 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from .harness import Stack
+from local_service import Stack
 
 
 @pytest.fixture

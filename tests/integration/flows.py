@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer
-from model_trainer.client import CommandSender, EventWatcher, is_terminal
+from local_service import ServiceProcess, Stack
+from model_trainer_client import CommandSender, EventWatcher, is_terminal
 from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import CancelJobV1, Event, ProgressEventV1, SubmitJobV1
-
-from .harness import ServiceProcess, Stack
 
 
 def long_job(stack: Stack, job_id: str, steps: int = 400) -> SubmitJobV1:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-from model_trainer.client import EventWatcher
-from model_trainer_client import CommandSender
+from local_service import ServiceProcess, Stack
+from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_client.cli import app
 from model_trainer_client.flows import job_view
 from model_trainer_client.kafka import Record, topic_partitions
@@ -29,7 +29,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from .flows import long_job, send, until_end, wait_for_step
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

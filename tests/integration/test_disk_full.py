@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_trainer.client import EventWatcher, is_terminal
+from local_service import ServiceProcess, Stack
 from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.engine.checkpoint import FILE
+from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -31,7 +32,6 @@ from model_trainer_contracts import (
 )
 
 from .flows import assert_seq_contiguous, logged, long_job, of, send, wait_for_step, wait_log
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 HANDED_BACK = "disk full; job handed back"

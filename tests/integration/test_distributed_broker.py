@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from local_service import ServiceProcess, Stack
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -21,8 +22,6 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 from transformers import AutoModelForCausalLM
-
-from .harness import ServiceProcess, Stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

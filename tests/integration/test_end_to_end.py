@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from local_service import ServiceProcess, Stack
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_client.kafka import assign_whole_topic, committed_reader
 from model_trainer_contracts import (
@@ -22,7 +23,6 @@ from model_trainer_contracts import (
 )
 
 from .flows import dead_letters
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

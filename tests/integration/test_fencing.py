@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from local_service import ServiceProcess, Stack
 from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_client.kafka import (
     partition_for_key,
@@ -40,7 +41,6 @@ from .flows import (
     wait_for_step,
     wait_log,
 )
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4  # the service's default for the topics it creates

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from local_service import ServiceProcess, Stack
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -24,8 +25,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from tests.engine.finetune_helpers import chat_folder, conversations, instructions, write_jsonl
-
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

@@ -4,7 +4,8 @@ bounded per job, and artifacts belong to their user unless shared."""
 from __future__ import annotations
 
 import pytest
-from model_trainer.client import EventWatcher
+from local_service import ServiceProcess, Stack
+from model_trainer_client import EventWatcher
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -16,7 +17,6 @@ from model_trainer_contracts import (
 )
 
 from .flows import long_job, send, until_end
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

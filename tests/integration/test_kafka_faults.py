@@ -17,9 +17,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from local_kafka import LocalKafka
-from model_trainer.client import EventWatcher, is_terminal
-from model_trainer.kafka import assign_whole_topic, committed_reader, ensure_topics
+from local_service import ServiceProcess, Stack
+from model_trainer.kafka import ensure_topics
 from model_trainer.settings import Settings
+from model_trainer_client import EventWatcher, is_terminal
+from model_trainer_client.kafka import assign_whole_topic, committed_reader
 from model_trainer_contracts import CompletedEventV1, ConfigEventV1, JobStateV1, JobStatus, encode
 
 from tests.figures import Figure
@@ -34,7 +36,6 @@ from .flows import (
     wait_for_step,
     wait_log,
 )
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

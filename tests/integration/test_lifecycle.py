@@ -16,8 +16,9 @@ import time
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from model_trainer.client import CommandSender, EventWatcher, is_terminal
-from model_trainer.kafka import assign_whole_topic, committed_reader, to_record
+from local_service import ServiceProcess, Stack
+from model_trainer_client import CommandSender, EventWatcher, is_terminal
+from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
@@ -40,7 +41,6 @@ from .flows import (
     wait_for_step,
     wait_log,
 )
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 C = ModelTrainerErrorCode

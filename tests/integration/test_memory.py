@@ -6,8 +6,9 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from model_trainer.client import EventWatcher
+from local_service import ServiceProcess, Stack
 from model_trainer.core.memory import check_memory, corpus_bytes, vocabulary
+from model_trainer_client import EventWatcher
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -20,7 +21,6 @@ from model_trainer_contracts import (
 from tests.figures import Figure
 
 from .flows import of, send, wait_readiness
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 C = ModelTrainerErrorCode

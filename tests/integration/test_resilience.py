@@ -10,6 +10,7 @@ import signal
 from collections import Counter
 
 import pytest
+from local_service import ServiceProcess, Stack
 from model_trainer_client import CommandSender, EventWatcher
 from model_trainer_contracts import (
     CancelJobV1,
@@ -28,7 +29,6 @@ from .flows import (
     send,
     wait_for_step,
 )
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from local_service import ServiceProcess, Stack, alive
 from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -24,7 +25,6 @@ from .flows import (
     wait_for_step,
     wait_readiness,
 )
-from .harness import ServiceProcess, Stack, alive
 
 pytestmark = pytest.mark.kafka
 

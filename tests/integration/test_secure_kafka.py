@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from local_kafka import LocalKafka, free_port
+from local_service import ServiceProcess, Stack
 from local_tls import write_ca
 from model_trainer_client import EventWatcher
 from model_trainer_contracts import CompletedEventV1, ConfigEventV1, ProgressEventV1
-
-from .harness import ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from local_s3 import LocalS3
+from local_service import CORPUS, ServiceProcess, Stack
 from model_trainer.core import storage
 from model_trainer.engine import RunContext, run_job
 from model_trainer.engine.sampling import load_artifact
@@ -31,7 +32,6 @@ from safetensors.torch import load_file
 from tests.figures import Figure
 
 from .flows import assert_seq_contiguous, of, send, wait_for_step
-from .harness import CORPUS, ServiceProcess, Stack
 
 pytestmark = pytest.mark.kafka
 OUTAGE_S = 10.0  # well under the run's retry bound (MODEL_TRAINER_STORAGE_RETRY_S, 120 s)

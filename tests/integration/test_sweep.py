@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aiokafka import TopicPartition
+from local_service import ServiceProcess, Stack
 from model_trainer_client.decode import decode_update
 from model_trainer_client.kafka import topic_partitions
 from model_trainer_client.readers import TopicReader
@@ -30,8 +31,6 @@ from model_trainer_contracts import (
 )
 
 from tests.figures import Figure
-
-from .harness import ServiceProcess, Stack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

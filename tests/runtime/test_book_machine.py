@@ -44,6 +44,7 @@ from model_trainer_contracts import (
 )
 
 from tests.figures import Figure
+from tests.layers import examples
 
 from .book_helpers import (
     TOPIC,
@@ -396,7 +397,7 @@ class BookMachine(RuleBasedStateMachine):
 
 
 BookMachine.TestCase.settings = settings(
-    max_examples=2000,
+    max_examples=examples(2000),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -406,7 +407,7 @@ test_job_book_interleavings = BookMachine.TestCase
 
 def test_report_how_many_interleavings_were_explored(figure: Figure) -> None:
     """Runs after the state machine (same module, declared later): prints its reach."""
-    assert STATS["examples"] >= 2000, STATS
+    assert STATS["examples"] >= BookMachine.TestCase.settings.max_examples, STATS
     figure(
         f"job book: {STATS['examples']} examples, {STATS['steps']} steps, "
         f"{len(SEQUENCES)} distinct interleavings explored"

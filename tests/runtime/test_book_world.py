@@ -54,6 +54,7 @@ from model_trainer_contracts import (
 )
 
 from tests.figures import Figure
+from tests.layers import examples
 
 from .book_helpers import Pool, completed, is_terminal, policy, refuse_bad, submit, user_failure
 
@@ -583,7 +584,7 @@ class WorldMachine(RuleBasedStateMachine):
 
 
 WorldMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("BOOK_WORLD_EXAMPLES", "2000")),
+    max_examples=int(os.environ.get("BOOK_WORLD_EXAMPLES", examples(2000))),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

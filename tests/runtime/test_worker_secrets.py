@@ -14,6 +14,7 @@ from model_trainer.pool import WorkerPool
 PASSWORD = "pw-never-in-a-worker"
 
 
+@pytest.mark.slow  # a real worker process (it imports torch)
 async def test_workers_start_without_the_kafka_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_TRAINER_KAFKA_SASL_PASSWORD", PASSWORD)
     monkeypatch.setenv("MODEL_TRAINER_KAFKA_SASL_USERNAME", "service")

@@ -29,6 +29,7 @@ from tests.engine.engine_helpers import Env, Event, losses, make_text
 
 from .conftest import use_s3
 
+pytestmark = pytest.mark.s3
 _C = ModelTrainerErrorCode
 BUCKET = "model-trainer"
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from tests.engine.engine_helpers import Env
 from tests.engine.test_engine_pretrained import save_tiny
 
+pytestmark = pytest.mark.s3
 _C = ModelTrainerErrorCode
 BUCKET = "model-trainer"
 

@@ -64,6 +64,7 @@ def test_the_meter_reports_spaced_out_counts_a_retry_once_and_says_when_done() -
     assert quick == []  # a download that ends before the first report says nothing
 
 
+@pytest.mark.s3
 def test_a_long_corpus_download_is_told_in_the_jobs_events(
     s3: storage.ObjectStore, env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

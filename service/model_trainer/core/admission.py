@@ -256,13 +256,7 @@ def _check_pretrained(spec: PretrainedModel, caps: Capabilities, data_root: Path
             f"the model has {folder.parameters} parameters; the bound is {caps.max_parameters}",
             details={"parameters": folder.parameters, "max_parameters": caps.max_parameters},
         )
-    limit = folder.max_positions
-    if limit is not None and spec.block_size > limit:
-        raise ModelTrainerError(
-            _C.INVALID_MODEL_SIZE,
-            f"block_size {spec.block_size} exceeds the model's {limit} positions",
-            details={"block_size": spec.block_size, "max_positions": limit},
-        )
+    folder.check_window(spec.block_size)
 
 
 def _check_references(job: SubmitJobV1, artifacts_root: Path) -> None:

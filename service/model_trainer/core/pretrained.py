@@ -66,6 +66,17 @@ class PretrainedFolder:
                 return value
         return None
 
+    def check_window(self, block_size: int) -> None:
+        """INVALID_MODEL_SIZE when ``block_size`` is longer than the model's positions: the
+        service refuses the job before queueing it, the engine again before it loads."""
+        limit = self.max_positions
+        if limit is not None and block_size > limit:
+            raise ModelTrainerError(
+                _C.INVALID_MODEL_SIZE,
+                f"block_size {block_size} exceeds the model's {limit} positions",
+                details={"block_size": block_size, "max_positions": limit},
+            )
+
 
 def inspect_pretrained(data_root: Path, relative: str) -> PretrainedFolder:
     """Check the folder ``relative`` under ``data_root``, or at an ``s3://`` URL (its local

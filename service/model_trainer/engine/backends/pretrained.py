@@ -157,13 +157,7 @@ class PretrainedBackend(Backend):
         frozen when asked."""
         model = _spec(spec)
         folder = inspect_pretrained(data_root, model.path)
-        limit = folder.max_positions
-        if limit is not None and model.block_size > limit:
-            raise ModelTrainerError(
-                _C.INVALID_MODEL_SIZE,
-                f"block_size {model.block_size} exceeds the model's {limit} positions",
-                details={"block_size": model.block_size, "max_positions": limit},
-            )
+        folder.check_window(model.block_size)
         hf = load_causal_lm(folder.path)
         embedding = token_embedding(hf)
         rows = embedding.num_embeddings

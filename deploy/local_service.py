@@ -1,4 +1,9 @@
-"""Run the real service as a subprocess against the test broker, and talk to it."""
+"""The real service (``model-trainer serve``) as a subprocess of a checkout, on a broker.
+
+One harness for the integration tests (``tests/integration``) and the benchmarks
+(``bench/dispatch.py``, ``bench/soak_harness.py``): a :class:`Stack` names the topics, group
+and folders its service instances share, :class:`ServiceProcess` starts one and talks to it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from pathlib import Path
 from local_kafka import free_port
 from model_trainer_client.settings import KAFKA_ENV_PREFIX, KafkaConnection, connection_from_env
 
-ROOT = Path(__file__).resolve().parents[2]
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
     "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n"
@@ -67,15 +71,23 @@ class Stack:
     def dead_letter_topic(self) -> str:
         return f"dlq-{self.uid}"
 
+    @property
+    def state_topic(self) -> str:
+        return f"state-{self.uid}"
+
+    @property
+    def group_id(self) -> str:
+        return f"group-{self.uid}"
+
     def env(self, **overrides: str) -> dict[str, str]:
         env = {
             "MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap,
             "MODEL_TRAINER_COMMANDS_TOPIC": self.commands_topic,
             "MODEL_TRAINER_EVENTS_TOPIC": self.events_topic,
             "MODEL_TRAINER_DEAD_LETTER_TOPIC": self.dead_letter_topic,
-            "MODEL_TRAINER_STATE_TOPIC": f"state-{self.uid}",
+            "MODEL_TRAINER_STATE_TOPIC": self.state_topic,
             "MODEL_TRAINER_LOGS_TOPIC": f"logs-{self.uid}",
-            "MODEL_TRAINER_GROUP_ID": f"group-{self.uid}",
+            "MODEL_TRAINER_GROUP_ID": self.group_id,
             "MODEL_TRAINER_DATA_ROOT": str(self.data_root),
             "MODEL_TRAINER_ARTIFACTS_ROOT": str(self.artifacts_root),
             "MODEL_TRAINER_WORKERS": "1",
