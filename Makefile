@@ -37,9 +37,9 @@ demo: install kafka-fetch
 COVERAGE_FLOOR ?= 90
 TEST_WORKERS ?= 3
 # The job book and its pure helpers are held to every branch (the same run's data).
-BOOK_FILES := service/model_trainer/book.py,service/model_trainer/effects.py,$\
-	service/model_trainer/offsets.py,service/model_trainer/fairshare.py,$\
-	service/model_trainer/jobs.py,service/model_trainer/records.py
+BOOK_FILES := service/model_trainer/book/book.py,service/model_trainer/book/effects.py,$\
+	service/model_trainer/book/offsets.py,service/model_trainer/book/fairshare.py,$\
+	service/model_trainer/book/jobs.py,service/model_trainer/book/records.py
 test: install kafka-fetch
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
 		--cov-fail-under=$(COVERAGE_FLOOR)

@@ -4,7 +4,7 @@ communication share of a 2-process step.
     .venv/bin/python bench/distributed.py tinyshakespeare.txt [--steps 40] [--batch 16]
 
 Each run goes through the engine (``run_job`` for 1 process, the worker's launcher
-:func:`model_trainer.ranks.launch` for 2), with the same total threads (2 for the single
+:func:`model_trainer.pool.ranks.launch` for 2), with the same total threads (2 for the single
 process, 1 per rank). tokens/s is the median of the progress events after the first 5 steps,
 best of ``--rounds`` rounds that each run all three (1 process, 2 DDP, 2 FSDP2) in turn, so a
 shared machine's changing load falls on all of them alike.
@@ -33,8 +33,9 @@ from model_trainer.core.distributed import Rank
 from model_trainer.core.stop import NO_STOP
 from model_trainer.engine import RunContext, run_job
 from model_trainer.engine.distributed import join, leave
-from model_trainer.protocol import JobEvent, RunOrder, StopFlag, WorkerMemory
-from model_trainer.ranks import launch
+from model_trainer.pool.protocol import JobEvent, RunOrder, StopFlag, WorkerMemory
+from model_trainer.pool.ranks import launch
+from model_trainer.pool.worker import run_rank
 from model_trainer_contracts import (
     ConfigEventV1,
     ProgressEventV1,
@@ -108,7 +109,7 @@ def two(corpus: Path, root: Path, strategy: str, steps: int, batch: int) -> floa
     reader.start()
     job = _job(corpus, f"two-{strategy}", 2, strategy, steps, batch)
     order = RunOrder(encode(job), 1, "bench", corpus.parent, root, 10**6, 1 << 30, None)
-    launch(order, child, flag, 1, WorkerMemory(), strategy, ("warning", "console"))
+    launch(order, child, flag, 1, WorkerMemory(), strategy, run_rank, ("warning", "console"))
     child.close()
     reader.join(10)
     return _rate(events)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from model_trainer.core.distributed import Rank
-from model_trainer.ranks import PRELOAD
+from model_trainer.pool.ranks import PRELOAD
 
 
 def _rank(

@@ -1,3 +1,3 @@
-from model_trainer.cli import main
+from model_trainer.commands.cli import main
 
 main()

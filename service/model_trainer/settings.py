@@ -25,7 +25,7 @@ from model_trainer_contracts.commands import BackendName
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .limits import default_worker_memory_mb
+from model_trainer.core.limits import default_worker_memory_mb
 
 ENV_PREFIX = "MODEL_TRAINER_"
 TRANSACTION_BOUND_S = 30.0  # the service's own bound on one transaction (the publisher's)

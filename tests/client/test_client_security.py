@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from local_kafka import free_port
 from local_tls import TlsFiles, issue, write_ca
-from model_trainer.cli import app as service_app
+from model_trainer.commands.cli import app as service_app
 from model_trainer.settings import Settings
 from model_trainer_client.cli import app as client_app
 from model_trainer_client.kafka import KafkaTLSError, bootstrap_hosts, probe_brokers

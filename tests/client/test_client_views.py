@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from model_trainer.effects import request_digest
+from model_trainer.book.effects import request_digest
 from model_trainer_client.board import JobBoard, JobView, ViewStatus, view_status
 from model_trainer_client.cli import app, load_job, violation_text
 from model_trainer_client.dashboard import Feed, snapshot
@@ -313,7 +313,7 @@ def test_version_and_completion() -> None:
     assert shown.exit_code == 0
     assert re.fullmatch(r"model-trainer-client \d+\.\d+\.\d+\n", shown.stdout)
     assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
-    from model_trainer.cli import app as service_app  # registers the same commands again
+    from model_trainer.commands.cli import app as service_app  # registers the same commands again
 
     assert runner.invoke(service_app, ["--version"]).stdout.startswith("model-trainer 0.")
     assert runner.invoke(app, ["--version"]).stdout.startswith("model-trainer-client 0.")

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from model_trainer.schema_docs import REGENERATE, render_schema_docs, write_schema_docs
+from model_trainer.commands.schema import REGENERATE, render_schema_docs, write_schema_docs
 from model_trainer_contracts import decode_command, decode_event, encode
 from model_trainer_contracts.examples import EXAMPLES, SUBMIT
 from model_trainer_contracts.schema import (

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from model_trainer.cli import app
-from model_trainer.schema_docs import (
+from model_trainer.commands.cli import app
+from model_trainer.commands.schema import (
     IncompatibleContractError,
     released_incompatibilities,
     write_schema_docs,

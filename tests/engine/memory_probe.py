@@ -4,12 +4,12 @@ tests.engine.memory_probe PLAN.json OUT.jsonl``.
 The process starts as a worker does (glibc told to return freed blocks, torch, the engine and
 its backends imported), then forks one child per entry of the plan, before any torch operation,
 so every child starts from the same idle worker. A child warms up and raises its OOM score as a
-worker does (:func:`model_trainer.worker.guard_memory`), takes its baseline (RSS and
+worker does (:func:`model_trainer.pool.worker.guard_memory`), takes its baseline (RSS and
 ``VmData``), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs its jobs
 with :func:`model_trainer.engine.run_job` while a thread samples ``VmData``, and writes one
 JSON line per job: the peak RSS above the baseline, the peak ``VmData`` above it (what
 ``RLIMIT_DATA`` counts), and the outcome. With ``limit_mb`` the child first limits its heap to
-its baseline plus that much (:func:`model_trainer.limits.limit_data`), as a worker with that
+its baseline plus that much (:func:`model_trainer.core.limits.limit_data`), as a worker with that
 budget does.
 """
 
@@ -24,15 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-from model_trainer.limits import MIB, data_size, limit_data, return_freed_memory
+from model_trainer.core.limits import MIB, data_size, limit_data, return_freed_memory
 
 return_freed_memory()
 
 import torch  # noqa: E402  (after the allocator is set, as in a worker)
 from model_trainer.engine import RunContext, run_job  # noqa: E402
 from model_trainer.engine.registry import BACKENDS, preload  # noqa: E402
-from model_trainer.protocol import WorkerMemory  # noqa: E402
-from model_trainer.worker import guard_memory  # noqa: E402
+from model_trainer.pool.protocol import WorkerMemory  # noqa: E402
+from model_trainer.pool.worker import guard_memory  # noqa: E402
 from model_trainer_contracts import ModelTrainerError, SubmitJobV1  # noqa: E402
 from pydantic import JsonValue  # noqa: E402
 

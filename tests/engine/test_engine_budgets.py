@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from model_trainer.budgets import admit_limits, check_disk, disk_estimate, disk_problem
 from model_trainer.core.memory import MIB
 from model_trainer.engine import run_job
-from model_trainer.service import TrainerService
 from model_trainer.settings import Settings
+from model_trainer.shell.budgets import admit_limits, check_disk, disk_estimate, disk_problem
+from model_trainer.shell.service import TrainerService
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 
 from tests.engine.engine_helpers import Env, checkpoint_file

@@ -1,6 +1,6 @@
 """One job on two processes (gloo, CPU) against the same job on one, in process (no broker).
 
-The two-process runs go through the worker's own launcher (:func:`model_trainer.ranks.launch`):
+The two-process runs go through the worker's own launcher (:func:`model_trainer.pool.ranks.launch`):
 ranks forked from the forkserver, a local rendezvous, rank 0's events on the pipe. The first
 run of a test session starts the forkserver (it imports torch and transformers once: tens of
 seconds on a loaded machine), hence ``slow``.
@@ -20,7 +20,7 @@ import psutil
 import pytest
 from model_trainer.core.stop import NO_STOP, StopReason
 from model_trainer.engine import run_job
-from model_trainer.protocol import (
+from model_trainer.pool.protocol import (
     JobEnded,
     JobEvent,
     RunOrder,
@@ -29,7 +29,8 @@ from model_trainer.protocol import (
     WorkerMemory,
     WorkerMessage,
 )
-from model_trainer.ranks import launch
+from model_trainer.pool.ranks import launch
+from model_trainer.pool.worker import run_rank
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
@@ -86,7 +87,9 @@ def _two(
     reader = threading.Thread(target=read, args=(parent,), daemon=True)
     reader.start()
     order = RunOrder(encode(job), 1, "test", env.data_root, env.artifacts_root, 1000, 1 << 30, None)
-    outcome = launch(order, child, flag, 1, WorkerMemory(), strategy, ("warning", "console"))
+    outcome = launch(
+        order, child, flag, 1, WorkerMemory(), strategy, run_rank, ("warning", "console")
+    )
     child.close()
     reader.join(10)
     return events, outcome

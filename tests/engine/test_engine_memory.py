@@ -17,6 +17,7 @@ import torch
 from model_trainer.core.admission import admit
 from model_trainer.core.capabilities import footprint
 from model_trainer.core.layout import MANIFEST
+from model_trainer.core.limits import default_worker_memory_mb, host_memory_bytes
 from model_trainer.core.memory import (
     CHAR_VOCAB_BOUND,
     MIB,
@@ -31,7 +32,6 @@ from model_trainer.core.memory import (
 )
 from model_trainer.engine import create_backend, run_job, validate_job
 from model_trainer.engine.stages import is_oom, stage
-from model_trainer.limits import default_worker_memory_mb, host_memory_bytes
 from model_trainer.settings import Settings
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 from pydantic import JsonValue

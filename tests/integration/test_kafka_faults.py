@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from local_kafka import LocalKafka
 from local_service import ServiceProcess, Stack
-from model_trainer.kafka import ensure_topics
 from model_trainer.settings import Settings
+from model_trainer.shell.kafka import ensure_topics
 from model_trainer_client import EventWatcher, is_terminal
 from model_trainer_client.kafka import assign_whole_topic, committed_reader
 from model_trainer_contracts import CompletedEventV1, ConfigEventV1, JobStateV1, JobStatus, encode

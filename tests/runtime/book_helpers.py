@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_trainer.book import JobBook
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop
+from model_trainer.book.records import TP, Record
 from model_trainer.core.stop import StopReason
-from model_trainer.effects import Effect, Kill, Policy, Publish, Run, Stop
-from model_trainer.protocol import RunStarted
-from model_trainer.records import TP, Record
+from model_trainer.pool.protocol import RunStarted
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,

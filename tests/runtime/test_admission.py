@@ -63,7 +63,8 @@ def test_refusals_are_fast_and_need_no_torch(tmp_path: Path) -> None:
 
 def test_the_service_side_imports_no_torch() -> None:
     probe = (
-        "import sys, model_trainer.service, model_trainer.book, model_trainer.core.admission; "
+        "import sys, model_trainer.shell.service, model_trainer.book.book, "
+        "model_trainer.core.admission; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

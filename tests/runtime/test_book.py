@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from model_trainer.book import JobBook
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Kill, Publish, Run, Stop
+from model_trainer.book.records import TP
 from model_trainer.core.stop import StopReason
-from model_trainer.effects import Kill, Publish, Run, Stop
-from model_trainer.protocol import JobEnded, JobEvent, RunStarted
-from model_trainer.records import TP
+from model_trainer.pool.protocol import JobEnded, JobEvent, RunStarted
 from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from model_trainer.book import JobBook
-from model_trainer.effects import Run
-from model_trainer.records import TP
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Run
+from model_trainer.book.records import TP
 from model_trainer_contracts import (
     FailedEventV1,
     JobStatus,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from model_trainer.book.effects import Kill, Run, Stop, request_digest
+from model_trainer.book.offsets import OffsetTracker
+from model_trainer.book.records import TP
 from model_trainer.core.stop import StopReason
-from model_trainer.effects import Kill, Run, Stop, request_digest
-from model_trainer.offsets import OffsetTracker
-from model_trainer.protocol import JobEvent, JobPreempted, RunStarted, WorkerDied
-from model_trainer.records import TP
+from model_trainer.pool.protocol import JobEvent, JobPreempted, RunStarted, WorkerDied
 from model_trainer_contracts import (
     ConfigEventV1,
     FailedEventV1,

@@ -8,9 +8,9 @@ import zlib
 from collections.abc import Sequence
 
 import pytest
-from model_trainer.book import FORWARDED_FROM, JobBook
-from model_trainer.effects import Publish, Run
-from model_trainer.records import TP, Outgoing, Record
+from model_trainer.book.book import FORWARDED_FROM, JobBook
+from model_trainer.book.effects import Publish, Run
+from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer_contracts import (
     CompletedEventV1,
     FailedEventV1,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from model_trainer.book import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES, JobBook
-from model_trainer.effects import Kill, Publish, Run
-from model_trainer.records import TP
+from model_trainer.book.book import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES, JobBook
+from model_trainer.book.effects import Kill, Publish, Run
+from model_trainer.book.records import TP
 from model_trainer_contracts import FailedEventV1, ModelTrainerErrorCode
 
 from tests.runtime.book_helpers import (

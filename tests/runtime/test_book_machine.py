@@ -28,10 +28,10 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from model_trainer.book import JobBook
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Effect, Kill, Publish, Run, Stop, request_digest
+from model_trainer.book.records import TP, Record
 from model_trainer.core.sweep import ended_jobs
-from model_trainer.effects import Effect, Kill, Publish, Run, Stop, request_digest
-from model_trainer.records import TP, Record
 from model_trainer_contracts import (
     CancelJobV1,
     EventBase,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from model_trainer.book import JobBook
-from model_trainer.budgets import check_caps
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Run
 from model_trainer.core.admission import admit
 from model_trainer.core.memory import MIB, Vocabulary, check_memory, estimate
-from model_trainer.effects import Run
 from model_trainer.settings import Settings
+from model_trainer.shell.budgets import check_caps
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 from pydantic import ValidationError
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 
 import structlog
-from model_trainer.joblog import LogForwarder, LogShipper
-from model_trainer.protocol import JobLog
+from model_trainer.pool.joblog import LogForwarder, LogShipper
+from model_trainer.pool.protocol import JobLog
 from model_trainer.settings import Settings
 from model_trainer_contracts import LogLineV1, encode
 

@@ -9,12 +9,12 @@ import os
 from pathlib import Path
 
 import pytest
-from model_trainer import journal as journal_module
+from model_trainer.book.effects import Publish
+from model_trainer.book.records import TP
 from model_trainer.core.layout import METRICS
-from model_trainer.effects import Publish
-from model_trainer.journal import journal
-from model_trainer.records import TP
 from model_trainer.settings import Settings
+from model_trainer.shell import journal as journal_module
+from model_trainer.shell.journal import journal
 from model_trainer_contracts import EventBase
 from structlog.testing import capture_logs
 

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 _CHILD = (
-    "from model_trainer.lifeline import watch_parent; import time; watch_parent(); time.sleep(60)"
+    "from model_trainer.pool.lifeline import watch_parent; import time; "
+    "watch_parent(); time.sleep(60)"
 )
 _PARENT = f"""
 import subprocess, sys, time

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from model_trainer.marker import CrashMarkers
-from model_trainer.records import Record
+from model_trainer.book.records import Record
+from model_trainer.shell.marker import CrashMarkers
 
 
 def test_a_marker_is_on_disk_only_while_its_command_is_handled(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
-from model_trainer.offsets import OffsetTracker
-from model_trainer.records import TP as Partition
+from model_trainer.book.offsets import OffsetTracker
+from model_trainer.book.records import TP as Partition
 
 TP = Partition("jobs", 0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from model_trainer.book.effects import Publish
 from model_trainer.core.sweep import (
     TEMP_AGE_S,
     Doomed,
@@ -14,7 +15,6 @@ from model_trainer.core.sweep import (
     ended_jobs,
     plan,
 )
-from model_trainer.effects import Publish
 from model_trainer_contracts import JobStateV1, JobStatus
 
 from .book_helpers import cancel, completed, is_terminal, new_book, record, submit, user_failure

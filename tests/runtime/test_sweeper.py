@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 from model_trainer.core.sweep import Kind, Retention
 from model_trainer.metrics import REGISTRY
-from model_trainer.publisher import Publisher
 from model_trainer.settings import Settings
-from model_trainer.sweeper import Swept, committed_ends, sweep, sweep_forever
+from model_trainer.shell.publisher import Publisher
+from model_trainer.shell.sweeper import Swept, committed_ends, sweep, sweep_forever
 from structlog.testing import capture_logs
 
 from .book_helpers import cancel, new_book, record, submit

@@ -7,7 +7,7 @@ import threading
 
 import anyio
 import pytest
-from model_trainer.threads import run_in_daemon_thread
+from model_trainer.shell.threads import run_in_daemon_thread
 
 
 async def test_a_result_an_error_and_an_abandoned_call() -> None:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from model_trainer.pool import WorkerPool
+from model_trainer.pool.pool import WorkerPool
 
 PASSWORD = "pw-never-in-a-worker"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from model_trainer.core import storage
 from model_trainer.engine import run_job
-from model_trainer.protocol import JobEvent
+from model_trainer.pool.protocol import JobEvent
 from model_trainer_contracts import (
     ConfigEventV1,
     DownloadEventV1,

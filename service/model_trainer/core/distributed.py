@@ -1,7 +1,7 @@
 """Acceptance checks of a job of several processes (``resources``), torch-free.
 
 The worker-slot check (more processes than the instance has workers) is in
-:mod:`model_trainer.budgets`, which knows the settings; the memory estimate per process in
+:mod:`model_trainer.shell.budgets`, which knows the settings; the memory estimate per process in
 :mod:`.memory`.
 """
 

@@ -13,7 +13,7 @@ Three things would otherwise grow for ever:
   resumes: the service removes them when a terminal event commits, and the sweep catches
   what a crash in between, or a killed run still writing, left.
 
-The listing (:class:`Found`) and the deletions are the shell's (:mod:`model_trainer.sweeper`);
+The listing (:class:`Found`) and the deletions are the shell's (:mod:`model_trainer.shell.sweeper`);
 time is passed in.
 """
 

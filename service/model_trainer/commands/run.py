@@ -13,11 +13,11 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .core.envelope import failed_event
-from .core.layout import append_metrics, release_checkpoints
-from .core.stop import stop_at_deadline
-from .engine import run_job  # validates the job before any work
-from .engine.context import RunContext
+from model_trainer.core.envelope import failed_event
+from model_trainer.core.layout import append_metrics, release_checkpoints
+from model_trainer.core.stop import stop_at_deadline
+from model_trainer.engine import run_job  # validates the job before any work
+from model_trainer.engine.context import RunContext
 
 LOCAL_CHECKPOINT_EVERY = 200  # as the service's default
 

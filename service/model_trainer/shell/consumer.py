@@ -16,9 +16,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from model_trainer_client.settings import client_kwargs
 
-from .metrics import CONSUMER_LAG
-from .records import TP
-from .settings import Settings
+from model_trainer.book.records import TP
+from model_trainer.metrics import CONSUMER_LAG
+from model_trainer.settings import Settings
 
 
 class CommandConsumer(Protocol):

@@ -27,7 +27,7 @@ from model_trainer_client.settings import KafkaConnection
 from model_trainer_contracts import JobStateV1
 from pydantic import ValidationError
 
-from .settings import Settings
+from model_trainer.settings import Settings
 
 log = structlog.get_logger(__name__)
 

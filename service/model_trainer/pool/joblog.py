@@ -26,9 +26,9 @@ from model_trainer_contracts import LogLineV1, encode
 from model_trainer_contracts.logs import MAX_EXCEPTION_CHARS, MAX_MESSAGE_CHARS
 from pydantic import JsonValue, ValidationError
 
-from .metrics import LOG_LINES_DROPPED
-from .protocol import JobLog
-from .settings import Settings
+from model_trainer.metrics import LOG_LINES_DROPPED
+from model_trainer.pool.protocol import JobLog
+from model_trainer.settings import Settings
 
 log = structlog.get_logger(__name__)
 _SKIPPED = frozenset(

@@ -8,10 +8,10 @@ import time
 import anyio
 import structlog
 
-from .budgets import disk_problem
-from .health import start_http
-from .service import AssignmentFailedError, TrainerService
-from .settings import Settings
+from model_trainer.settings import Settings
+from model_trainer.shell.budgets import disk_problem
+from model_trainer.shell.health import start_http
+from model_trainer.shell.service import AssignmentFailedError, TrainerService
 
 log = structlog.get_logger(__name__)
 EXIT_UNPUBLISHED = 1

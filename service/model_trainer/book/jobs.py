@@ -7,9 +7,9 @@ from enum import StrEnum
 
 from model_trainer_contracts import ProgressEventV1, SubmitJobV1
 
-from .core.envelope import Envelope
-from .core.stop import StopReason
-from .records import TP
+from model_trainer.book.records import TP
+from model_trainer.core.envelope import Envelope
+from model_trainer.core.stop import StopReason
 
 
 class Phase(StrEnum):

@@ -20,17 +20,17 @@ import multiprocessing
 import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
 import structlog
 from model_trainer_contracts import FailedEventV1, ModelTrainerErrorCode, SubmitJobV1, decode_event
 
-from .core.distributed import Rank
-from .lifeline import watch_parent
-from .logs import configure_logging
-from .protocol import (
+from model_trainer.core.distributed import Rank
+from model_trainer.logs import configure_logging
+from model_trainer.pool.lifeline import watch_parent
+from model_trainer.pool.protocol import (
     JobEnded,
     RunOrder,
     StopFlag,
@@ -40,17 +40,22 @@ from .protocol import (
     WorkerMessage,
 )
 
-log = structlog.get_logger("model_trainer.ranks")
+log = structlog.get_logger("model_trainer.pool.ranks")
 # Ranks fork from a server that imported the engine once (the first job of several processes
 # on a worker starts it): a spawned rank imports torch and transformers again, every job.
 _context = multiprocessing.get_context("forkserver")
 PRELOAD = [
-    "model_trainer.worker",
+    "model_trainer.pool.worker",
     "model_trainer.engine.distributed",
     "model_trainer.engine.backends.gpt2",
     "model_trainer.engine.backends.llama",
 ]
 GRACE_S = 3.0  # after one rank fails, the others get this long to end before SIGKILL
+
+
+# A rank's run of the order (the worker's run_rank): a module-level function, so that it
+# pickles by name into the rank's process.
+RunRank = Callable[[RunOrder, WorkerEnd, StopFlag, int, WorkerMemory, Rank], WorkerMessage]
 
 
 def launch(
@@ -60,9 +65,12 @@ def launch(
     threads: int,
     memory: WorkerMemory,
     strategy: str,
+    run: RunRank,
     log_args: tuple[str, str] = ("info", "json"),
 ) -> WorkerMessage:
-    """Run ``order`` on ``resources.processes`` ranks; one message for the whole run."""
+    """Run ``order`` on ``resources.processes`` ranks, each through ``run`` (the worker's
+    :func:`~model_trainer.pool.worker.run_rank`, handed in so that this module needs nothing
+    of the worker's); one message for the whole run."""
     job = SubmitJobV1.model_validate_json(order.job_json)
     world = job.resources.processes
     _context.set_forkserver_preload(PRELOAD)
@@ -77,7 +85,19 @@ def launch(
     results: multiprocessing.SimpleQueue[tuple[int, WorkerMessage]] = _context.SimpleQueue()
     bound = log.bind(job_id=job.job_id, attempt=order.attempt, processes=world)
     bound.info("ranks starting", strategy=strategy, init_method=init_method)
-    args = (world, strategy, init_method, order, conn, flag, threads, memory, log_args, results)
+    args = (
+        world,
+        strategy,
+        init_method,
+        order,
+        conn,
+        flag,
+        threads,
+        memory,
+        run,
+        log_args,
+        results,
+    )
     ranks = [
         _context.Process(target=rank_main, args=(index, *args), name=f"{job.job_id}-rank-{index}")
         for index in range(world)
@@ -143,6 +163,7 @@ def rank_main(
     flag: StopFlag,
     threads: int,
     memory: WorkerMemory,
+    run: RunRank,
     log_args: tuple[str, str],
     results: multiprocessing.SimpleQueue[tuple[int, WorkerMessage]],
 ) -> None:
@@ -151,14 +172,13 @@ def rank_main(
     configure_logging(*log_args)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stop flag stops a run, not Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's way to end a rank
-    from .engine import distributed
-    from .worker import Pipe, run_order
+    from model_trainer.engine import distributed
 
     rank = Rank(index, world, strategy, init_method)
     structlog.contextvars.bind_contextvars(rank=index)
     distributed.join(rank)
     try:
-        message = run_order(order, Pipe(conn), flag, threads, memory, rank=rank)
+        message = run(order, conn, flag, threads, memory, rank)
     finally:
         distributed.leave()
     results.put((index, message))

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from .kafka import BrokerUnreachableError
-from .logs import configure_logging
-from .settings import ENV_PREFIX, Settings
+from model_trainer.logs import configure_logging
+from model_trainer.settings import ENV_PREFIX, Settings
+from model_trainer.shell.kafka import BrokerUnreachableError
 
 app = typer.Typer(
     help="Kafka-native service that trains language models on request.",
@@ -78,7 +78,7 @@ def serve() -> None:
     """
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    from .runner import serve as run_service
+    from model_trainer.commands.serve import serve as run_service
 
     try:
         code = asyncio.run(run_service(settings))
@@ -109,7 +109,7 @@ def run(
     settings = Settings()
     configure_logging(settings.log_level, "console")
     job = load_job(job_file)
-    from .local import run_local
+    from model_trainer.commands.run import run_local
 
     code = run_local(
         job, data_root.resolve(), artifacts_root.resolve(), sys.stdout, now=time.time()
@@ -131,8 +131,8 @@ def sample(
 
     from model_trainer_contracts import ModelTrainerErrorCode
 
-    from .core.storage import download_tree, is_url
-    from .engine import sample as generate
+    from model_trainer.core.storage import download_tree, is_url
+    from model_trainer.engine import sample as generate
 
     with tempfile.TemporaryDirectory(prefix="model-trainer-sample-") as tmp:
         try:
@@ -160,7 +160,7 @@ def schema(
     Refuses (exit 1, naming each field and rule) to replace a released schema in
     ``OUT/schemas`` with one that is not BACKWARD-compatible with it.
     """
-    from .schema_docs import IncompatibleContractError, write_schema_docs
+    from model_trainer.commands.schema import IncompatibleContractError, write_schema_docs
 
     try:
         written = write_schema_docs(out_dir)

@@ -12,11 +12,11 @@ from pathlib import Path
 import structlog
 from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, ProgressEventV1
 
-from .core import storage
-from .core.layout import METRICS, append_metrics, release_checkpoints
-from .effects import Policy, Publish
-from .metrics import DEAD_LETTERS, JOBS_FINISHED
-from .settings import Settings
+from model_trainer.book.effects import Policy, Publish
+from model_trainer.core import storage
+from model_trainer.core.layout import METRICS, append_metrics, release_checkpoints
+from model_trainer.metrics import DEAD_LETTERS, JOBS_FINISHED
+from model_trainer.settings import Settings
 
 log = structlog.get_logger(__name__)
 METRICS_MAX_BYTES = 64 << 20  # a job's metrics.jsonl takes no more progress lines past this

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from model_trainer_contracts import EventBase, SubmitJobV1
 
-from .core.stop import StopReason
-from .protocol import RunOrder
-from .records import TP, Outgoing
+from model_trainer.book.records import TP, Outgoing
+from model_trainer.core.stop import StopReason
+from model_trainer.pool.protocol import RunOrder
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from .metrics import REGISTRY
+from model_trainer.metrics import REGISTRY
 
 Checks = Callable[[], dict[str, bool]]
 

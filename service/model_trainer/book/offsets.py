@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from .records import TP
+from model_trainer.book.records import TP
 
 
 @dataclass

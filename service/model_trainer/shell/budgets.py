@@ -35,10 +35,10 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
-from .core.capabilities import footprint
-from .core.memory import MIB, corpus_bytes, vocabulary
-from .core.pretrained import inspect_pretrained
-from .settings import Settings
+from model_trainer.core.capabilities import footprint
+from model_trainer.core.memory import MIB, corpus_bytes, vocabulary
+from model_trainer.core.pretrained import inspect_pretrained
+from model_trainer.settings import Settings
 
 _C = ModelTrainerErrorCode
 CHECKPOINTS_AT_PEAK = 3

@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from model_trainer_client.kafka import probe_brokers, to_record
 from model_trainer_client.settings import KafkaConnection, as_connection, client_kwargs
 
-from .records import Record
-from .settings import Settings
+from model_trainer.book.records import Record
+from model_trainer.settings import Settings
 
 __all__ = ["BrokerUnreachableError", "command_record", "ensure_topics", "wait_for_broker"]
 log = structlog.get_logger(__name__)

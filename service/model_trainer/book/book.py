@@ -54,14 +54,21 @@ from model_trainer_contracts import (
     salvage_user_id,
 )
 
-from .core.envelope import Envelope, failed_event
-from .core.stop import StopReason
-from .effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
-from .fairshare import Waiting, run_order
-from .jobs import Job, Killed, Phase, RunSlot
-from .offsets import OffsetTracker
-from .protocol import JobEvent, JobPreempted, RunOrder, RunReport, RunStarted, WorkerDied
-from .records import TP, Outgoing, Record
+from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
+from model_trainer.book.fairshare import Waiting, run_order
+from model_trainer.book.jobs import Job, Killed, Phase, RunSlot
+from model_trainer.book.offsets import OffsetTracker
+from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.core.envelope import Envelope, failed_event
+from model_trainer.core.stop import StopReason
+from model_trainer.pool.protocol import (
+    JobEvent,
+    JobPreempted,
+    RunOrder,
+    RunReport,
+    RunStarted,
+    WorkerDied,
+)
 
 log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode

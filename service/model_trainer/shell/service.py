@@ -21,25 +21,31 @@ from aiokafka import TopicPartition
 from model_trainer_client.kafka import partition_for_key
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 
-from .book import JobBook
-from .budgets import admit_limits
-from .consumer import BrokerWatch, CommandConsumer, ConsumerFactory, kafka_consumer, record_lag
-from .core.admission import admit
-from .core.layout import DOWNLOADS
-from .core.remote_folders import use_downloads
-from .effects import Effect, Kill, Publish, Run, Stop
-from .joblog import LogShipper
-from .journal import journal, policy_of
-from .kafka import command_record, ensure_topics, wait_for_broker
-from .marker import CrashMarkers
-from .metrics import JOBS
-from .pool import WorkerPool
-from .publisher import Publishers
-from .records import TP, Record
-from .settings import Settings
-from .state import StateReader
-from .sweeper import sweeping
-from .threads import run_in_daemon_thread
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import Effect, Kill, Publish, Run, Stop
+from model_trainer.book.records import TP, Record
+from model_trainer.core.admission import admit
+from model_trainer.core.layout import DOWNLOADS
+from model_trainer.core.remote_folders import use_downloads
+from model_trainer.metrics import JOBS
+from model_trainer.pool.joblog import LogShipper
+from model_trainer.pool.pool import WorkerPool
+from model_trainer.settings import Settings
+from model_trainer.shell.budgets import admit_limits
+from model_trainer.shell.consumer import (
+    BrokerWatch,
+    CommandConsumer,
+    ConsumerFactory,
+    kafka_consumer,
+    record_lag,
+)
+from model_trainer.shell.journal import journal, policy_of
+from model_trainer.shell.kafka import command_record, ensure_topics, wait_for_broker
+from model_trainer.shell.marker import CrashMarkers
+from model_trainer.shell.publisher import Publishers
+from model_trainer.shell.state import StateReader
+from model_trainer.shell.sweeper import sweeping
+from model_trainer.shell.threads import run_in_daemon_thread
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25

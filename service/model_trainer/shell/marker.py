@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from .records import Record
+from model_trainer.book.records import Record
 
 log = structlog.get_logger(__name__)
 Coordinates = tuple[str, int, int]  # topic, partition, offset

@@ -30,9 +30,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from model_trainer_client.settings import client_kwargs
 
-from .metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
-from .records import TP, Outgoing
-from .settings import PRODUCER_REQUEST_TIMEOUT_MS, TRANSACTION_BOUND_S, Settings
+from model_trainer.book.records import TP, Outgoing
+from model_trainer.metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
+from model_trainer.settings import PRODUCER_REQUEST_TIMEOUT_MS, TRANSACTION_BOUND_S, Settings
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 500

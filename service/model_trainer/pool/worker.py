@@ -27,18 +27,18 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
-from .core.distributed import Rank, strategy_of
-from .core.envelope import failed_event
-from .core.stop import StopReason, reason_of, stop_at_deadline
-from .engine import run_job  # validates the job before any work
-from .engine.context import Preempted, RunContext, Superseded
-from .engine.registry import preload as preload_backends
-from .engine.stages import disk_full, is_disk_full, is_oom
-from .joblog import LogForwarder
-from .lifeline import orphaned
-from .limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
-from .logs import configure_logging
-from .protocol import (
+from model_trainer.core.distributed import Rank, strategy_of
+from model_trainer.core.envelope import failed_event
+from model_trainer.core.limits import MIB, data_size, limit_data, prefer_oom_kill, release_memory
+from model_trainer.core.stop import StopReason, reason_of, stop_at_deadline
+from model_trainer.engine import run_job  # validates the job before any work
+from model_trainer.engine.context import Preempted, RunContext, Superseded
+from model_trainer.engine.registry import preload as preload_backends
+from model_trainer.engine.stages import disk_full, is_disk_full, is_oom
+from model_trainer.logs import configure_logging
+from model_trainer.pool.joblog import LogForwarder
+from model_trainer.pool.lifeline import orphaned
+from model_trainer.pool.protocol import (
     JobEnded,
     JobEvent,
     JobLog,
@@ -50,9 +50,9 @@ from .protocol import (
     WorkerMessage,
     WorkerReady,
 )
-from .ranks import launch
+from model_trainer.pool.ranks import launch
 
-log = structlog.get_logger("model_trainer.worker")
+log = structlog.get_logger("model_trainer.pool.worker")
 IDLE_AFTER_S = 0.5  # no order within this: the worker is idle
 
 
@@ -145,9 +145,18 @@ def run_order(
     ranks: Callable[[], WorkerMessage] | None = None
     if rank is None and job.resources.processes > 1:
         strategy = strategy_of(job, memory.check_mb)
-        ranks = functools.partial(launch, order, conn.conn, flag, threads, memory, strategy)
+        ranks = functools.partial(
+            launch, order, conn.conn, flag, threads, memory, strategy, run_rank
+        )
     with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=order.attempt):
         return _run(ctx, order, memory, ranks)
+
+
+def run_rank(
+    order: RunOrder, conn: WorkerEnd, flag: StopFlag, threads: int, memory: WorkerMemory, rank: Rank
+) -> WorkerMessage:
+    """One rank's run of a job of several processes (in the rank's own process)."""
+    return run_order(order, Pipe(conn), flag, threads, memory, rank=rank)
 
 
 def _run(

@@ -26,9 +26,9 @@ from multiprocessing.context import SpawnProcess
 
 import structlog
 
-from .core.stop import NO_STOP, StopReason
-from .metrics import WORKER_RESTARTS
-from .protocol import (
+from model_trainer.core.stop import NO_STOP, StopReason
+from model_trainer.metrics import WORKER_RESTARTS
+from model_trainer.pool.protocol import (
     JobEvent,
     JobLog,
     JobPreempted,
@@ -43,8 +43,8 @@ from .protocol import (
     WorkerMessage,
     WorkerReady,
 )
-from .secret_env import without_secrets
-from .settings import Settings
+from model_trainer.pool.secret_env import without_secrets
+from model_trainer.settings import Settings
 
 log = structlog.get_logger(__name__)
 _spawn = multiprocessing.get_context("spawn")
@@ -60,13 +60,13 @@ def worker_entry(
     preload: tuple[str, ...] = (),
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
-    from .lifeline import watch_parent
-    from .limits import return_freed_memory
+    from model_trainer.core.limits import return_freed_memory
+    from model_trainer.pool.lifeline import watch_parent
 
     watch_parent()  # first: a service killed while this worker imports torch takes it along
 
     return_freed_memory()  # before torch allocates anything
-    from .worker import worker_main
+    from model_trainer.pool.worker import worker_main
 
     worker_main(conn, stop_flag, threads, log_level, log_format, memory, preload)
 

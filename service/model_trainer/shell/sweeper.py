@@ -21,10 +21,10 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from .book import JobBook
-from .core.sweep import Doomed, Found, Kind, Retention, ended_jobs, plan
-from .metrics import SWEPT, SWEPT_BYTES
-from .settings import Settings
+from model_trainer.book.book import JobBook
+from model_trainer.core.sweep import Doomed, Found, Kind, Retention, ended_jobs, plan
+from model_trainer.metrics import SWEPT, SWEPT_BYTES
+from model_trainer.settings import Settings
 
 log = structlog.get_logger(__name__)
 SETTLE_WAIT_S = 60.0  # a sweep waits this long at most for every end to be committed

@@ -1,0 +1,1 @@
+"""The job book and its pure helpers: lifecycle decisions, effects, offsets, fair share."""

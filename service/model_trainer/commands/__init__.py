@@ -1,0 +1,1 @@
+"""The ``model-trainer`` commands: serve, run, sample, schema."""

@@ -1,0 +1,1 @@
+"""The executor pool: worker processes, their protocol and their kernel-side limits."""
