@@ -36,7 +36,7 @@ class LogLineV1(BaseModel):
     )
     ts: AwareDatetime = Field(default_factory=_now, description="When it was logged, UTC.")
     level: str = Field(description="debug, info, warning, error or critical.")
-    logger: str = Field("", description="The logger's name, e.g. model_trainer.worker.")
+    logger: str = Field("", description="The logger's name, e.g. model_trainer.pool.worker.")
     message: str = Field(max_length=MAX_MESSAGE_CHARS, description="The log event's text.")
     fields: dict[str, JsonValue] = Field(
         default_factory=dict, description="The record's other key-value pairs."
