@@ -81,6 +81,10 @@ def points_over(count: int) -> Callable[[webdriver.Chrome], int | bool]:
     return check
 
 
+def connection_is(text: str) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: bool(d.find_element("id", "connection").text == text)
+
+
 def logs_hold(text: str) -> Callable[[webdriver.Chrome], str | bool]:
     def check(d: webdriver.Chrome) -> str | bool:
         shown = str(d.find_element("id", "detail-logs").text)
@@ -200,6 +204,13 @@ async def test_dashboard_shows_a_job_queued_then_running_with_a_growing_curve_th
             shown = await until(browser, logs_hold("ValueError: boom"))
             assert isinstance(shown, str)
             assert [n for n, x in enumerate(shown.splitlines()) if "job started" in x] == [0]
+
+            # Kafka away, then back (the outage watch tells the feed): the page says its data
+            # is stale, then live again
+            dashboard.feed.kafka(False)
+            assert await until(browser, connection_is("stale: Kafka unreachable"))
+            dashboard.feed.kafka(True)
+            assert await until(browser, connection_is("live"))
 
             shot = tmp_path / "dashboard.png"
             assert await asyncio.to_thread(browser.save_screenshot, str(shot))
