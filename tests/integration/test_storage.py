@@ -33,7 +33,7 @@ from tests.figures import Figure
 
 from .flows import assert_seq_contiguous, of, send, wait_for_step
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.slow]
 OUTAGE_S = 10.0  # well under the run's retry bound (MODEL_TRAINER_STORAGE_RETRY_S, 120 s)
 
 

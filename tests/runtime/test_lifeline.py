@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+# The parent hands its pid over: a child still starting when its parent is killed (a slow
+# interpreter start under coverage, on a busy machine) must not watch its new parent instead.
 _CHILD = (
-    "from model_trainer.pool.lifeline import watch_parent; import time; "
-    "watch_parent(); time.sleep(60)"
+    "import sys, time; from model_trainer.pool.lifeline import watch_parent; "
+    "watch_parent(int(sys.argv[1])); time.sleep(60)"
 )
 _PARENT = f"""
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", {_CHILD!r}])
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {_CHILD!r}, str(os.getpid())])
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -27,6 +29,14 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_a_child_whose_parent_died_before_it_watched_ends_at_once() -> None:
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, "1"],  # pid 1 is not its parent: that one is gone
+        stdout=subprocess.DEVNULL,
+    )
+    assert orphan.wait(timeout=30) == 70  # ORPHAN_EXIT, after the grace
 
 
 def test_a_worker_outlives_its_killed_parent_by_under_a_second() -> None:

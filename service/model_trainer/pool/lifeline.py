@@ -28,10 +28,18 @@ def orphaned() -> bool:
 
 
 def watch_parent(
-    *, poll_s: float = POLL_S, grace_s: float = GRACE_S, exit: Callable[[int], object] = os._exit
+    parent: int | None = None,
+    *,
+    poll_s: float = POLL_S,
+    grace_s: float = GRACE_S,
+    exit: Callable[[int], object] = os._exit,
 ) -> threading.Thread:
-    """Start the daemon thread that ends this process ``grace_s`` after its parent dies."""
-    parent = os.getppid()
+    """Start the daemon thread that ends this process ``grace_s`` after its parent dies.
+
+    ``parent`` is the pid the spawner gave: a parent that died while this process was still
+    starting (a slow interpreter start on a busy host) has already been replaced by init or a
+    subreaper, and ``os.getppid()`` alone would watch that one for ever."""
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -58,12 +58,13 @@ def worker_entry(
     log_format: str,
     memory: WorkerMemory,
     preload: tuple[str, ...] = (),
+    service_pid: int | None = None,
 ) -> None:
     """Process target; imports the worker (and torch) only inside the child."""
     from model_trainer.core.limits import return_freed_memory
     from model_trainer.pool.lifeline import watch_parent
 
-    watch_parent()  # first: a service killed while this worker imports torch takes it along
+    watch_parent(service_pid)  # first: a service killed while this imports torch takes it along
 
     return_freed_memory()  # before torch allocates anything
     from model_trainer.pool.worker import worker_main
@@ -154,7 +155,15 @@ class WorkerPool:
         flag: StopFlag = _spawn.Value("i", NO_STOP)
         process = _spawn.Process(
             target=worker_entry,
-            args=(child, flag, self._threads, *self._log_args, self._memory, self._preload),
+            args=(
+                child,
+                flag,
+                self._threads,
+                *self._log_args,
+                self._memory,
+                self._preload,
+                os.getpid(),
+            ),
             name=f"model-trainer-worker-{index}",
             daemon=True,
         )
