@@ -3,8 +3,9 @@ root is a small tmpfs the test mounts (it skips where it may not) and fills mid-
 
 The job is handed back, never ended (no failed event, its checkpoints kept), runs again from
 its last good checkpoint every ``disk_full_retry_s`` while the disk stays full, and completes
-once space returns; meanwhile /readyz says why it is not ready, the service's own
-metrics.jsonl writes fail and are only logged, and a second job completes after."""
+once space returns; meanwhile /readyz says why it is not ready, the service stays up (its own
+writes on a full disk are only logged: tests/runtime/test_journal_disk.py), and a second job
+completes after."""
 
 from __future__ import annotations
 
@@ -122,5 +123,7 @@ async def test_a_full_disk_hands_the_job_back_until_space_returns(
     assert queued == ["submitted"] + ["retry"] * (len(configs) - 1)
     assert_seq_contiguous(of(watcher, "full"))
     assert isinstance(after[-1], CompletedEventV1)
-    assert logged(svc, "metrics.jsonl not written")  # the service's own writes: logged only
+    # The service's own writes on the full disk (metrics.jsonl) are logged and skipped:
+    # tests/runtime/test_journal_disk.py shows it on /dev/full. Here a progress line may still
+    # fit in the file's last page of the filled tmpfs, so whether one failed is up to timing.
     assert shutil.disk_usage(small_disk).free > 0

@@ -51,8 +51,12 @@ async def test_users_take_turns_progress_is_bounded_and_artifacts_are_private(
     assert max(started.index("b0"), started.index("b1")) <= 6, started
     progress = [e for e in watcher.seen if isinstance(e, ProgressEventV1) and e.job_id == "chatty"]
     plain = [e.ts.timestamp() for e in progress if e.val_loss is None]
+    # The bound is on when the service publishes (2 a second by default); ``ts`` is when the
+    # worker made the event, and a coalesced one goes out up to half a second after its ts,
+    # so one second of ts can hold one more than the rate, never more.
     busiest = max(sum(1 for t in plain if start <= t < start + 1.0) for start in plain)
-    assert busiest <= 2, f"{busiest} progress events within one second"
+    assert busiest <= 3, f"{busiest} progress events within one second"
+    assert len(plain) <= 2 * (plain[-1] - plain[0]) + 2, "more than 2 progress events a second"
     refused = forbidden[-1]
     assert isinstance(refused, FailedEventV1)
     assert refused.code is ModelTrainerErrorCode.JOB_FORBIDDEN
