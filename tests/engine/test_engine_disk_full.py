@@ -8,10 +8,7 @@ an uninterrupted run does."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from model_trainer_contracts import (
 )
 
 from tests.engine.engine_helpers import Env, Event, losses
+from tests.small_disk import fill, mounted_tmpfs
 
 SMALL_DISK_MB = 32
 
@@ -38,30 +36,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of SMALL_DISK_MB mounted under tmp_path, unmounted afterwards."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_MB}m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with mounted_tmpfs(mount, SMALL_DISK_MB):
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file into ``folder`` until its filesystem has no byte left; returns it."""
-    filler = folder / "filler.bin"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (1 << 20, 1 << 12):
-            with contextlib.suppress(OSError):  # ENOSPC: then smaller writes, then none
-                while True:
-                    out.write(b"\0" * size)
-    assert shutil.disk_usage(folder).free < 1 << 12
-    return filler
 
 
 def _step(path: Path) -> int:

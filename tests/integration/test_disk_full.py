@@ -10,11 +10,9 @@ completes after."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +30,8 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from tests.small_disk import fill, mounted_tmpfs
+
 from .flows import assert_seq_contiguous, logged, long_job, of, send, wait_for_step, wait_log
 
 pytestmark = pytest.mark.kafka
@@ -41,29 +41,8 @@ HANDED_BACK = "disk full; job handed back"
 @pytest.fixture
 def small_disk(stack: Stack) -> Iterator[Path]:
     """The stack's artifacts root, a 64 MB tmpfs for the test."""
-    root = stack.artifacts_root
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with mounted_tmpfs(stack.artifacts_root, 64) as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler.bin"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (1 << 20, 1 << 12):
-            with contextlib.suppress(OSError):  # ENOSPC: then smaller writes, then none
-                while True:
-                    out.write(b"\0" * size)
-    return filler
 
 
 def _step(path: Path) -> int:
