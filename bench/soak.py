@@ -798,6 +798,13 @@ async def poison(soak: Soak) -> None:
                 for e in events.events(job_id)
                 if isinstance(e, FailedEventV1)
             )
+            # The untyped answers, by what they say (the first 120 characters), to be typed next.
+            internal = Counter(
+                e.message[:120]
+                for job_id in events.by_job
+                for e in events.events(job_id)
+                if isinstance(e, FailedEventV1) and str(e.code) == "INTERNAL_ERROR"
+            )
             done = [type(e) for e in events.terminals(good.job_id)] == [CompletedEventV1]
     finally:
         alive = svc.alive()
@@ -812,6 +819,7 @@ async def poison(soak: Soak) -> None:
         poison_answered_by_event=evented,
         poison_dead_letter_codes=letters.codes,
         poison_failed_event_codes=dict(codes),
+        poison_internal_errors=dict(internal.most_common(10)),
         poison_good_job_completed=done,
         poison_s=round(took, 1),
     )

@@ -165,6 +165,18 @@ def test_a_symlinked_tokenizer_and_a_config_naming_outside_weights_are_refused(
     assert err.value.code == C.PATH_NOT_ALLOWED
 
 
+def test_a_symlink_loop_in_a_model_folder_is_refused(env: Env) -> None:
+    """Python before 3.13 raises RuntimeError, not OSError, resolving a loop: the poison soak
+    saw it escape admission as INTERNAL_ERROR when a model's path named the data root."""
+    folder = save_tiny(env, "gpt2", "looped")
+    (folder / "loop-a").symlink_to(folder / "loop-b")
+    (folder / "loop-b").symlink_to(folder / "loop-a")
+    with pytest.raises(ModelTrainerError) as err:
+        inspect_pretrained(env.data_root, "models/looped")
+    assert err.value.code == C.PATH_NOT_ALLOWED
+    assert err.value.details == {"path": "models/looped", "file": "loop-a"}
+
+
 def test_an_init_from_artifact_with_a_symlink_out_is_refused(env: Env) -> None:
     victim = _victim(env)
     base = env.job("gpt2", job_id="base", tokenizer={"kind": "char"})

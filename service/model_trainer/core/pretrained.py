@@ -143,8 +143,15 @@ def confined_folder(root: Path, name: str, *, field: str) -> Path:
 
 def _check_inside(folder: Path, name: str, relative: str) -> Path:
     """``folder / name`` with symlinks resolved; PATH_NOT_ALLOWED when it is absolute or
-    leads out of ``folder`` (``folder`` is already resolved)."""
-    target = (folder / name).resolve()
+    leads out of ``folder`` or cannot be resolved (``folder`` is already resolved)."""
+    try:
+        target = (folder / name).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        raise ModelTrainerError(
+            _C.PATH_NOT_ALLOWED,
+            f"{name!r} in the model folder {relative!r} cannot be resolved: {type(exc).__name__}",
+            details={"path": relative, "file": name},
+        ) from None
     if Path(name).is_absolute() or not target.is_relative_to(folder) or target == folder:
         raise ModelTrainerError(
             _C.PATH_NOT_ALLOWED,
