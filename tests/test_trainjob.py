@@ -261,7 +261,7 @@ def test_credentials_come_from_secrets_and_the_runtime_keeps_its_variables() -> 
         }
     bare = trainjob_manifest(_job(), TrainJobOptions(image="model-trainer:cpu"))
     bare_env = _as_list(_obj(_obj(bare["spec"])["trainer"])["env"])
-    assert [_obj(e)["name"] for e in bare_env] == [JOB_ENV, "MODEL_TRAINER_LOG_FORMAT"]
+    assert [_obj(e)["name"] for e in bare_env] == [JOB_ENV]
     assert problems(bare) == []
 
 

@@ -101,7 +101,6 @@ def trainjob_manifest(job: SubmitJobV1, options: TrainJobOptions) -> dict[str, J
         metadata["namespace"] = options.namespace
     env: list[JsonValue] = [
         {"name": JOB_ENV, "value": job.model_dump_json()},
-        {"name": "MODEL_TRAINER_LOG_FORMAT", "value": "json"},
     ]
     if options.s3_endpoint is not None:
         env.append({"name": "AWS_ENDPOINT_URL", "value": options.s3_endpoint})
