@@ -417,6 +417,7 @@ class ProgressSpec(_Strict):
 
 
 Strategy = Literal["auto", "ddp", "fsdp"]
+MAX_NODES = 64
 
 
 class ResourcesSpec(_Strict):
@@ -426,8 +427,23 @@ class ResourcesSpec(_Strict):
     only sharding fits a worker's memory. The global batch (``training.batch_size``) is split
     evenly over the processes, so it must divide by their number."""
 
-    processes: int = Field(1, ge=1, le=64, description="Processes (worker slots) the job takes.")
+    processes: int = Field(
+        1, ge=1, le=64, description="Processes (worker slots) the job takes on each node."
+    )
     strategy: Strategy = Field("auto", description="ddp, fsdp, or auto (by memory).")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Machines the job spans, each running `processes` processes (world size: "
+        "nodes x processes). Over 1 runs only as a Kubeflow Trainer TrainJob "
+        "(`model-trainer trainjob`); the service refuses it.",
+    )
+
+    @property
+    def world(self) -> int:
+        """Processes over all nodes."""
+        return self.nodes * self.processes
 
 
 class SubmitJobV1(_Strict):
@@ -506,7 +522,7 @@ class SubmitJobV1(_Strict):
             raise ValueError(
                 f"model settings are for {self.model.backend!r} but backend is {self.backend!r}"
             )
-        processes = self.resources.processes
+        processes = self.resources.world
         if self.training.batch_size % processes:
             raise ValueError(
                 f"batch_size {self.training.batch_size} does not split over {processes} processes"

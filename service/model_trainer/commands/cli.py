@@ -104,17 +104,76 @@ def run(
     artifacts_root: Annotated[Path, typer.Option(help="Where the job's folder goes.")] = Path(
         "artifacts"
     ),
+    artifacts_url: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix: checkpoints and artifact go there too.")
+    ] = None,
+    ranks_from_env: Annotated[
+        bool,
+        typer.Option(
+            "--ranks-from-env",
+            help="Be one rank of the job, as torchrun starts it (RANK, WORLD_SIZE, MASTER_ADDR, "
+            "MASTER_PORT); rank 0 prints the events.",
+        ),
+    ] = False,
 ) -> None:
     """Run one job in this process, without Kafka; print its events as JSON lines."""
     settings = Settings()
     configure_logging(settings.log_level, "console")
     job = load_job(job_file)
-    from model_trainer.commands.run import run_local
+    from model_trainer.commands.run import run_local, run_rank
 
-    code = run_local(
-        job, data_root.resolve(), artifacts_root.resolve(), sys.stdout, now=time.time()
-    )
+    if ranks_from_env:
+        code = run_rank(job, data_root.resolve(), artifacts_root.resolve(), artifacts_url)
+    else:
+        code = run_local(
+            job,
+            data_root.resolve(),
+            artifacts_root.resolve(),
+            sys.stdout,
+            now=time.time(),
+            artifacts_url=artifacts_url,
+        )
     raise typer.Exit(code)
+
+
+@app.command()
+def trainjob(
+    job_file: JobFile,
+    image: Annotated[str, typer.Option(help="The service's image, as the cluster pulls it.")],
+    namespace: Annotated[str | None, typer.Option(help="metadata.namespace.")] = None,
+    runtime: Annotated[str, typer.Option(help="The ClusterTrainingRuntime.")] = "torch-distributed",
+    cpu: Annotated[str | None, typer.Option(help="CPU per node (default: processes).")] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory per node (default: 4Gi a process).")
+    ] = None,
+    s3_secret: Annotated[
+        str | None, typer.Option(help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.")
+    ] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(help="AWS_ENDPOINT_URL of the store.")] = None,
+    artifacts_url: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix for checkpoints and the artifact.")
+    ] = None,
+) -> None:
+    """Print the Kubeflow Trainer TrainJob (YAML) that runs a job of resources.nodes nodes."""
+    from model_trainer.commands.trainjob import trainjob_yaml
+    from model_trainer.core.trainjob import TrainJobOptions
+
+    options = TrainJobOptions(
+        image=image,
+        runtime=runtime,
+        namespace=namespace,
+        cpu=cpu,
+        memory=memory,
+        s3_secret=s3_secret,
+        s3_endpoint=s3_endpoint,
+        artifacts_url=artifacts_url,
+    )
+    try:
+        text = trainjob_yaml(load_job(job_file), options)
+    except ModelTrainerError as exc:
+        console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    sys.stdout.write(text)  # as is: rich would wrap the job's long JSON line
 
 
 @app.command()

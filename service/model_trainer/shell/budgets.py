@@ -38,6 +38,7 @@ from pydantic import JsonValue
 from model_trainer.core.capabilities import footprint
 from model_trainer.core.memory import MIB, corpus_bytes, vocabulary
 from model_trainer.core.pretrained import inspect_pretrained
+from model_trainer.core.trainjob import check_nodes
 from model_trainer.settings import Settings
 
 _C = ModelTrainerErrorCode
@@ -196,6 +197,7 @@ def check_disk(job: SubmitJobV1, settings: Settings) -> DiskEstimate:
 
 def admit_limits(job: SubmitJobV1, settings: Settings) -> None:
     """The caps, then the disk: RESOURCE_LIMIT_EXCEEDED when the job cannot fit."""
+    check_nodes(job)  # several nodes: a Kubeflow TrainJob's, never one instance's
     check_caps(job, settings)
     check_disk(job, settings)
 
