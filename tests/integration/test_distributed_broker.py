@@ -101,7 +101,7 @@ def _alive(pid: int) -> bool:
 async def test_two_process_jobs_refused_killed_and_cancelled(
     stack: Stack, service: ServiceProcess, watcher: EventWatcher, figure: Figure
 ) -> None:
-    await send(stack, _job(stack, "three", 3), _job(stack, "pair", 2, steps=200))
+    await send(stack, _job(stack, "three", 3), _job(stack, "pair", 2, steps=300))
     (refused,) = await watcher.until_terminal("three", timeout_s=120)
     assert isinstance(refused, FailedEventV1)
     assert refused.code is ModelTrainerErrorCode.RESOURCE_LIMIT_EXCEEDED
@@ -124,7 +124,7 @@ async def test_two_process_jobs_refused_killed_and_cancelled(
     resumed = [e.step for e in events[events.index(configs[1]) :] if isinstance(e, ProgressEventV1)]
     assert resumed[0] == configs[1].start_step + 1
     assert resumed == sorted(set(resumed))  # rank 0's progress alone, in step order
-    assert resumed[-1] == 200
+    assert resumed[-1] == 300
     figure(f"2-process job, rank 1 killed -9 at step >= 12: resumed at {configs[1].start_step}")
     completed = events[-1]
     assert isinstance(completed, CompletedEventV1)
