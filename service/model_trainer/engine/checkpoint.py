@@ -240,30 +240,32 @@ def restore(
     previous = next((p for p in (folder / PREVIOUS, folder / PREVIOUS_SHARDED) if p.exists()), None)
     if latest is None and previous is None:
         return None
-    args = (model, optimizer, scaler, run_digest, data_key, rank)
+    into = _Into(model, optimizer, scaler, run_digest, data_key, rank)
     try:
         if latest is None:
             raise _corrupt(folder / FILE, "missing")
-        return _restore_any(latest, *args)
+        return _restore_any(latest, into)
     except ModelTrainerError as damaged:
         if damaged.code is not _C.CHECKPOINT_CORRUPT or previous is None:
             raise
         log.warning("engine.checkpoint_damaged", error=damaged.message, using=previous.name)
-        return _restore_any(previous, *args)
+        return _restore_any(previous, into)
 
 
-def _restore_any(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    run_digest: str,
-    data_key: str,
-    rank: Rank | None,
-) -> LoopState:
-    if path.is_dir():
-        return _restore_sharded(path, model, optimizer, scaler, run_digest, data_key, rank)
-    return _restore(path, model, optimizer, scaler, run_digest, data_key, rank)
+@dataclass(frozen=True)
+class _Into:
+    """What a checkpoint loads into, and what it must have been written for."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    run_digest: str
+    data_key: str
+    rank: Rank | None  # None: one process; else ``model`` and ``optimizer`` are the rank's
+
+
+def _restore_any(path: Path, into: _Into) -> LoopState:
+    return _restore_sharded(path, into) if path.is_dir() else _restore(path, into)
 
 
 def _checked(raw: object, path: Path, run_digest: str, data_key: str) -> dict[str, object]:
@@ -286,24 +288,17 @@ def _load(path: Path) -> object:
     return raw
 
 
-def _restore(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    run_digest: str,
-    data_key: str,
-    rank: Rank | None = None,
-) -> LoopState:
+def _restore(path: Path, into: _Into) -> LoopState:
     digest = _digest_path(path)
     if digest.is_file() and digest.read_text().strip() != sha256_file(path):
         raise _corrupt(path, "its content does not match its digest")
-    raw = _checked(_load(path), path, run_digest, data_key)
+    raw = _checked(_load(path), path, into.run_digest, into.data_key)
+    model, optimizer = into.model, into.optimizer
     try:
         state, plain = raw["model"], raw["optimizer"]
         if not isinstance(state, dict) or not isinstance(plain, dict):
             raise TypeError("the model or optimizer state is not a mapping")
-        if rank is None:
+        if into.rank is None:
             _load_trained(model, state)
             optimizer.load_state_dict(plain)
         else:  # one process's checkpoint into this rank's shards
@@ -311,7 +306,7 @@ def _restore(
             lacking = [k for k in missing if k not in _frozen(distributed.inner(model))]
             if lacking or unexpected:
                 raise ValueError(f"missing {lacking[:5]}, unexpected {unexpected[:5]}")
-        return _rest(raw, scaler)
+        return _rest(raw, into.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise _corrupt(path, f"inconsistent: {exc}") from None
 
@@ -327,26 +322,19 @@ def _rest(raw: dict[str, object], scaler: torch.amp.GradScaler | None) -> LoopSt
     return LoopState(**loop)
 
 
-def _restore_sharded(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    run_digest: str,
-    data_key: str,
-    rank: Rank | None,
-) -> LoopState:
+def _restore_sharded(path: Path, into: _Into) -> LoopState:
     # Rank 0 checks the digests and every rank takes its answer: ranks that chose
     # differently between this checkpoint and the previous one would wait on each other.
+    rank = into.rank
     problem = distributed.agreed(
         _shards_problem(path) if rank is None or rank.leader else None, rank
     )
     if isinstance(problem, str):
         raise _corrupt(path, problem)
-    raw = _checked(_load(path / EXTRA), path, run_digest, data_key)
+    raw = _checked(_load(path / EXTRA), path, into.run_digest, into.data_key)
     try:
-        distributed.load_shards(model, optimizer, path)
-        return _rest(raw, scaler)
+        distributed.load_shards(into.model, into.optimizer, path)
+        return _rest(raw, into.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError, CheckpointException) as exc:
         raise _corrupt(path, f"inconsistent: {exc}") from None
 
