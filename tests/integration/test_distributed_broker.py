@@ -133,7 +133,7 @@ async def test_two_process_jobs_refused_killed_and_cancelled(
     assert logits.shape[:2] == (1, 4)
     assert bool(torch.isfinite(logits).all())
 
-    await send(stack, _job(stack, "long", 2, steps=1_000_000))
+    await send(stack, _job(stack, "long", 2, steps=100_000))
     ranks = await _rank_pids(service, "long", 1)
     procs = [psutil.Process(pid) for pid in ranks.values()]
     await wait_for_step(watcher, "long", 2, timeout_s=300)
