@@ -7,6 +7,7 @@ the broker test; these are the format's integrity rules, cheap enough for every 
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from model_trainer.engine.checkpoint import (
 from model_trainer.engine.distributed import full_model_state, join, leave, wrap
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
+
+from tests.small_disk import fill, mounted_tmpfs
 
 DIGEST, DATA = "spec", "data"
 
@@ -143,3 +146,34 @@ def test_a_single_file_save_demotes_a_sharded_latest(tmp_path: Path, one_rank: R
     assert (fence.folder / PREVIOUS_SHARDED / SHARD_DIGESTS).is_file()
     assert _restored(fence.folder)[0] == 3
     assert not dist.is_initialized()
+
+
+def test_a_full_disk_under_a_sharded_save_is_an_os_error_and_keeps_the_latest(
+    tmp_path: Path, one_rank: Rank
+) -> None:
+    """DCP's own failure is a BaseException that would pass every handler by; the save hands
+    on the rank's ENOSPC instead (DISK_FULL, as for a file), and the latest checkpoint stays."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with mounted_tmpfs(disk, 4):
+        folder = disk / "attempt-1"
+        _written(folder, one_rank)
+        fill(disk)
+        model, _ = _model()
+        wrapped = wrap(model, one_rank)
+        optimizer = torch.optim.AdamW(wrapped.parameters(), lr=0.1)
+        _step(wrapped, optimizer)
+        with pytest.raises(OSError) as full:
+            save_sharded(
+                folder,
+                model=wrapped,
+                optimizer=optimizer,
+                scaler=None,
+                loop=LoopState(step=3),
+                run_digest=DIGEST,
+                data_key=DATA,
+                rank=one_rank,
+            )
+        assert full.value.errno == errno.ENOSPC
+        leave()
+        assert _restored(folder)[0] == 2

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     DictValueType,
     ListDictValueType,
@@ -226,7 +227,13 @@ def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
         "model": get_model_state_dict(inner(model)),
         "optimizer": get_optimizer_state_dict(inner(model), optimizer),
     }
-    dcp_save(states, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    try:
+        dcp_save(states, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    except CheckpointException as failed:
+        # A BaseException, which would pass every handler by: the first rank's own error
+        # instead, so that a full disk is DISK_FULL as for any checkpoint.
+        causes = [cause for cause, _ in failed.failures.values() if isinstance(cause, Exception)]
+        raise (causes[0] if causes else RuntimeError(str(failed))) from None
 
 
 def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
