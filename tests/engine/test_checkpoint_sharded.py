@@ -163,7 +163,7 @@ def test_a_full_disk_under_a_sharded_save_is_an_os_error_and_keeps_the_latest(
         wrapped = wrap(model, one_rank)
         optimizer = torch.optim.AdamW(wrapped.parameters(), lr=0.1)
         _step(wrapped, optimizer)
-        with pytest.raises(OSError) as full:
+        with pytest.raises(OSError, match="No space left") as full:
             save_sharded(
                 folder,
                 model=wrapped,
