@@ -32,6 +32,7 @@ from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
     FailedEventV1,
+    ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
     SubmitJobV1,
@@ -156,7 +157,9 @@ def test_a_cancelled_two_process_run_resumes_on_one_process_then_on_two(
     assert 2 <= stopped_at < 40
     resumed: list[Event] = []
     alone = two.model_copy(update={"resources": one.resources})  # the same job, 1 process
-    run_job(env.ctx(alone, resumed, attempt=2, stop_at_step=stopped_at + 5))
+    with pytest.raises(ModelTrainerError) as cancelled:
+        run_job(env.ctx(alone, resumed, attempt=2, stop_at_step=stopped_at + 5))
+    assert cancelled.value.code is ModelTrainerErrorCode.TRAINING_CANCELLED
     assert min(losses(resumed)) == stopped_at + 1  # exact step: the next one
     again_at = checkpoint_step(env.artifacts_root / "two")
     assert stopped_at + 5 <= again_at < 40
