@@ -22,7 +22,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,12 +29,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from model_trainer.core.distributed import Rank
-from model_trainer.core.stop import NO_STOP
 from model_trainer.engine import RunContext, run_job
 from model_trainer.engine.distributed import join, leave
-from model_trainer.pool.protocol import JobEvent, RunOrder, StopFlag, WorkerMemory
-from model_trainer.pool.ranks import launch
-from model_trainer.pool.worker import run_rank
+from model_trainer.pool.protocol import JobEvent, RunOrder
+from model_trainer.pool.standalone import launch_here
 from model_trainer_contracts import (
     ConfigEventV1,
     ProgressEventV1,
@@ -90,28 +87,17 @@ def one(corpus: Path, root: Path, steps: int, batch: int) -> tuple[float, int]:
 
 
 def two(corpus: Path, root: Path, strategy: str, steps: int, batch: int) -> float:
-    parent, child = multiprocessing.Pipe()
-    flag: StopFlag = multiprocessing.get_context("spawn").Value("i", NO_STOP)
     events: list[ProgressEventV1] = []
 
-    def read(conn: Connection[object, object]) -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return
-            if isinstance(message, JobEvent):
-                event = decode_event(message.data)
-                if isinstance(event, ProgressEventV1):
-                    events.append(event)
+    def read(message: object) -> None:
+        if isinstance(message, JobEvent):
+            event = decode_event(message.data)
+            if isinstance(event, ProgressEventV1):
+                events.append(event)
 
-    reader = threading.Thread(target=read, args=(parent,), daemon=True)
-    reader.start()
     job = _job(corpus, f"two-{strategy}", 2, strategy, steps, batch)
     order = RunOrder(encode(job), 1, "bench", corpus.parent, root, 10**6, 1 << 30, None)
-    launch(order, child, flag, 1, WorkerMemory(), strategy, run_rank, ("warning", "console"))
-    child.close()
-    reader.join(10)
+    launch_here(order, strategy, read)
     return _rate(events)
 
 

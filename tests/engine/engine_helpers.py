@@ -11,7 +11,7 @@ import torch
 from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.core.stop import stop_at_deadline
 from model_trainer.engine import RunContext, StopReason
-from model_trainer.engine.checkpoint import FILE
+from model_trainer.engine.checkpoint import EXTRA, FILE, SHARDED
 from model_trainer_contracts import ConfigEventV1, ProgressEventV1, SubmitJobV1
 
 _WORDS = [
@@ -175,8 +175,11 @@ def checkpoint_file(job_dir: Path) -> Path:
 
 
 def checkpoint_step(job_dir: Path) -> int:
-    """The step recorded in a job's latest checkpoint (of its highest attempt)."""
-    state: object = torch.load(checkpoint_file(job_dir), weights_only=True)
+    """The step recorded in a job's latest checkpoint (of its highest attempt; the file, or
+    the loop state of a sharded one)."""
+    path = checkpoint_file(job_dir)
+    sharded = path.with_name(SHARDED) / EXTRA
+    state: object = torch.load(sharded if sharded.is_file() else path, weights_only=True)
     assert isinstance(state, dict)
     step = state["loop"]["step"]
     assert isinstance(step, int)

@@ -8,33 +8,31 @@ seconds on a loaded machine), hence ``slow``.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
 import psutil
 import pytest
-from model_trainer.core.stop import NO_STOP, StopReason
+from model_trainer.core.layout import CHECKPOINTS
+from model_trainer.core.stop import StopReason
 from model_trainer.engine import run_job
+from model_trainer.engine.checkpoint import FILE, SHARDED
 from model_trainer.pool.protocol import (
     JobEnded,
     JobEvent,
     RunOrder,
     StopFlag,
     WorkerDied,
-    WorkerMemory,
     WorkerMessage,
 )
-from model_trainer.pool.ranks import launch
-from model_trainer.pool.worker import run_rank
+from model_trainer.pool.standalone import launch_here, stop_flag
 from model_trainer_contracts import (
     CompletedEventV1,
     ConfigEventV1,
     FailedEventV1,
+    ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
     SubmitJobV1,
@@ -44,6 +42,7 @@ from model_trainer_contracts import (
 from safetensors.torch import load_file
 
 from tests.engine.engine_helpers import Env, Event, checkpoint_step, losses
+from tests.figures import Figure
 
 pytestmark = pytest.mark.slow
 LOSS_TOLERANCE = 1e-5  # relative, per step: only the order of float sums differs
@@ -64,35 +63,25 @@ def _two(
     job: SubmitJobV1,
     strategy: str,
     on_progress: Callable[[ProgressEventV1, StopFlag], None] | None = None,
+    attempt: int = 1,
 ) -> tuple[list[Event], WorkerMessage]:
     """Run ``job`` (of two processes) as a worker does: rank 0's events, and the outcome.
     ``on_progress`` sees each progress event, with the run's stop flag."""
-    parent, child = multiprocessing.Pipe()
-    flag: StopFlag = multiprocessing.get_context("spawn").Value("i", NO_STOP)
+    flag = stop_flag()
     events: list[Event] = []
 
-    def read(conn: Connection[object, object]) -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return
-            assert isinstance(message, JobEvent)
-            event = decode_event(message.data)
-            assert isinstance(event, ConfigEventV1 | ProgressEventV1)
-            events.append(event)
-            if on_progress is not None and isinstance(event, ProgressEventV1):
-                on_progress(event, flag)
+    def read(message: object) -> None:
+        assert isinstance(message, JobEvent)
+        event = decode_event(message.data)
+        assert isinstance(event, ConfigEventV1 | ProgressEventV1)
+        events.append(event)
+        if on_progress is not None and isinstance(event, ProgressEventV1):
+            on_progress(event, flag)
 
-    reader = threading.Thread(target=read, args=(parent,), daemon=True)
-    reader.start()
-    order = RunOrder(encode(job), 1, "test", env.data_root, env.artifacts_root, 1000, 1 << 30, None)
-    outcome = launch(
-        order, child, flag, 1, WorkerMemory(), strategy, run_rank, ("warning", "console")
+    order = RunOrder(
+        encode(job), attempt, "test", env.data_root, env.artifacts_root, 1000, 1 << 30, None
     )
-    child.close()
-    reader.join(10)
-    return events, outcome
+    return events, launch_here(order, strategy, read, flag)
 
 
 def _jobs(env: Env, backend: str, strategy: str) -> tuple[SubmitJobV1, SubmitJobV1]:
@@ -133,9 +122,13 @@ def test_two_processes_train_as_one_on_the_same_global_batch(
     assert _ranks() == []  # every rank has ended
 
 
-def test_a_cancelled_two_process_run_resumes_on_one_process(env: Env) -> None:
-    """Cancel (every rank ends within 5 s, none is left), then the next attempt resumes the
-    gathered checkpoint on one process, and ends where an uninterrupted run ends."""
+def test_a_cancelled_two_process_run_resumes_on_one_process_then_on_two(
+    env: Env, figure: Figure
+) -> None:
+    """Cancel (every rank ends within 5 s, none is left): each rank has written its shards
+    (DCP). Attempt 2 resumes them on one process (resharded) and is cancelled in turn; attempt
+    3 resumes its single-process file on two again; each starts exactly at the next step, and
+    the run ends where an uninterrupted 1-process run ends."""
     one, two = _jobs(env, "llama", "fsdp")
     longer = {"max_steps": 40, "eval_every": 20}
     one = one.model_copy(update={"training": one.training.model_copy(update=longer)})
@@ -153,18 +146,32 @@ def test_a_cancelled_two_process_run_resumes_on_one_process(env: Env) -> None:
     failed = decode_event(outcome.data)
     assert isinstance(failed, FailedEventV1)
     assert failed.code is ModelTrainerErrorCode.TRAINING_CANCELLED
+    figure(f"2-process cancel in process: every rank ended {ended - asked[0]:.2f} s after it")
     assert ended - asked[0] < 5.0  # every rank checkpointed and ended within 5 s
     assert _ranks() == []
+    first = env.artifacts_root / "two" / CHECKPOINTS / "attempt-1"
+    shards = sorted(f.name for f in (first / SHARDED).glob("*.distcp"))
+    assert [name[:3] for name in shards] == ["__0", "__1"]  # each rank wrote its own
+    assert not (first / FILE).exists()
     stopped_at = checkpoint_step(env.artifacts_root / "two")
     assert 2 <= stopped_at < 40
     resumed: list[Event] = []
     alone = two.model_copy(update={"resources": one.resources})  # the same job, 1 process
-    run_job(env.ctx(alone, resumed, attempt=2))
+    with pytest.raises(ModelTrainerError) as cancelled:
+        run_job(env.ctx(alone, resumed, attempt=2, stop_at_step=stopped_at + 5))
+    assert cancelled.value.code is ModelTrainerErrorCode.TRAINING_CANCELLED
     assert min(losses(resumed)) == stopped_at + 1  # exact step: the next one
+    again_at = checkpoint_step(env.artifacts_root / "two")
+    assert stopped_at + 5 <= again_at < 40
+    events, outcome = _two(env, two, "fsdp", attempt=3)
+    assert isinstance(outcome, JobEnded)
+    assert isinstance(decode_event(outcome.data), CompletedEventV1)
+    assert min(losses(events)) == again_at + 1
     run_job(env.ctx(one, []))
     weights_one = load_file(env.artifacts_root / "one" / "model.safetensors")
     weights_two = load_file(env.artifacts_root / "two" / "model.safetensors")
     worst = max(float((weights_one[k] - weights_two[k]).abs().max()) for k in weights_one)
+    figure(f"DCP resume 2 -> 1 -> 2 processes vs 1 uninterrupted: max |dw| {worst:.2e}")
     assert worst < RESUME_TOLERANCE
 
 

@@ -12,11 +12,20 @@ service lost track of (its process paused past the session timeout, a kill -9 of
 while its worker trained on) can never overwrite the files of the attempt that took the job
 over, nor be resumed from once that attempt exists: creating its folder is the new attempt's
 claim, and a run that sees a higher attempt's folder before it writes stops (:class:`Superseded`).
+
+A job of several processes writes ``checkpoint.dcp/`` instead (:func:`save_sharded`): every
+rank its own shards with ``torch.distributed.checkpoint``, rank 0 the loop, RNG and digests
+(``loop.pt``, the file format less model and optimizer) and, last, ``sha256.json``, the
+digest of every file in the folder; the folder is written under a temporary name and renamed
+into place, as the file is. It loads at any number of processes, one included (DCP reads the
+slices each rank's shards need). Either format is "the latest" or "the previous": a save
+of one makes the latest of the other the previous.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import random
@@ -30,8 +39,11 @@ import structlog
 import torch
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
+from model_trainer.core.distributed import Rank
 from model_trainer.core.layout import CHECKPOINTS, temp_path
+from model_trainer.engine import distributed
 from model_trainer.engine.context import RunContext, Superseded
 from model_trainer.engine.files import sha256_file
 from model_trainer.engine.remote import RemoteCheckpoints
@@ -42,6 +54,10 @@ _C = ModelTrainerErrorCode
 FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"  # the one before, kept in case the latest is damaged
 DIGEST = ".sha256"  # beside each file: its content digest, checked before loading
+SHARDED = "checkpoint.dcp"  # a folder: a job of several processes' checkpoint
+PREVIOUS_SHARDED = "checkpoint.prev.dcp"
+EXTRA = "loop.pt"  # in a sharded checkpoint: everything but the model and optimizer
+SHARD_DIGESTS = "sha256.json"  # in a sharded checkpoint: every other file's digest
 FORMAT = 1
 ATTEMPT = re.compile(r"^attempt-([0-9]+)$")
 LEGACY_ATTEMPT = 0  # files directly in checkpoints/, written before attempts had folders
@@ -72,24 +88,10 @@ def save(
     is complete the latest stays the latest; then it becomes the previous one. ``model`` and
     ``optimizer`` may be their whole states already (gathered from the shards of a job of
     several processes)."""
-    np_state = np.random.get_state(legacy=False)
     state = {
-        "format": FORMAT,
-        "spec_digest": run_digest,  # on-disk name kept: older checkpoints still resume
-        "data_key": data_key,
-        "loop": asdict(loop),
-        "data_position": loop.step,
+        **_extras(loop, scaler, run_digest, data_key),
         "model": trained_state(model) if isinstance(model, nn.Module) else model,
         "optimizer": optimizer if isinstance(optimizer, dict) else optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": random.getstate(),
-            "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "numpy_pos": int(np_state["state"]["pos"]),
-            "numpy_gauss": (int(np_state["has_gauss"]), float(np_state["gauss"])),
-        },
     }
     path = folder / FILE
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,15 +104,93 @@ def save(
             f.flush()
             os.fsync(f.fileno())
         tmp_digest.write_bytes(sha256_file(tmp).encode())
-        if path.is_file():
-            os.replace(path, folder / PREVIOUS)
-            with contextlib.suppress(OSError):
-                os.replace(_digest_path(path), _digest_path(folder / PREVIOUS))
+        _demote(folder)
         os.replace(tmp_digest, _digest_path(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         tmp_digest.unlink(missing_ok=True)
+    return path
+
+
+def _extras(
+    loop: LoopState, scaler: torch.amp.GradScaler | None, run_digest: str, data_key: str
+) -> dict[str, object]:
+    """A checkpoint's state but the model and optimizer."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "format": FORMAT,
+        "spec_digest": run_digest,  # on-disk name kept: older checkpoints still resume
+        "data_key": data_key,
+        "loop": asdict(loop),
+        "data_position": loop.step,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "numpy_pos": int(np_state["state"]["pos"]),
+            "numpy_gauss": (int(np_state["has_gauss"]), float(np_state["gauss"])),
+        },
+    }
+
+
+def _demote(folder: Path) -> None:
+    """Make room for a new latest checkpoint: the previous one goes, the latest (of either
+    format) becomes the previous one. Called once the new one is complete."""
+    latest, previous = folder / FILE, folder / PREVIOUS
+    if not latest.is_file() and not (folder / SHARDED).is_dir():
+        return
+    previous.unlink(missing_ok=True)
+    _digest_path(previous).unlink(missing_ok=True)
+    shutil.rmtree(folder / PREVIOUS_SHARDED, ignore_errors=True)
+    if latest.is_file():
+        os.replace(latest, previous)
+        with contextlib.suppress(OSError):
+            os.replace(_digest_path(latest), _digest_path(previous))
+    if (folder / SHARDED).is_dir():
+        os.replace(folder / SHARDED, folder / PREVIOUS_SHARDED)
+
+
+def save_sharded(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    loop: LoopState,
+    run_digest: str,
+    data_key: str,
+    rank: Rank,
+) -> Path:
+    """Every rank writes its shards (a collective) into a temporary folder; rank 0 adds the
+    loop state and the digests of every file (each rank hashes its own), then renames the
+    folder into place as the latest checkpoint."""
+    path = folder / SHARDED
+    tmp = folder / f".{SHARDED}.tmp"  # one name all ranks know; a leftover is cleared here
+    if rank.leader:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    distributed.save_shards(model, optimizer, tmp)  # DCP fsyncs each file it writes
+    mine = {f.name: sha256_file(f) for f in sorted(tmp.glob(f"__{rank.rank}_*"))}
+    every = distributed.gather(mine, rank)
+    if not rank.leader:
+        return path
+    digests = {str(k): str(v) for d in every if isinstance(d, dict) for k, v in d.items()}
+    with open(tmp / EXTRA, "wb") as f:
+        torch.save(_extras(loop, scaler, run_digest, data_key), f)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in (EXTRA, ".metadata"):
+        digests[name] = sha256_file(tmp / name)
+    with open(tmp / SHARD_DIGESTS, "w") as listing:
+        json.dump(digests, listing, sort_keys=True)
+        listing.flush()
+        os.fsync(listing.fileno())
+    _demote(folder)
+    os.replace(tmp, path)
     return path
 
 
@@ -148,40 +228,47 @@ def restore(
     scaler: torch.amp.GradScaler | None,
     run_digest: str,
     data_key: str,
+    rank: Rank | None = None,
 ) -> LoopState | None:
     """Load the checkpoint into ``model``, ``optimizer``, ``scaler`` and the global RNGs and
     return its loop state; None when there is none. A damaged latest checkpoint (digest
     mismatch, unreadable) falls back to the previous one; CHECKPOINT_CORRUPT when neither can
-    be used, CHECKPOINT_CONFIG_MISMATCH when it was written for another spec or other data."""
-    latest, previous = folder / FILE, folder / PREVIOUS
-    if not latest.is_file() and not previous.is_file():
+    be used, CHECKPOINT_CONFIG_MISMATCH when it was written for another spec or other data.
+    With ``rank``, ``model`` and ``optimizer`` are this rank's (wrapped, sharded): either
+    format loads into them, whatever the number of processes that wrote it."""
+    latest = next((p for p in (folder / FILE, folder / SHARDED) if p.exists()), None)
+    previous = next((p for p in (folder / PREVIOUS, folder / PREVIOUS_SHARDED) if p.exists()), None)
+    if latest is None and previous is None:
         return None
+    into = _Into(model, optimizer, scaler, run_digest, data_key, rank)
     try:
-        if not latest.is_file():
-            raise _corrupt(latest, "missing")
-        return _restore(latest, model, optimizer, scaler, run_digest, data_key)
+        if latest is None:
+            raise _corrupt(folder / FILE, "missing")
+        return _restore_any(latest, into)
     except ModelTrainerError as damaged:
-        if damaged.code is not _C.CHECKPOINT_CORRUPT or not previous.is_file():
+        if damaged.code is not _C.CHECKPOINT_CORRUPT or previous is None:
             raise
-        log.warning("engine.checkpoint_damaged", error=damaged.message, using=PREVIOUS)
-        return _restore(previous, model, optimizer, scaler, run_digest, data_key)
+        log.warning("engine.checkpoint_damaged", error=damaged.message, using=previous.name)
+        return _restore_any(previous, into)
 
 
-def _restore(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    run_digest: str,
-    data_key: str,
-) -> LoopState:
-    digest = _digest_path(path)
-    if digest.is_file() and digest.read_text().strip() != sha256_file(path):
-        raise _corrupt(path, "its content does not match its digest")
-    try:
-        raw: object = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise _corrupt(path, f"unreadable: {exc}") from None
+@dataclass(frozen=True)
+class _Into:
+    """What a checkpoint loads into, and what it must have been written for."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    run_digest: str
+    data_key: str
+    rank: Rank | None  # None: one process; else ``model`` and ``optimizer`` are the rank's
+
+
+def _restore_any(path: Path, into: _Into) -> LoopState:
+    return _restore_sharded(path, into) if path.is_dir() else _restore(path, into)
+
+
+def _checked(raw: object, path: Path, run_digest: str, data_key: str) -> dict[str, object]:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise _corrupt(path, "not a checkpoint of this format")
     if raw.get("spec_digest") != run_digest or raw.get("data_key") != data_key:
@@ -190,19 +277,88 @@ def _restore(
             "the checkpoint was written for a different job spec or corpus",
             details={"checkpoint": str(path)},
         )
+    return {str(k): v for k, v in raw.items()}
+
+
+def _load(path: Path) -> object:
     try:
-        _load_trained(model, raw["model"])
-        optimizer.load_state_dict(raw["optimizer"])
-        if scaler is not None and raw["scaler"] is not None:
-            scaler.load_state_dict(raw["scaler"])
-        _restore_rng(raw["rng"])
-        loop = LoopState(**raw["loop"])
+        raw: object = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise _corrupt(path, f"unreadable: {exc}") from None
+    return raw
+
+
+def _restore(path: Path, into: _Into) -> LoopState:
+    digest = _digest_path(path)
+    if digest.is_file() and digest.read_text().strip() != sha256_file(path):
+        raise _corrupt(path, "its content does not match its digest")
+    raw = _checked(_load(path), path, into.run_digest, into.data_key)
+    model, optimizer = into.model, into.optimizer
+    try:
+        state, plain = raw["model"], raw["optimizer"]
+        if not isinstance(state, dict) or not isinstance(plain, dict):
+            raise TypeError("the model or optimizer state is not a mapping")
+        if into.rank is None:
+            _load_trained(model, state)
+            optimizer.load_state_dict(plain)
+        else:  # one process's checkpoint into this rank's shards
+            missing, unexpected = distributed.load_whole(model, optimizer, state, plain)
+            lacking = [k for k in missing if k not in _frozen(distributed.inner(model))]
+            if lacking or unexpected:
+                raise ValueError(f"missing {lacking[:5]}, unexpected {unexpected[:5]}")
+        return _rest(raw, into.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise _corrupt(path, f"inconsistent: {exc}") from None
-    return loop
 
 
-def _restore_rng(rng: dict[str, object]) -> None:
+def _rest(raw: dict[str, object], scaler: torch.amp.GradScaler | None) -> LoopState:
+    """The scaler, the RNGs and the loop's counters of a checked checkpoint."""
+    scaler_state, rng, loop = raw["scaler"], raw["rng"], raw["loop"]
+    if scaler is not None and isinstance(scaler_state, dict):
+        scaler.load_state_dict(scaler_state)
+    if not isinstance(rng, dict) or not isinstance(loop, dict):
+        raise TypeError("the RNG or loop state is not a mapping")
+    _restore_rng(rng)
+    return LoopState(**loop)
+
+
+def _restore_sharded(path: Path, into: _Into) -> LoopState:
+    # Rank 0 checks the digests and every rank takes its answer: ranks that chose
+    # differently between this checkpoint and the previous one would wait on each other.
+    rank = into.rank
+    problem = distributed.agreed(
+        _shards_problem(path) if rank is None or rank.leader else None, rank
+    )
+    if isinstance(problem, str):
+        raise _corrupt(path, problem)
+    raw = _checked(_load(path / EXTRA), path, into.run_digest, into.data_key)
+    try:
+        distributed.load_shards(into.model, into.optimizer, path)
+        return _rest(raw, into.scaler)
+    except (KeyError, TypeError, ValueError, RuntimeError, CheckpointException) as exc:
+        raise _corrupt(path, f"inconsistent: {exc}") from None
+
+
+def _shards_problem(path: Path) -> str | None:
+    """Why the sharded checkpoint at ``path`` cannot be used (None: it can): its files must be
+    exactly those its digest list names, each with its digest (a torn write, a file from
+    another save)."""
+    try:
+        listed: object = json.loads((path / SHARD_DIGESTS).read_bytes())
+    except (OSError, ValueError):
+        return "its digest list is missing or unreadable"
+    if not isinstance(listed, dict):
+        return "its digest list is not a mapping"
+    present = sorted(f.name for f in path.iterdir() if f.name != SHARD_DIGESTS)
+    if present != sorted(listed):
+        return f"it holds {present}, its digest list names {sorted(listed)}"
+    for name, digest in sorted(listed.items()):
+        if sha256_file(path / name) != digest:
+            return f"{name} does not match its digest"
+    return None
+
+
+def _restore_rng(rng: dict[object, object]) -> None:
     torch_state = rng["torch"]
     if not isinstance(torch_state, torch.Tensor):
         raise TypeError("torch RNG state is not a tensor")
@@ -247,7 +403,8 @@ def _attempts(root: Path) -> dict[int, Path]:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return (folder / FILE).is_file() or (folder / PREVIOUS).is_file()
+    files = (folder / FILE).is_file() or (folder / PREVIOUS).is_file()
+    return files or (folder / SHARDED).is_dir() or (folder / PREVIOUS_SHARDED).is_dir()
 
 
 class Fence:
@@ -335,20 +492,34 @@ def _fetch_remote(fence: Fence, local_best: int) -> bool:
 def _copy_checkpoint(source: Path, target: Path) -> None:
     """Bring ``source``'s checkpoint files into ``target``: a hard link when the filesystem
     allows (a later save replaces the file, never writes into it), else a copy; each lands
-    under its final name in one rename, so a reader never sees half a file."""
-    for name in (PREVIOUS, PREVIOUS + DIGEST, FILE, FILE + DIGEST):
+    under its final name in one rename, so a reader never sees half a file (or folder)."""
+    for name in (PREVIOUS, PREVIOUS + DIGEST, FILE, FILE + DIGEST, PREVIOUS_SHARDED, SHARDED):
         src = source / name
-        if not src.is_file():
+        if not src.exists():
             continue
         tmp = temp_path(target / name, os.getpid())
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
+            if src.is_dir():
+                shutil.copytree(src, tmp, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(src, tmp)
             os.replace(tmp, target / name)
-        except FileNotFoundError:  # replaced by a run that is still saving: the next file
+        except (FileNotFoundError, shutil.Error):  # replaced by a run that is still saving
             continue
         finally:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

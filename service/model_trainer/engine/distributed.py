@@ -13,29 +13,37 @@ everywhere; what differs:
   the forward and backward passes);
 * stop requests (cancel, deadline, shutdown) are agreed by all-reduce at each check, so all
   ranks stop at the same step: a collective one rank skips would hang the others;
-* rank 0 alone emits events and writes checkpoints and the artifact, gathered to whole
-  tensors first, in the single-process format: a checkpoint resumes at any number of
-  processes, and the artifact is one ordinary ``transformers`` folder.
+* rank 0 alone emits events and writes the artifact (one ordinary ``transformers`` folder,
+  gathered to whole tensors first); checkpoints are written by every rank, its own shards,
+  with ``torch.distributed.checkpoint`` (:func:`save_shards`), and load at any number of
+  processes (:func:`load_shards` reshards).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     DictValueType,
     ListDictValueType,
     PrimitiveType,
     StateDictOptions,
+    ValueType,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
@@ -209,3 +217,70 @@ def whole_model(
     whole = build()
     whole.load_state_dict(state)
     return whole
+
+
+def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Write the model's and optimizer's states into ``folder`` with DCP, each rank its own
+    shards (FSDP2's DTensors; DDP's replicas once, DCP dedupes them); a collective when a
+    process group is up."""
+    states = {
+        "model": get_model_state_dict(inner(model)),
+        "optimizer": get_optimizer_state_dict(inner(model), optimizer),
+    }
+    try:
+        dcp_save(states, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    except CheckpointException as failed:
+        # A BaseException, which would pass every handler by: the first rank's own error
+        # instead, so that a full disk is DISK_FULL as for any checkpoint.
+        causes = [cause for cause, _ in failed.failures.values() if isinstance(cause, Exception)]
+        raise (causes[0] if causes else RuntimeError(str(failed))) from None
+
+
+def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Load a :func:`save_shards` folder written at any number of processes into ``model``
+    and ``optimizer`` as they are now (one process, or this rank's shards: DCP reads the
+    slices each one needs)."""
+    model_state = get_model_state_dict(inner(model))
+    optimizer_state = get_optimizer_state_dict(inner(model), optimizer)
+    states = {"model": model_state, "optimizer": optimizer_state}
+    with warnings.catch_warnings():  # one process reading shards is what we mean to do
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(states, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    set_model_state_dict(inner(model), model_state)
+    set_optimizer_state_dict(inner(model), optimizer, optimizer_state)
+
+
+def load_whole(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, ValueType],
+    plain: dict[str, object],
+) -> tuple[list[str], list[str]]:
+    """Load a single-process checkpoint (the whole model state, ``optimizer.state_dict()``)
+    into this rank's model and optimizer (FSDP2: every rank reads the whole and keeps its
+    shard); returns the missing and unexpected model keys."""
+    if isinstance(model, DistributedDataParallel):
+        missing, unexpected = model.module.load_state_dict(state, strict=False)
+        optimizer.load_state_dict(plain)
+        return list(missing), list(unexpected)
+    keys = set_model_state_dict(
+        model, state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    load_optimizer_state(model, optimizer, plain)
+    return list(keys.missing_keys), list(keys.unexpected_keys)
+
+
+def gather(value: object, rank: Rank) -> list[object]:
+    """Every rank's ``value`` on rank 0, in rank order (empty elsewhere; a collective)."""
+    found: list[object] = [None] * rank.world
+    dist.gather_object(value, found if rank.leader else None, dst=0)
+    return found if rank.leader else []
+
+
+def agreed(value: object, rank: Rank | None) -> object:
+    """Rank 0's ``value`` on every rank (a collective): a decision all ranks must share."""
+    if rank is None:
+        return value
+    box = [value if rank.leader else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

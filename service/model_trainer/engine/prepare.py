@@ -143,6 +143,8 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         )
     if placement.compile:  # after loading: parameter names never change
         backend.compile(model)
+    if ctx.rank is not None:  # first: a checkpoint loads into this rank's shards
+        model, optimizer = _distribute(model, optimizer, ctx.rank, tr)
     loop = checkpoint.restore(
         fence.folder,
         model=model,
@@ -150,9 +152,8 @@ def prepare(ctx: RunContext, backend: Backend) -> Prepared:
         scaler=scaler,
         run_digest=digest,
         data_key=splits.cache_key,
+        rank=ctx.rank,
     )
-    if ctx.rank is not None:  # restored whole above: every rank holds the same state
-        model, optimizer = _distribute(model, optimizer, ctx.rank, tr)
     if loop is not None:
         log.info("engine.resumed", job_id=job.job_id, step=loop.step)
     ctx.obey_stop("prepare", loop.step if loop is not None else 0)
@@ -181,14 +182,11 @@ def _distribute(
     model: nn.Module, optimizer: torch.optim.Optimizer, rank: Rank, tr: TrainingSpec
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The model under the rank's strategy, and its optimizer: the same one under DDP (the
-    same parameters), a new one over the shards under FSDP, with the restored state."""
+    same parameters), a new one over the shards under FSDP."""
     wrapped = distributed.wrap(model, rank)
     if rank.strategy != "fsdp":
         return wrapped, optimizer
-    sharded = build_optimizer(wrapped, tr)
-    if optimizer.state:
-        distributed.load_optimizer_state(wrapped, sharded, optimizer.state_dict())
-    return wrapped, sharded
+    return wrapped, build_optimizer(wrapped, tr)
 
 
 def _total_steps(job: SubmitJobV1, train_tokens: int, tokens_per_step: int) -> int:

@@ -309,6 +309,22 @@ class BaseTrainer:
     def _checkpoint(self, p: Prepared) -> None:
         fence = checkpoint.Fence.of(self.ctx)
         fence.check(p.loop.step)
+        rank = self.ctx.rank
+        if rank is not None and self.ctx.artifacts_url is None:  # each rank its own shards
+            checkpoint.save_sharded(
+                fence.folder,
+                model=p.model,
+                optimizer=p.optimizer,
+                scaler=p.scaler,
+                loop=p.loop,
+                run_digest=p.run_digest,
+                data_key=p.splits.cache_key,
+                rank=rank,
+            )
+            if rank.leader:
+                log.info("engine.checkpoint", job_id=self.job.job_id, step=p.loop.step)
+            return
+        # One process, or several mirroring to object storage: the whole state in one file.
         model, optimizer = distributed.whole_states(p.model, p.optimizer, self.ctx.rank)
         if self.ctx.rank is not None and not self.ctx.rank.leader:
             return  # rank 0 writes the gathered state

@@ -17,6 +17,7 @@ last checkpoint like any dead worker.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import signal
 import tempfile
@@ -177,6 +178,9 @@ def rank_main(
     rank = Rank(index, world, strategy, init_method)
     structlog.contextvars.bind_contextvars(rank=index)
     distributed.join(rank)
+    job_id = SubmitJobV1.model_validate_json(order.job_json).job_id
+    # Which process is which rank, for an operator's kill or a look at one rank's stack.
+    log.info("rank joined", job_id=job_id, attempt=order.attempt, rank=index, pid=os.getpid())
     try:
         message = run(order, conn, flag, threads, memory, rank)
     finally:
