@@ -404,7 +404,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tenants_are_valid(self) -> Settings:
-        self.tenancy  # noqa: B018 - raises ValueError on a bad tenant name
+        # A tenant named after another topic (``dlq`` beside ``trainer.jobs.dlq``) would
+        # write into it; the Tenancy itself refuses a malformed name.
+        others = {self.events_topic, self.dead_letter_topic, self.state_topic, self.logs_topic}
+        clash = sorted(others.intersection(self.tenancy.topics()))
+        if clash:
+            raise ValueError(f"a tenant's commands topic would be another topic: {clash}")
         return self
 
     @property
