@@ -16,6 +16,9 @@ from model_trainer.book.effects import Effect, Publish, Run, Stop
 from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.core.tenancy import Tenancy, tenant_root, tenant_url
+from model_trainer.settings import Settings
+from model_trainer.shell.journal import policy_of
+from model_trainer_client.settings import ClientSettings
 from model_trainer_contracts import (
     CancelJobV1,
     FailedEventV1,
@@ -93,6 +96,7 @@ def runs(effects: Sequence[Effect]) -> list[Run]:
 
 def test_a_job_belongs_to_its_topics_tenant_and_keeps_its_files_in_the_tenants_folder() -> None:
     book = tenant_book()
+    assert [book.tenant_of(t) for t in (ALICE, TOPIC, "jobs.eve")] == ["alice", "default", None]
     started = book.command(on(ALICE, job("a1"), 0), now=0)
     [run] = runs(started)
     assert run.order.artifacts_root == Path("/artifacts/.tenants/alice")
@@ -281,3 +285,25 @@ def test_tenancy_names_topics_and_folders() -> None:
     for bad in ("default", "a.b", "Alice", ""):
         with pytest.raises(ValueError, match="tenant"):
             Tenancy("jobs", (bad,))
+
+
+def test_the_settings_name_the_tenants_topics_and_refuse_a_clash() -> None:
+    settings = Settings(tenants="alice, bob,alice", admin_tenant="ops")
+    assert settings.tenancy.topics() == [
+        "trainer.jobs",
+        "trainer.jobs.alice",
+        "trainer.jobs.bob",
+        "trainer.jobs.ops",
+    ]
+    policy_ = policy_of(settings)
+    assert (policy_.tenants, policy_.admin_tenant) == (("alice", "bob"), "ops")
+    with pytest.raises(ValueError, match=r"another topic: \['trainer.jobs.dlq'\]"):
+        Settings(tenants="dlq")
+    with pytest.raises(ValueError, match="tenant 'Bob'"):
+        Settings(tenants="Bob")
+    # The client: MODEL_TRAINER_TENANT picks the tenant's topic.
+    env = {"MODEL_TRAINER_COMMANDS_TOPIC": "jobs", "MODEL_TRAINER_TENANT": "bob"}
+    assert ClientSettings.from_env(env=env).commands_topic == "jobs.bob"
+    assert ClientSettings.from_env(env={"MODEL_TRAINER_TENANT": "default"}).commands_topic == (
+        "trainer.jobs"
+    )
