@@ -15,9 +15,11 @@ from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT, JobBook
 from model_trainer.book.effects import Effect, Publish, Run, Stop
 from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer.core.stop import StopReason
+from model_trainer.core.sweep import Retention
 from model_trainer.core.tenancy import Tenancy, tenant_root, tenant_url
 from model_trainer.settings import Settings
 from model_trainer.shell.journal import policy_of
+from model_trainer.shell.sweeper import listing, sweep
 from model_trainer_client.settings import ClientSettings
 from model_trainer_contracts import (
     CancelJobV1,
@@ -307,3 +309,16 @@ def test_the_settings_name_the_tenants_topics_and_refuse_a_clash() -> None:
     assert ClientSettings.from_env(env={"MODEL_TRAINER_TENANT": "default"}).commands_topic == (
         "trainer.jobs"
     )
+
+
+def test_the_sweep_takes_each_tenants_folder_on_its_own(tmp_path: Path) -> None:
+    alice = tenant_root(tmp_path, "alice")
+    for root in (tmp_path, alice):
+        (root / "done" / "checkpoints").mkdir(parents=True)
+        (root / "done" / "checkpoints" / "step-1.pt").write_bytes(b"x")
+        (root / "done" / "manifest.json").write_text("{}")
+    assert [f.path.parts[0] for f in listing(tmp_path)] == ["done"] * 3  # no .tenants
+    sweep(alice, {"done"}, now=0.0, retention=Retention(token_cache_s=1.0))
+    assert not (alice / "done" / "checkpoints").exists()
+    assert (alice / "done" / "manifest.json").is_file()
+    assert (tmp_path / "done" / "checkpoints" / "step-1.pt").is_file()  # not swept from here

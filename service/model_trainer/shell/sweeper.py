@@ -23,7 +23,7 @@ import structlog
 
 from model_trainer.book.book import JobBook
 from model_trainer.core.sweep import Doomed, Found, Kind, Retention, ended_jobs, plan
-from model_trainer.core.tenancy import tenant_root
+from model_trainer.core.tenancy import TENANTS_DIR, tenant_root
 from model_trainer.metrics import SWEPT, SWEPT_BYTES
 from model_trainer.settings import Settings
 
@@ -146,6 +146,8 @@ def listing(root: Path) -> list[Found]:
     never followed or listed; what vanishes while listing is left out."""
     found: list[Found] = []
     for top in _folders(root):
+        if top.name == TENANTS_DIR:
+            continue  # each tenant's root is swept on its own
         for entry in _entries(top.path):
             relative = PurePosixPath(top.name, entry.name)
             if entry.is_dir(follow_symlinks=False):
