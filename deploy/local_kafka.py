@@ -14,6 +14,13 @@ package). The listener between the broker and its controller stays PLAINTEXT on 
 The client's settings (``MODEL_TRAINER_KAFKA_*``, the password included) are written to
 ``<dir>/client.env``, readable by its owner only.
 
+``--tenants a,b`` (with ``--secure``) adds Kafka's KRaft ``StandardAuthorizer``: the service's
+user and the broker's own (PLAINTEXT, loopback) listeners' ``ANONYMOUS`` principal are super
+users; each tenant gets a SCRAM user (``<dir>/tenant-<name>.env``) and ACLs, created with
+Kafka's Admin API (``deploy/kafka/TenantAcls.java``): it may write and describe its commands
+topic ``<commands_topic>.<tenant>`` and read and describe the events and state topics,
+nothing else.
+
 Standard library only otherwise: the test fixtures import it, and ``make`` runs it as a
 script::
 
@@ -42,6 +49,7 @@ from pathlib import Path
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
+ACL_TOOL = Path(__file__).resolve().parent / "kafka" / "TenantAcls.java"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 20.0
@@ -112,6 +120,8 @@ class LocalKafka:
     host: str = "127.0.0.1"
     # A SASL_SSL (SCRAM-SHA-512 over TLS) client listener instead of PLAINTEXT.
     secure: bool = False
+    # With ``secure``: the authorizer on, a SCRAM user per tenant (ACLs: :meth:`grant`).
+    tenants: tuple[str, ...] = ()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -130,11 +140,16 @@ class LocalKafka:
     def client_env_file(self) -> Path:
         return self.workdir / "client.env"
 
-    def client_env(self) -> dict[str, str]:
-        """The ``MODEL_TRAINER_*`` variables that connect a client (service, CLI) to it."""
+    def tenant_env_file(self, tenant: str) -> Path:
+        return self.workdir / f"tenant-{tenant}.env"
+
+    def client_env(self, tenant: str | None = None) -> dict[str, str]:
+        """The ``MODEL_TRAINER_*`` variables that connect a client (service, CLI) to it; as
+        ``tenant``'s user when given."""
         env = {"MODEL_TRAINER_BOOTSTRAP_SERVERS": self.bootstrap_servers}
         if self.secure:
-            for line in self.client_env_file.read_text().splitlines():
+            path = self.client_env_file if tenant is None else self.tenant_env_file(tenant)
+            for line in path.read_text().splitlines():
                 name, sep, value = line.partition("=")
                 if sep and not name.startswith("#"):
                     env[name.strip()] = value.strip()
@@ -163,7 +178,13 @@ class LocalKafka:
         client = f"{SECURE_LISTENER}://{self.host}:{self.port}"
         internal = f"INTERNAL://{self.host}:{internal_port}"
         prefix = f"listener.name.{SECURE_LISTENER.lower()}"
+        authorizer = [
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The controller and the broker speak PLAINTEXT on loopback as ANONYMOUS.
+            f"super.users=User:{SCRAM_USER};User:ANONYMOUS",
+        ]
         return [
+            *(authorizer if self.tenants else []),
             f"listeners={client},{internal},{controller}",
             f"advertised.listeners={client},{internal}",
             "listener.security.protocol.map="
@@ -222,6 +243,12 @@ class LocalKafka:
                 f"{self.workdir} holds a broker formatted without --secure (no SCRAM user): "
                 "start it with --fresh"
             )
+        missing = [t for t in self.tenants if not self.tenant_env_file(t).exists()]
+        if formatted and missing:
+            raise BrokerError(
+                f"{self.workdir} holds a broker formatted without the tenants {missing} (no "
+                "SCRAM users): start it with --fresh"
+            )
         if not TlsFiles.under(self.tls_dir).exist():
             issue(self.tls_dir, [self.host])
         # The password of the first start stays (the storage holds its SCRAM credential); the
@@ -242,9 +269,63 @@ class LocalKafka:
                 ]
             )
         )
+        users = [(SCRAM_USER, password)]
+        for tenant in self.tenants:
+            path = self.tenant_env_file(tenant)
+            known = self.client_env(tenant) if path.exists() else {}
+            secret = known.get("MODEL_TRAINER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
+            path.touch(mode=0o600)
+            path.write_text(
+                "".join(
+                    f"{name}={value}\n"
+                    for name, value in [
+                        ("MODEL_TRAINER_BOOTSTRAP_SERVERS", self.bootstrap_servers),
+                        ("MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL", SECURE_LISTENER),
+                        ("MODEL_TRAINER_KAFKA_SASL_MECHANISM", SCRAM_MECHANISM),
+                        ("MODEL_TRAINER_KAFKA_SASL_USERNAME", tenant),
+                        ("MODEL_TRAINER_KAFKA_SASL_PASSWORD", secret),
+                        ("MODEL_TRAINER_KAFKA_SSL_CAFILE", str(self.ca_file)),
+                        ("MODEL_TRAINER_TENANT", tenant),
+                    ]
+                )
+            )
+            users.append((tenant, secret))
         if formatted:
             return []
-        return ["--add-scram", f"{SCRAM_MECHANISM}=[name={SCRAM_USER},password={password}]"]
+        return [
+            arg
+            for name, secret in users
+            for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={secret}]")
+        ]
+
+    def grant(self, commands_topic: str, read_topics: list[str]) -> str:
+        """Create the tenants' ACLs for these topics (see the module docstring) through the
+        broker's own PLAINTEXT listener; returns what was created, one ACL a line."""
+        if not self.tenants:
+            raise BrokerError("no tenants to grant anything to: start with --tenants")
+        internal = self._stored_port("internal")
+        java = shutil.which("java")
+        if java is None or internal is None:
+            raise BrokerError("the ACLs need java on PATH and a broker started with --secure")
+        made = subprocess.run(
+            [
+                java,
+                "-cp",
+                f"{ensure_jars()}/*",
+                str(ACL_TOOL),
+                f"{self.host}:{internal}",
+                commands_topic,
+                ",".join(read_topics),
+                *self.tenants,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=180,
+        )
+        if made.returncode != 0:
+            raise BrokerError(f"creating the tenants' ACLs failed:\n{made.stdout}{made.stderr}")
+        return made.stdout
 
     def running_pid(self) -> int | None:
         """The broker's pid when its pid file names a live process, else None."""
@@ -380,8 +461,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a SASL_SSL listener (SCRAM-SHA-512, a CA made for the run) instead of PLAINTEXT",
     )
+    parser.add_argument(
+        "--tenants",
+        default="",
+        help="with --secure: comma-separated tenants, each a SCRAM user with ACLs on its "
+        "commands topic (<commands-topic>.<tenant>) and the events topic; the authorizer on",
+    )
+    parser.add_argument("--commands-topic", default="trainer.jobs", help="for the ACLs")
+    parser.add_argument("--events-topic", default="trainer.metrics", help="for the ACLs")
+    parser.add_argument("--state-topic", default="trainer.jobs.state", help="for the ACLs")
     args = parser.parse_args(argv)
-    broker = LocalKafka(workdir=args.dir.resolve(), port=args.port, secure=args.secure)
+    tenants = tuple(t.strip() for t in args.tenants.split(",") if t.strip())
+    if tenants and not args.secure:
+        parser.error("--tenants needs --secure")
+    broker = LocalKafka(
+        workdir=args.dir.resolve(), port=args.port, secure=args.secure, tenants=tenants
+    )
     try:
         if args.action == "fetch":
             print(f"kafka jars: {ensure_jars()}")
@@ -400,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"SASL_SSL, {SCRAM_MECHANISM} user {SCRAM_USER}, CA {broker.ca_file}; "
                     f"the client's settings: set -a; . {broker.client_env_file}; set +a"
                 )
+            if tenants:
+                read = [args.events_topic, args.state_topic]
+                print(broker.grant(args.commands_topic, read), end="")
+                for tenant in tenants:
+                    print(f"tenant {tenant}: set -a; . {broker.tenant_env_file(tenant)}; set +a")
         elif args.action == "stop":
             broker.stop()
             print("kafka broker stopped")

@@ -130,9 +130,14 @@ def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
 @pytest.fixture(scope="session")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A local broker whose client listener is SASL_SSL: SCRAM-SHA-512 (user and password in
-    ``client_env()``) over TLS from a CA made for the session (``ca_file``)."""
+    ``client_env()``) over TLS from a CA made for the session (``ca_file``), with Kafka's
+    authorizer on: the service's user is a super user, and the tenants alice, bob and ops have
+    users of their own (``client_env(tenant)``) and the ACLs a test grants them."""
     broker = LocalKafka(
-        workdir=tmp_path_factory.mktemp("kafka-secure"), port=free_port(), secure=True
+        workdir=tmp_path_factory.mktemp("kafka-secure"),
+        port=free_port(),
+        secure=True,
+        tenants=("alice", "bob", "ops"),
     )
     broker.start()
     try:

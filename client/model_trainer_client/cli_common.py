@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from rich.console import Console
 from rich.markup import escape
 
@@ -21,6 +27,14 @@ from .kafka import probe_brokers
 from .settings import ClientSettings, ConnectionOverrides, KafkaConfigError
 
 console = Console(stderr=True)
+# The broker's ACLs refused the client's user an operation: exit 3, as a broker that refuses
+# the connection.
+NOT_ALLOWED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 out = Console()
 
 
@@ -116,8 +130,9 @@ def _run(
     *,
     interrupted: int = 130,
 ) -> NoReturn:
-    """Run a flow and exit with its code; no broker (or one that refuses us) is exit 3, a
-    TLS file that cannot be read exit 2, Ctrl-C ``interrupted``."""
+    """Run a flow and exit with its code; no broker (or one that refuses us, or whose ACLs
+    refuse what we ask) is exit 3, a TLS file that cannot be read exit 2, Ctrl-C
+    ``interrupted``."""
     outage.install(lambda line: console.print(line, style="yellow", soft_wrap=True))
     try:
         code = asyncio.run(main())
@@ -128,6 +143,14 @@ def _run(
     except KafkaConfigError as exc:
         _say("Kafka connection settings", exc)
         code = EXIT_BAD_INPUT
+    except NOT_ALLOWED as exc:
+        user = settings.connection.sasl_username or "this client"
+        _say(
+            "Kafka refused",
+            f"{user} may not do this ({exc}); a tenant writes only to its own commands topic "
+            f"(this was {settings.commands_topic}; MODEL_TRAINER_TENANT chooses it)",
+        )
+        code = EXIT_TIMED_OUT
     except KeyboardInterrupt:
         code = interrupted
     raise typer.Exit(code)

@@ -256,6 +256,12 @@ def connection_from_env(
     )
 
 
+def tenant_topic(commands_topic: str, tenant: str | None) -> str:
+    """The commands topic of ``tenant`` (``MODEL_TRAINER_TENANT``): the only one its Kafka
+    user may write to when the service has tenants."""
+    return f"{commands_topic}.{tenant}" if tenant and tenant != "default" else commands_topic
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """Connection and topic names, as the client uses them."""
@@ -286,7 +292,10 @@ class ClientSettings:
             given = replace(given, bootstrap_servers=bootstrap_servers)
         return cls(
             connection=connection_from_env(env, given),
-            commands_topic=_first(env, f"{ENV_PREFIX}COMMANDS_TOPIC") or COMMANDS_TOPIC,
+            commands_topic=tenant_topic(
+                _first(env, f"{ENV_PREFIX}COMMANDS_TOPIC") or COMMANDS_TOPIC,
+                _first(env, f"{ENV_PREFIX}TENANT"),
+            ),
             events_topic=_first(env, f"{ENV_PREFIX}EVENTS_TOPIC") or EVENTS_TOPIC,
             state_topic=_first(env, f"{ENV_PREFIX}STATE_TOPIC") or STATE_TOPIC,
             logs_topic=_first(env, f"{ENV_PREFIX}LOGS_TOPIC") or LOGS_TOPIC,

@@ -162,11 +162,16 @@ ERROR_INFO: dict[ModelTrainerErrorCode, ErrorInfo] = {
     _C.COMMAND_INVALID: ErrorInfo(422, False, "The command fails the contract's validation."),
     _C.COMMAND_TOO_LARGE: ErrorInfo(413, False, "The command is over the size limit."),
     _C.JOB_ID_CONFLICT: ErrorInfo(
-        409, False, "That job_id was already submitted with a different spec."
+        409,
+        False,
+        "That job_id was already submitted with a different spec, or is another tenant's.",
     ),
     _C.JOB_NOT_FOUND: ErrorInfo(404, False, "No queued or running job has that job_id."),
     _C.JOB_FORBIDDEN: ErrorInfo(
-        403, False, "The job uses another user's artifact (init_from or a job tokenizer)."
+        403,
+        False,
+        "The job uses another user's or tenant's artifact (init_from or a job tokenizer), or "
+        "the cancel is of another tenant's job.",
     ),
     _C.JOB_ON_OTHER_PARTITION: ErrorInfo(
         421,

@@ -43,6 +43,11 @@ class JobStateV1(BaseModel):
     job_id: JobId
     user_id: int = Field(0, ge=0)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    tenant: str = Field(
+        "default",
+        max_length=64,
+        description="Whose commands topic submitted the job ('default': the plain topic).",
+    )
     status: JobStatus
     request_digest: str = Field(description="sha256 of the submit command's spec (conflicts).")
     partition: int = Field(-1, ge=-1, description="Commands partition that owns the job.")

@@ -26,6 +26,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_trainer.core.limits import default_worker_memory_mb
+from model_trainer.core.tenancy import Tenancy
 
 ENV_PREFIX = "MODEL_TRAINER_"
 TRANSACTION_BOUND_S = 30.0  # the service's own bound on one transaction (the publisher's)
@@ -165,6 +166,16 @@ class Settings(BaseSettings):
         False,
         description="Let a job fine-tune from (init_from) or reuse the tokenizer of another "
         "user's job; otherwise JOB_FORBIDDEN.",
+    )
+    tenants: str = Field(
+        "",
+        description="Comma-separated tenants, each with its own commands topic "
+        "<commands_topic>.<tenant> (writable by its principal alone, through Kafka ACLs): a "
+        "command acts for the tenant whose topic it came on. The plain topic is the 'default' "
+        "tenant's.",
+    )
+    admin_tenant: str | None = Field(
+        None, description="The tenant whose topic may also cancel other tenants' jobs."
     )
     worker_memory_mb: int | None = Field(
         None,
@@ -390,6 +401,22 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}; known: {get_args(BackendName)}")
         return value
+
+    @model_validator(mode="after")
+    def _tenants_are_valid(self) -> Settings:
+        # A tenant named after another topic (``dlq`` beside ``trainer.jobs.dlq``) would
+        # write into it; the Tenancy itself refuses a malformed name.
+        others = {self.events_topic, self.dead_letter_topic, self.state_topic, self.logs_topic}
+        clash = sorted(others.intersection(self.tenancy.topics()))
+        if clash:
+            raise ValueError(f"a tenant's commands topic would be another topic: {clash}")
+        return self
+
+    @property
+    def tenancy(self) -> Tenancy:
+        """The tenants served (none configured: the default tenant alone)."""
+        names = tuple(dict.fromkeys(n.strip() for n in self.tenants.split(",") if n.strip()))
+        return Tenancy(self.commands_topic, names, self.admin_tenant or None)
 
     @property
     def preload_backends(self) -> tuple[str, ...]:

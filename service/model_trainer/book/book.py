@@ -18,6 +18,8 @@ The promise this module keeps:
 * everything said of a job goes out through its commands partition (``Publish.via``), whose
   owner alone can commit it: an instance that lost the partition is fenced by Kafka;
 * a command on a partition that does not hold its job is forwarded there, never run here;
+* a command acts for the tenant whose topic it came on (a forwarded one, for the tenant it
+  was forwarded from): no tenant cancels, reuses the id of, or builds on another's job;
 * no command stops the book: whatever admitting or decoding one raises becomes its typed
   refusal;
 * an ended job's state is deleted only once its submit's offset is committed.
@@ -41,6 +43,7 @@ from model_trainer_contracts import (
     FailedEventV1,
     JobStateV1,
     JobStatus,
+    JobTokenizer,
     ModelTrainerError,
     ModelTrainerErrorCode,
     ProgressEventV1,
@@ -61,6 +64,7 @@ from model_trainer.book.offsets import OffsetTracker
 from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer.core.envelope import Envelope, failed_event
 from model_trainer.core.stop import StopReason
+from model_trainer.core.tenancy import Tenancy, tenant_root, tenant_url
 from model_trainer.pool.protocol import (
     JobEvent,
     JobPreempted,
@@ -76,6 +80,7 @@ EXPIRY_EVERY_S = 60.0
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 DEAD_LETTER_MAX_KEY_BYTES = 1024
 FORWARDED_FROM = "forwarded_from"  # header of a command this service moved to its partition
+FORWARDED_TENANT = "forwarded_tenant"  # ...and the tenant whose topic it was moved from
 Admit = Callable[[SubmitJobV1], None]
 
 
@@ -112,6 +117,12 @@ class JobBook:
     partitioner: Callable[[bytes, int], int] | None = None
     partition_count: int = 0
     committed: dict[TP, int] = field(default_factory=dict)  # commit position per partition
+    partition_counts: dict[str, int] = field(default_factory=dict)  # by topic; else the above
+    tenancy: Tenancy = field(init=False)
+
+    def __post_init__(self) -> None:
+        policy = self.policy
+        self.tenancy = Tenancy(policy.commands_topic, policy.tenants, policy.admin_tenant)
 
     # -------------------------------------------------------------------- views
 
@@ -153,12 +164,12 @@ class JobBook:
         """Jobs of ``tps`` whose state says running and that no run here has: their state
         record may be older than their last event (see ``Policy.state_every_s``). Maps each
         to its record's time, from which :meth:`published` wants the events topic read."""
-        wanted = {tp.partition for tp in tps}
+        wanted = set(tps)
         return {
             state.job_id: state.updated_at.timestamp()
             for state in self.states.values()
             if state.status is JobStatus.RUNNING
-            and state.partition in wanted
+            and self._state_tp(state) in wanted
             and state.job_id not in self.jobs
         }
 
@@ -181,6 +192,7 @@ class JobBook:
             job_id=job.job_id,
             user_id=job.spec.user_id,
             labels=dict(job.spec.labels),
+            tenant=job.tenant,
             status=status,
             request_digest=job.digest,
             partition=job.record.partition,
@@ -210,6 +222,12 @@ class JobBook:
         """A record from the commands topic. ``admit`` stands in for the book's own admission
         of this one command (the shell checks a job's files off the event loop first)."""
         self.offsets.add(record.tp, record.offset)
+        owner, origin = self.tenancy.tenant_of(record.topic), self._origin(record)
+        if owner is None or origin is None:
+            stranger = ModelTrainerError(
+                _C.COMMAND_INVALID, f"{record.topic} is not a tenant's commands topic"
+            )
+            return self._dead_letter(record, stranger, None, now)
         try:
             command = decode_command(record.value, max_bytes=self.policy.max_command_bytes)
         except Exception as exc:  # any decoder failure refuses this record, never the book
@@ -231,12 +249,33 @@ class JobBook:
                 details={"violations": [{"field": "(key)", "error": "must equal job_id"}]},
             )
             return self._dead_letter(record, wrong_key, None, now)
-        home = self.home(command.job_id)
-        if home is not None and home != record.partition:
-            return self._misplaced(record, command.job_id, home, now)
+        home = self.home(command.job_id, record.topic)
+        if home is not None and home != record.tp:
+            return self._misplaced(record, command.job_id, home, origin, now)
         if isinstance(command, SubmitJobV1):
-            return self._submit(command, record, now, admit or self.admit)
-        return self._cancel(command, record, now)
+            if origin != owner:
+                return self._foreign_submit(command, record, now)
+            return self._submit(command, record, owner, now, admit or self.admit)
+        return self._cancel(command, record, origin, owner, now)
+
+    def tenant_of(self, topic: str) -> str | None:
+        """The tenant whose commands topic ``topic`` is (the shell roots its files there)."""
+        return self.tenancy.tenant_of(topic)
+
+    def _origin(self, record: Record) -> str | None:
+        """The tenant a command acts for: its topic's, or the one it was forwarded from. A
+        header can be forged only on the writer's own topic, where it can but lower the
+        writer's rights (its jobs are the topic's), so trusting it there gives nothing away."""
+        headers = dict(record.headers)
+        moved = headers.get(FORWARDED_TENANT)
+        if FORWARDED_FROM in headers and moved is not None:
+            name = moved.decode(errors="replace")
+            return name if self.tenancy.topic(name) in self.tenancy.topics() else None
+        return self.tenancy.tenant_of(record.topic)
+
+    def _state_tp(self, state: JobStateV1) -> TP:
+        """The commands partition a state record speaks for."""
+        return TP(self.tenancy.topic(state.tenant), state.partition)
 
     def refuse(self, record: Record, error: ModelTrainerError, now: float) -> list[Effect]:
         """Dead-letter ``record`` unhandled: it killed the service once, or handling it raised.
@@ -251,7 +290,7 @@ class JobBook:
             or state is None
             or job_id in self.jobs
             or state.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
-            or state.partition != record.partition
+            or self._state_tp(state) != record.tp
             or record.key != job_id.encode()
         ):
             return letter
@@ -284,18 +323,20 @@ class JobBook:
             if isinstance(publish, Publish)
         ]
 
-    def home(self, job_id: str) -> int | None:
-        """The commands partition that holds ``job_id``: its job's or its state's, else where
-        Kafka's default partitioner puts its key (None while the partition count is unknown)."""
+    def home(self, job_id: str, topic: str) -> TP | None:
+        """The commands partition that holds ``job_id``: its job's or its state's (on its
+        tenant's topic), else where Kafka's default partitioner puts its key on ``topic``, the
+        topic the command came on (None while that topic's partition count is unknown)."""
         job = self.jobs.get(job_id)
         if job is not None:
-            return job.record.partition
+            return job.record
         state = self.states.get(job_id)
         if state is not None and state.partition >= 0:
-            return state.partition
-        if self.partitioner is None or self.partition_count < 1:
+            return self._state_tp(state)
+        count = self.partition_counts.get(topic, self.partition_count)
+        if self.partitioner is None or count < 1:
             return None
-        return self.partitioner(job_id.encode(), self.partition_count)
+        return TP(topic, self.partitioner(job_id.encode(), count))
 
     def admits(self, record: Record) -> SubmitJobV1 | None:
         """The submit in ``record`` if :meth:`command` would admit it (a new job, on its
@@ -306,7 +347,9 @@ class JobBook:
             return None
         if not isinstance(command, SubmitJobV1) or record.key != command.job_id.encode():
             return None
-        if self.home(command.job_id) not in (None, record.partition):
+        if self.home(command.job_id, record.topic) not in (None, record.tp):
+            return None
+        if self._origin(record) != self.tenancy.tenant_of(record.topic):
             return None
         state = self.states.get(command.job_id)
         if command.job_id in self.jobs or (state is not None and state.status.terminal):
@@ -315,31 +358,34 @@ class JobBook:
             return None
         return command
 
-    def _misplaced(self, record: Record, job_id: str, home: int, now: float) -> list[Effect]:
+    def _misplaced(
+        self, record: Record, job_id: str, home: TP, tenant: str, now: float
+    ) -> list[Effect]:
         """A command on a partition that does not hold its job (clients' partitioners differ;
-        added partitions move keys): forwarded to ``home`` in the transaction that commits it
-        here, so the job's owner alone acts on it. Forwarded once: a second miss is refused."""
+        added partitions move keys; another tenant's job): forwarded to ``home`` in the
+        transaction that commits it here, so the job's owner alone acts on it (and answers
+        another tenant's command with the refusal, under the job's own seq). It carries the
+        ``tenant`` it acts for. Forwarded once: a second miss is refused."""
         if any(name == FORWARDED_FROM for name, _ in record.headers):
             error = ModelTrainerError(
                 _C.JOB_ON_OTHER_PARTITION,
-                f"job {job_id!r} lives on partition {home} of {record.topic}, and this command "
-                f"was already forwarded once; produce it keyed by job_id",
-                details={"partition": home, "received_on": record.partition},
+                f"job {job_id!r} lives on partition {home.partition} of {home.topic}, and this "
+                f"command was already forwarded once; produce it keyed by job_id",
+                details={"partition": home.partition, "received_on": record.partition},
             )
             return self._dead_letter(record, error, None, now)
         origin = f"{record.partition}:{record.offset}".encode()
-        moved = Outgoing(
-            self.policy.commands_topic,
-            record.key or b"",
-            record.value,
-            [*record.headers, (FORWARDED_FROM, origin)],
-            partition=home,
-        )
+        headers = [(name, value) for name, value in record.headers if name != FORWARDED_TENANT]
+        headers.append((FORWARDED_FROM, origin))
+        if tenant != self.tenancy.tenant_of(home.topic):
+            headers.append((FORWARDED_TENANT, tenant.encode()))
+        moved = Outgoing(home.topic, record.key or b"", record.value, headers, home.partition)
         log.info(
             "command forwarded to its job's partition",
             job_id=job_id,
             partition=record.partition,
-            to=home,
+            to=home.partition,
+            topic=home.topic,
             offset=record.offset,
         )
         return [self._settle(record, [moved])]
@@ -380,6 +426,7 @@ class JobBook:
             state = JobStateV1(
                 job_id=job_id,
                 user_id=user_id,
+                tenant=self.tenancy.tenant_of(tp.topic) or "default",
                 status=JobStatus.REJECTED,
                 request_digest="",
                 partition=tp.partition,
@@ -429,7 +476,38 @@ class JobBook:
         )
         return [self._settle(record, records, events)]
 
-    def _submit(self, spec: SubmitJobV1, record: Record, now: float, admit: Admit) -> list[Effect]:
+    def _foreign_submit(self, spec: SubmitJobV1, record: Record, now: float) -> list[Effect]:
+        """Another tenant's submit forwarded to the partition of a job with its id: refused,
+        whatever its spec, so it can neither settle as a duplicate nor run in the folder of
+        this tenant's job."""
+        log.info("job_id held by another tenant", job_id=spec.job_id)
+        error = ModelTrainerError(
+            _C.JOB_ID_CONFLICT,
+            f"job {spec.job_id} belongs to another tenant; choose another job_id",
+            details={"request_digest": request_digest(spec), "other_tenant": True},
+        )
+        answer, event = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
+        return [self._settle(record, answer, [event])]
+
+    def _check_references(self, spec: SubmitJobV1, tenant: str) -> None:
+        """JOB_FORBIDDEN for a job that builds on (init_from, a job's tokenizer) a job of
+        another tenant, as far as this book knows it; the tenant's own artifacts folder,
+        which admission looks in, holds no other tenant's anyway."""
+        tok = spec.tokenizer
+        for ref in (spec.init_from, tok.job_id if isinstance(tok, JobTokenizer) else None):
+            job = self.jobs.get(ref) if ref is not None else None
+            state = self.states.get(ref) if ref is not None else None
+            owner = job.tenant if job is not None else state.tenant if state else None
+            if owner is not None and owner != tenant:
+                raise ModelTrainerError(
+                    _C.JOB_FORBIDDEN,
+                    f"job {ref!r} belongs to another tenant; its artifact is not shared",
+                    details={"job_id": ref},
+                )
+
+    def _submit(
+        self, spec: SubmitJobV1, record: Record, tenant: str, now: float, admit: Admit
+    ) -> list[Effect]:
         bound = log.bind(job_id=spec.job_id)
         digest = request_digest(spec)
         active = self.jobs.get(spec.job_id)
@@ -457,8 +535,10 @@ class JobBook:
             attempt=state.attempt if state else 0,
             failures=state.failures if state else 0,
             next_seq=state.last_seq + 1 if state else 0,
+            tenant=tenant,
         )
         try:
+            self._check_references(spec, tenant)
             admit(spec)
         except Exception as exc:  # whatever admission raises refuses this job, never the book
             error = exc if isinstance(exc, ModelTrainerError) else _admission_failed(exc)
@@ -490,8 +570,18 @@ class JobBook:
         records = (self._event_record(event), self._state(job, JobStatus.QUEUED, now))
         return [*effects, Publish(job.record, records, {}, (event,))]
 
-    def _cancel(self, cancel: CancelJobV1, record: Record, now: float) -> list[Effect]:
+    def _cancel(
+        self, cancel: CancelJobV1, record: Record, tenant: str, owner: str, now: float
+    ) -> list[Effect]:
+        """``tenant`` sent the cancel; ``owner``'s topic holds the job (or would)."""
         bound = log.bind(job_id=cancel.job_id)
+        if not self.tenancy.may_cancel(tenant, owner):
+            bound.info("cancel of another tenant's job refused")
+            error = ModelTrainerError(
+                _C.JOB_FORBIDDEN, f"job {cancel.job_id} belongs to another tenant"
+            )
+            answer, event = self._rejection(cancel.job_id, 0, error, now, record.tp)
+            return [self._settle(record, answer, [event])]
         job = self.jobs.get(cancel.job_id)
         if job is None:
             state = self.states.get(cancel.job_id)
@@ -555,11 +645,11 @@ class JobBook:
                 attempt=job.attempt,
                 queue=f"{job.record.topic}[{job.record.partition}]",
                 data_root=self.policy.data_root,
-                artifacts_root=self.policy.artifacts_root,
+                artifacts_root=tenant_root(self.policy.artifacts_root, job.tenant),
                 checkpoint_every=job.spec.training.checkpoint_every or self.policy.checkpoint_every,
                 max_corpus_bytes=self.policy.max_corpus_bytes,
                 deadline=job.deadline,
-                artifacts_url=self.policy.artifacts_url,
+                artifacts_url=tenant_url(self.policy.artifacts_url, job.tenant),
                 storage_retry_s=self.policy.storage_retry_s,
                 processes=processes,
             )
@@ -859,16 +949,16 @@ class JobBook:
         once the partition's commit has passed the job's submit: a submit still uncommitted
         (behind a longer job) would otherwise run its job again after a restart."""
         self.expired_at = now
-        owned = {tp.partition: tp for tp in self.assigned if tp not in self.releasing}
+        owned = {tp for tp in self.assigned if tp not in self.releasing}
         if not owned:
             return []
         cutoff = now - self.policy.state_retention_s
         done = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED)
         by_partition: dict[TP, list[str]] = {}
         for state in self.states.values():
-            via = owned.get(state.partition) if state.partition >= 0 else min(owned.values())
+            via = self._state_tp(state) if state.partition >= 0 else min(owned)
             if (
-                via is None
+                via not in owned
                 or state.status not in done
                 or state.updated_at.timestamp() >= cutoff
                 or state.job_id in self.jobs
@@ -923,17 +1013,17 @@ class JobBook:
         self.releasing -= released
         for tp in released:
             self.committed.pop(tp, None)
-        self._unwrite({tp.partition for tp in released})
+        self._unwrite(released)
         return effects
 
-    def _unwrite(self, partitions: set[int]) -> None:
+    def _unwrite(self, partitions: set[TP]) -> None:
         """Take the states of ``partitions``' jobs back to what the topic committed: their
         transactions still unsent were dropped (a fence, a flush out of time), and should
         the group give a partition back, a state this book wrote but never committed would
         settle the job's submit as a duplicate (the job never ends) or skip seqs."""
         for job_id in {*self.states, *self.read}:
             known = self.states.get(job_id) or self.read[job_id]
-            if known.partition not in partitions or job_id in self.jobs:
+            if self._state_tp(known) not in partitions or job_id in self.jobs:
                 continue
             committed = self.read.get(job_id)
             if committed is None:

@@ -77,6 +77,8 @@ class Policy:
     artifacts_url: str | None = None  # object storage for checkpoints and artifacts
     storage_retry_s: float = 120.0
     disk_full_retry_s: float = 60.0  # a job whose run filled the disk waits this long, queued
+    tenants: tuple[str, ...] = ()  # each with its commands topic <commands_topic>.<tenant>
+    admin_tenant: str | None = None  # the tenant whose topic may cancel any job
 
 
 def request_digest(job: SubmitJobV1) -> str:

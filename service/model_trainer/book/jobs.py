@@ -50,6 +50,7 @@ class Job:
     held: ProgressEventV1 | None = None  # the newest progress not yet out
     held_eval: ProgressEventV1 | None = None  # the newest evaluation not yet out
     not_before: float | None = None  # queued, it waits until then (its run filled the disk)
+    tenant: str = "default"  # whose commands topic submitted it
 
     @property
     def job_id(self) -> str:

@@ -144,7 +144,7 @@ def kafka_consumer(settings: Settings, rebalance: Rebalance) -> CommandConsumer:
         rebalance_timeout_ms=settings.rebalance_timeout_ms,
         max_partition_fetch_bytes=max(1 << 20, settings.max_command_bytes + 4096),
     )
-    raw.subscribe([settings.commands_topic], listener=_Listener(rebalance))
+    raw.subscribe(settings.tenancy.topics(), listener=_Listener(rebalance))
     return _KafkaCommands(raw)
 
 

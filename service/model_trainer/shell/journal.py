@@ -15,6 +15,7 @@ from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, 
 from model_trainer.book.effects import Policy, Publish
 from model_trainer.core import storage
 from model_trainer.core.layout import METRICS, append_metrics, release_checkpoints
+from model_trainer.core.tenancy import DEFAULT_TENANT, tenant_root, tenant_url
 from model_trainer.metrics import DEAD_LETTERS, JOBS_FINISHED
 from model_trainer.settings import Settings
 
@@ -46,6 +47,8 @@ def policy_of(settings: Settings) -> Policy:
         artifacts_url=settings.artifacts_url,
         storage_retry_s=settings.storage_retry_s,
         disk_full_retry_s=settings.disk_full_retry_s,
+        tenants=settings.tenancy.tenants,
+        admin_tenant=settings.tenancy.admin,
     )
 
 
@@ -53,21 +56,24 @@ def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None
     """Metrics, each event in its job's metrics.jsonl (a refused job has no folder), and an
     ended job's checkpoints removed once its terminal event is committed (completed, failed or
     cancelled: nothing resumes it after that; a crash before the commit resumes from them)."""
+    tenant = settings.tenancy.tenant_of(publish.via.topic) or DEFAULT_TENANT
+    root = tenant_root(settings.artifacts_root, tenant)
     if publish.ended is not None:
-        folder = settings.artifacts_root / publish.ended
+        folder = root / publish.ended
+        url = tenant_url(settings.artifacts_url, tenant)
 
         def release(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 release_checkpoints(folder)
-                if settings.artifacts_url is not None and publish.ended is not None:
-                    storage.release_checkpoints(settings.artifacts_url, publish.ended)
+                if url is not None and publish.ended is not None:
+                    storage.release_checkpoints(url, publish.ended)
 
         committed.add_done_callback(release)
     for record in publish.records:
         if record.topic == settings.dead_letter_topic:
             DEAD_LETTERS.labels(code=dict(record.headers)["error_code"].decode()).inc()
     for event in publish.events:
-        folder = settings.artifacts_root / event.job_id
+        folder = root / event.job_id
         if isinstance(event, FailedEventV1):
             if event.details.get("command_rejected") is not True:
                 JOBS_FINISHED.labels(outcome="failed").inc()

@@ -44,12 +44,11 @@ async def ensure_topics(settings: Settings) -> None:
         # A job's submit must outlive the job: its record is what a new owner resumes from.
         commands = {"retention.ms": str(settings.commands_retention_ms)}
         wanted = [
-            NewTopic(
-                settings.commands_topic,
-                settings.topic_partitions,
-                settings.replication_factor,
-                None,
-                commands,
+            *(
+                NewTopic(
+                    topic, settings.topic_partitions, settings.replication_factor, None, commands
+                )
+                for topic in settings.tenancy.topics()  # the default one and each tenant's
             ),
             NewTopic(
                 settings.dead_letter_topic,

@@ -27,6 +27,7 @@ from model_trainer.book.records import TP, Record
 from model_trainer.core.admission import admit
 from model_trainer.core.layout import DOWNLOADS
 from model_trainer.core.remote_folders import use_downloads
+from model_trainer.core.tenancy import DEFAULT_TENANT, tenant_root
 from model_trainer.metrics import JOBS
 from model_trainer.pool.joblog import LogShipper
 from model_trainer.pool.pool import WorkerPool
@@ -90,12 +91,14 @@ class TrainerService:
     def _broker_problem(self, why: str | None) -> None:
         self.broker_problem = why
 
-    def _admit(self, job: SubmitJobV1) -> None:
+    def _admit(self, job: SubmitJobV1, tenant: str = DEFAULT_TENANT) -> None:
+        """Admission of ``tenant``'s job: the artifacts it names are looked for in the
+        tenant's own folder, so another tenant's are not there to find."""
         settings = self.settings
         admit(
             job,
             data_root=settings.data_root,
-            artifacts_root=settings.artifacts_root,
+            artifacts_root=tenant_root(settings.artifacts_root, tenant),
             cuda_available=self.pool.cuda or None,
             shared_artifacts=settings.shared_artifacts,
             memory_budget_mb=settings.worker_memory_budget_mb if settings.memory_check else None,
@@ -133,7 +136,7 @@ class TrainerService:
                 consuming = anyio.CancelScope()
                 tasks.start_soon(self._consume, consuming)
                 self.started.set()
-                log.info("service started", commands_topic=settings.commands_topic)
+                log.info("service started", commands_topics=settings.tenancy.topics())
                 await stop.wait()
                 consuming.cancel()
                 await self._drain()
@@ -214,7 +217,8 @@ class TrainerService:
             verdict: ModelTrainerError | None = None
             spec = self.book.admits(record)
             if spec is not None:
-                verdict = await self._check_files(spec)
+                tenant = self.book.tenant_of(record.topic) or DEFAULT_TENANT
+                verdict = await self._check_files(spec, tenant)
             try:
                 effects = self.book.command(record, time.time(), admit=_verdict(verdict))
             except Exception as exc:  # a bug in the book must not stop every instance
@@ -226,7 +230,7 @@ class TrainerService:
                 effects = self.book.refuse(record, error, time.time())
             self._apply(effects)
 
-    async def _check_files(self, spec: SubmitJobV1) -> ModelTrainerError | None:
+    async def _check_files(self, spec: SubmitJobV1, tenant: str) -> ModelTrainerError | None:
         """Admission in a thread, bounded: a slow disk refuses the job, never stalls the loop
         (at most two at a time; a thread still stuck past the bound is abandoned, and being a
         daemon it cannot keep the process from exiting)."""
@@ -234,7 +238,7 @@ class TrainerService:
         try:
             with anyio.fail_after(limit):
                 async with self._admissions:
-                    await run_in_daemon_thread(partial(self._admit, spec), "admission")
+                    await run_in_daemon_thread(partial(self._admit, spec, tenant), "admission")
         except TimeoutError:
             return ModelTrainerError(
                 ModelTrainerErrorCode.ADMISSION_TIMEOUT,
@@ -340,6 +344,8 @@ class TrainerService:
             await self.state.catch_up()
             self.book.published(await self.state.published_seqs(self.book.unsure(tps)))
             self.book.partition_count = consumer.partition_count(self.settings.commands_topic)
+            for topic in self.settings.tenancy.topics():
+                self.book.partition_counts[topic] = consumer.partition_count(topic)
             self.book.assign(tps, await consumer.committed(tps))
             for tp in tps & self._skipped:
                 await consumer.rewind(tp)

@@ -23,6 +23,7 @@ import structlog
 
 from model_trainer.book.book import JobBook
 from model_trainer.core.sweep import Doomed, Found, Kind, Retention, ended_jobs, plan
+from model_trainer.core.tenancy import TENANTS_DIR, tenant_root
 from model_trainer.metrics import SWEPT, SWEPT_BYTES
 from model_trainer.settings import Settings
 
@@ -59,19 +60,20 @@ async def sweep_forever(settings: Settings, ended: Callable[[], Collection[str] 
     (None: not known now; asked again shortly). A sweep the file system fails is logged and
     done again at the next interval: it never stops the service."""
     root = settings.artifacts_root
+    roots = [root, *(tenant_root(root, name) for name in settings.tenancy.names)]
     retention = Retention(token_cache_s=settings.token_cache_retention_s)
     while True:
         jobs = await _settled(ended)
         started = time.monotonic()
         try:
-            # Abandoned on shutdown rather than waited for: deleting again is harmless.
-            swept = await anyio.to_thread.run_sync(
-                sweep, root, jobs, time.time(), retention, abandon_on_cancel=True
-            )
+            for folder in roots:  # each tenant's jobs are in a folder of its own
+                # Abandoned on shutdown rather than waited for: deleting again is harmless.
+                swept = await anyio.to_thread.run_sync(
+                    sweep, folder, jobs, time.time(), retention, abandon_on_cancel=True
+                )
+                swept.report(time.monotonic() - started)
         except OSError as exc:
             log.warning("artifacts sweep failed", error=repr(exc))
-        else:
-            swept.report(time.monotonic() - started)
         await anyio.sleep(settings.sweep_interval_s)
 
 
@@ -144,6 +146,8 @@ def listing(root: Path) -> list[Found]:
     never followed or listed; what vanishes while listing is left out."""
     found: list[Found] = []
     for top in _folders(root):
+        if top.name == TENANTS_DIR:
+            continue  # each tenant's root is swept on its own
         for entry in _entries(top.path):
             relative = PurePosixPath(top.name, entry.name)
             if entry.is_dir(follow_symlinks=False):
