@@ -123,8 +123,6 @@ def test_every_command_lists_the_options_and_passes_them_to_its_settings(
     assert shown.exit_code == 0, shown.output
     assert [option for option in OPTIONS if option in shown.output] == OPTIONS
     # An unknown protocol is refused by the settings (exit 2) before any broker is asked.
-    refused = CliRunner().invoke(
-        app, [*argv, "--security-protocol", "TLS"], env={"COLUMNS": "200"}
-    )
+    refused = CliRunner().invoke(app, [*argv, "--security-protocol", "TLS"], env={"COLUMNS": "200"})
     assert refused.exit_code == 2, refused.output
     assert "unknown Kafka security protocol 'TLS'" in refused.output
