@@ -22,15 +22,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+
+def _option(name: str, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
 # Each option wins over its MODEL_TRAINER_KAFKA_* variable. The password has no option (a
 # command line is visible to every user of the machine): it is MODEL_TRAINER_KAFKA_SASL_PASSWORD.
 CONNECTION = "Kafka connection (default: the MODEL_TRAINER_KAFKA_* variables)"
 _OPTIONS = (
-    inspect.Parameter(
+    _option(
         "bootstrap_servers",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             str | None,
             typer.Option(
                 "--bootstrap-servers",
@@ -40,11 +45,9 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "security_protocol",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             str | None,
             typer.Option(
                 help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: PLAINTEXT).",
@@ -52,11 +55,9 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "sasl_mechanism",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             str | None,
             typer.Option(
                 help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: PLAIN). The password: "
@@ -65,20 +66,16 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "sasl_username",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             str | None,
             typer.Option(help="SASL user (or API key).", rich_help_panel=CONNECTION),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "ssl_cafile",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             Path | None,
             typer.Option(
                 help="PEM CA certificate(s) to trust (default: the system's CAs).",
@@ -87,11 +84,9 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "ssl_certfile",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             Path | None,
             typer.Option(
                 help="PEM client certificate (mutual TLS).",
@@ -100,11 +95,9 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "ssl_keyfile",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             Path | None,
             typer.Option(
                 help="PEM key of the client certificate.",
@@ -113,11 +106,9 @@ _OPTIONS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _option(
         "ssl_check_hostname",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        Annotated[
             bool | None,
             typer.Option(
                 "--ssl-check-hostname/--no-ssl-check-hostname",
