@@ -357,7 +357,7 @@ def test_recursive_and_cyclic_references_end() -> None:
         "type": "object",
         "properties": {"child": {"$ref": "#/$defs/Node"}, "size": {"type": "number"}},
     }
-    narrowed = {**node, "properties": {"child": {"$ref": "#/$defs/Node"}}}
+    narrowed: dict[str, JsonValue] = {**node, "properties": {"child": {"$ref": "#/$defs/Node"}}}
     old: dict[str, JsonValue] = {"$ref": "#/$defs/Node", "$defs": {"Node": node}}
     new: dict[str, JsonValue] = {"$ref": "#/$defs/Node", "$defs": {"Node": narrowed}}
     assert _issues(old, old) == []
