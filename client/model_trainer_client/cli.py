@@ -24,20 +24,13 @@ from rich.markup import escape
 from . import flows, hints
 from .board import EXIT_BAD_INPUT, EXIT_FAILED, ViewStatus
 from .cli_common import (
-    Bootstrap,
-    SaslMechanismOption,
-    SaslUsernameOption,
-    SecurityProtocolOption,
-    SslCafileOption,
-    SslCertfileOption,
-    SslCheckHostnameOption,
-    SslKeyfileOption,
     _run,
     _say,
     _settings,
     console,
     out,
 )
+from .cli_connection import connection_options
 from .durations import parse_duration
 from .hints import new_job_id
 from .settings import ConnectionOverrides
@@ -127,19 +120,13 @@ def _check_job_id(job_id: str) -> str:
     return job_id
 
 
+@connection_options
 def submit(
+    connection: ConnectionOverrides,
     job_file: JobFile,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Show its history and progress until it ends.")
     ] = False,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Timeout = 3600.0,
     job_id: Annotated[
         str | None,
@@ -149,18 +136,7 @@ def submit(
 ) -> None:
     """Publish a training job, its id on stdout; --follow: follow it, exit with its result."""
     job = load_job(job_file, None if job_id is None else _check_job_id(job_id))
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: flows.submit(
@@ -175,36 +151,19 @@ def submit(
     )
 
 
+@connection_options
 def cancel(
+    connection: ConnectionOverrides,
     job_id: JobIdArg,
     reason: Annotated[str, typer.Option(help="Recorded in the failed event.")] = "",
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the job has stopped.")
     ] = True,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Timeout = 600.0,
 ) -> None:
     """Stop a queued or running job (it ends with TRAINING_CANCELLED); waits until it has."""
     _check_job_id(job_id)
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: flows.cancel(
@@ -213,16 +172,10 @@ def cancel(
     )
 
 
+@connection_options
 def status(
+    connection: ConnectionOverrides,
     job_id: JobIdArg,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A job's state, progress, losses, and its artifact or error, read from Kafka.
@@ -230,18 +183,7 @@ def status(
     Exit code: 0 queued, running or completed; 1 failed; 4 cancelled; 5 rejected; 2 unknown.
     """
     _check_job_id(job_id)
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: flows.status(settings, job_id, console=console, out=out, as_json=as_json),
@@ -259,7 +201,9 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+@connection_options
 def jobs(
+    connection: ConnectionOverrides,
     status: Annotated[
         ViewStatus | None, typer.Option("--status", "-s", help="Only jobs in this state.")
     ] = None,
@@ -267,14 +211,6 @@ def jobs(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="key=value; repeat to AND.")
     ] = None,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     as_json: JsonOption = False,
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", min=1, help="Only the newest N jobs.")
@@ -292,18 +228,7 @@ def jobs(
     except ValueError as exc:
         _say("--since", exc)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: flows.jobs(
@@ -319,65 +244,31 @@ def jobs(
     )
 
 
+@connection_options
 def watch(
+    connection: ConnectionOverrides,
     job_id: Annotated[
         str | None, typer.Argument(help="Only this job, until it ends (default: all).")
     ] = None,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """A live terminal dashboard: every active job's state, progress, loss, tok/s and ETA."""
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     if job_id is None:
         _run(settings, lambda: flows.watch_all(settings, console=out), interrupted=0)
     one = _check_job_id(job_id)
     _run(settings, lambda: flows.watch_job(settings, one, console=out), interrupted=0)
 
 
+@connection_options
 def dashboard(
+    connection: ConnectionOverrides,
     port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port (0: any free).")] = 8765,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """A web dashboard of every job in the events topic's retention, live (server-sent events)."""
     from .dashboard import serve
 
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     try:
         with socket.create_server((host, port)):
             pass  # free now; a race with another program still ends in aiohttp's error
@@ -391,19 +282,13 @@ export_app = typer.Typer(help="Write the events topic into other tools' formats.
 
 
 @export_app.command("tensorboard")
+@connection_options
 def export_tensorboard(
+    connection: ConnectionOverrides,
     logdir: Annotated[Path, typer.Option(file_okay=False, help="One run per job goes here.")],
     follow: Annotated[
         bool, typer.Option("--follow", help="Keep exporting new events until interrupted.")
     ] = False,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """One TensorBoard run per job: losses, perplexities, lr, grad norm, tok/s, the config."""
     from .tb_export import export, writer_available
@@ -414,18 +299,7 @@ def export_tensorboard(
             "install model-trainer-client\\[tensorboard]"
         )
         raise typer.Exit(EXIT_BAD_INPUT)
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(settings, lambda: export(settings, logdir, follow=follow, console=console), interrupted=0)
 
 

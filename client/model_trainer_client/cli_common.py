@@ -1,14 +1,13 @@
-"""What every client command shares: its consoles, the Kafka connection options, and how a
-command's settings are read and its flow is run (exit codes for a missing or refusing
-broker). A leaf of the command modules (:mod:`.cli`, :mod:`.mlflow_cli`)."""
+"""What every client command shares: its consoles, and how a command's settings are read
+and its flow is run (exit codes for a missing or refusing broker). A leaf of the command
+modules (:mod:`.cli`, :mod:`.mlflow_cli`); their connection options: :mod:`.cli_connection`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
 import typer
 from aiokafka.errors import (
@@ -36,67 +35,6 @@ NOT_ALLOWED = (
     TransactionalIdAuthorizationFailed,
 )
 out = Console()
-
-
-Bootstrap = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap-servers",
-        "-b",
-        help="Default: MODEL_TRAINER_BOOTSTRAP_SERVERS, KAFKA_BOOTSTRAP_SERVERS, 127.0.0.1:9092.",
-    ),
-]
-# How to connect, beyond the servers: each option wins over its MODEL_TRAINER_KAFKA_* variable.
-# The password has no option (a command line is visible to every user of the machine): it is
-# MODEL_TRAINER_KAFKA_SASL_PASSWORD.
-CONNECTION = "Kafka connection (default: the MODEL_TRAINER_KAFKA_* variables)"
-SecurityProtocolOption = Annotated[
-    str | None,
-    typer.Option(
-        help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: PLAINTEXT).",
-        rich_help_panel=CONNECTION,
-    ),
-]
-SaslMechanismOption = Annotated[
-    str | None,
-    typer.Option(
-        help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default: PLAIN). The password: "
-        "MODEL_TRAINER_KAFKA_SASL_PASSWORD.",
-        rich_help_panel=CONNECTION,
-    ),
-]
-SaslUsernameOption = Annotated[
-    str | None, typer.Option(help="SASL user (or API key).", rich_help_panel=CONNECTION)
-]
-SslCafileOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="PEM CA certificate(s) to trust (default: the system's CAs).",
-        dir_okay=False,
-        rich_help_panel=CONNECTION,
-    ),
-]
-SslCertfileOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="PEM client certificate (mutual TLS).", dir_okay=False, rich_help_panel=CONNECTION
-    ),
-]
-SslKeyfileOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="PEM key of the client certificate.", dir_okay=False, rich_help_panel=CONNECTION
-    ),
-]
-SslCheckHostnameOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--ssl-check-hostname/--no-ssl-check-hostname",
-        help="Check that the broker's certificate names its host (default: on).",
-        show_default=False,
-        rich_help_panel=CONNECTION,
-    ),
-]
 
 
 def _say(title: str, text: object) -> None:

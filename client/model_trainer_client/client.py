@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from model_trainer_contracts import (
@@ -26,9 +25,10 @@ from model_trainer_contracts import (
 from . import outage
 from .kafka import assign_whole_topic, committed_reader, to_record
 from .settings import KafkaConnection, client_kwargs
+from .startstop import StartStop
 
 
-class CommandSender:
+class CommandSender(StartStop):
     """An idempotent producer for the commands topic; messages keyed by ``job_id``."""
 
     def __init__(self, connection: KafkaConnection | str, commands_topic: str) -> None:
@@ -37,21 +37,11 @@ class CommandSender:
             **client_kwargs(connection), enable_idempotence=True, acks="all"
         )
 
-    async def __aenter__(self) -> CommandSender:
-        try:
-            await self._producer.start()
-        except BaseException:
-            await self._producer.stop()  # or aiokafka warns of an unclosed producer
-            raise
+    async def start(self) -> None:
+        await self._producer.start()
         outage.arm()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._producer.stop()
 
     async def send(self, command: SubmitJobV1 | CancelJobV1) -> None:
@@ -66,7 +56,7 @@ class CommandSender:
         await self._producer.send_and_wait(self._topic, value, key=key, headers=headers or [])
 
 
-class EventWatcher:
+class EventWatcher(StartStop):
     """Reads committed events from the events topic, starting at its end when entered."""
 
     def __init__(self, connection: KafkaConnection | str, events_topic: str) -> None:
@@ -75,21 +65,16 @@ class EventWatcher:
         self._consumer = committed_reader(connection)
         self.seen: list[Event] = []
 
-    async def __aenter__(self) -> EventWatcher:
+    async def start(self) -> None:
         await self._consumer.start()
         while True:  # the service creates its topics at start; wait for them
             if await assign_whole_topic(
                 self._consumer, self._connection, self._topic, from_end=True
             ):
-                return self
+                return
             await asyncio.sleep(0.5)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._consumer.stop()
 
     async def rewind(self) -> None:

@@ -424,13 +424,18 @@ async def cancel(
 
 async def job_view(settings: ClientSettings, job_id: str) -> JobView | None:
     """Everything the topics say of one job: its state record and its events."""
+    async with JobFollower(settings, job_id) as follower:
+        return (await _board_of(settings, follower)).get(job_id)
+
+
+async def _board_of(settings: ClientSettings, follower: JobFollower) -> JobBoard:
+    """One job's board: its state record, then the events the follower found on entry."""
     board = JobBoard()
-    state = await read_job_state(settings, job_id)
+    state = await read_job_state(settings, follower.job_id)
     if state is not None:
         board.apply(state)
-    async with JobFollower(settings, job_id) as follower:
-        board.apply_all(await follower.history())
-    return board.get(job_id)
+    board.apply_all(await follower.history())
+    return board
 
 
 async def status(
@@ -540,12 +545,8 @@ async def watch_job(
     settings: ClientSettings, job_id: str, *, console: Console, refresh_s: float = 0.5
 ) -> int:
     """A live view of one job until it ends; exits with the job's code."""
-    board = JobBoard()
-    state = await read_job_state(settings, job_id)
-    if state is not None:
-        board.apply(state)
     async with JobFollower(settings, job_id) as follower:
-        board.apply_all(await follower.history())
+        board = await _board_of(settings, follower)
 
         def rows() -> list[JobView]:
             view = board.get(job_id)

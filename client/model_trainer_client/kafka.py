@@ -25,28 +25,13 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 from model_trainer_contracts import Headers
+from model_trainer_contracts.records import Record as Record
 
 from .settings import KAFKA_ENV_PREFIX, KafkaConnection, as_connection, client_kwargs
 
 
-@dataclass(frozen=True)
-class Record:
-    """One consumed record, detached from aiokafka's types."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: Headers
-    timestamp_ms: int = -1
-
-    @property
-    def tp(self) -> TopicPartition:
-        return TopicPartition(self.topic, self.partition)
-
-
 def to_record(message: object) -> Record:
+    """One consumed record, detached from aiokafka's types."""
     topic = getattr(message, "topic", "")
     partition = getattr(message, "partition", -1)
     offset = getattr(message, "offset", -1)

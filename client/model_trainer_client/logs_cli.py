@@ -10,38 +10,25 @@ from model_trainer_contracts.commands import JOB_ID_PATTERN
 
 from .board import EXIT_BAD_INPUT
 from .cli_common import (
-    Bootstrap,
-    SaslMechanismOption,
-    SaslUsernameOption,
-    SecurityProtocolOption,
-    SslCafileOption,
-    SslCertfileOption,
-    SslCheckHostnameOption,
-    SslKeyfileOption,
     _run,
     _settings,
     console,
     out,
 )
+from .cli_connection import connection_options
 from .settings import ConnectionOverrides
 
 _job_id = re.compile(JOB_ID_PATTERN)
 
 
+@connection_options
 def logs(
+    connection: ConnectionOverrides,
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     follow: Annotated[
         bool,
         typer.Option("--follow", "-f", help="Go on until the job ends; exit with its result."),
     ] = False,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     timeout: Annotated[
         float, typer.Option(help="With --follow: seconds to wait for the job's end.")
     ] = 3600.0,
@@ -55,18 +42,7 @@ def logs(
     if not _job_id.fullmatch(job_id):
         console.print(f"[red]not a job id: {job_id!r}[/red] (expected {JOB_ID_PATTERN})")
         raise typer.Exit(EXIT_BAD_INPUT)
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: show_logs(

@@ -9,22 +9,17 @@ import typer
 
 from .board import EXIT_BAD_INPUT
 from .cli_common import (
-    Bootstrap,
-    SaslMechanismOption,
-    SaslUsernameOption,
-    SecurityProtocolOption,
-    SslCafileOption,
-    SslCertfileOption,
-    SslCheckHostnameOption,
-    SslKeyfileOption,
     _run,
     _settings,
     console,
 )
+from .cli_connection import connection_options
 from .settings import ConnectionOverrides
 
 
+@connection_options
 def export_mlflow(
+    connection: ConnectionOverrides,
     tracking_uri: Annotated[
         str,
         typer.Option(
@@ -58,14 +53,6 @@ def export_mlflow(
     follow: Annotated[
         bool, typer.Option("--follow", help="Keep exporting new events until interrupted.")
     ] = False,
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
 ) -> None:
     """One MLflow run per job: config as params, metrics by step, tags, errors, the model.
 
@@ -79,18 +66,7 @@ def export_mlflow(
         raise typer.Exit(EXIT_BAD_INPUT)
     from .mlflow_export import export
 
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: export(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
 
 from aiokafka import TopicPartition
 from model_trainer_contracts import JobStateV1
@@ -18,11 +17,12 @@ from . import outage
 from .decode import Update, decode_state, decode_update
 from .kafka import Record, committed_reader, partition_for_key, to_record, topic_partitions
 from .settings import ClientSettings, KafkaConnection
+from .startstop import StartStop
 
 POLL_MS = 500
 
 
-class TopicReader:
+class TopicReader(StartStop):
     """A committed, group-less consumer of chosen partitions, that can tell when it has read
     everything that was there when :meth:`mark_ends` was called."""
 
@@ -31,21 +31,11 @@ class TopicReader:
         self.consumer = committed_reader(connection)
         self._ends: dict[TopicPartition, int] = {}
 
-    async def __aenter__(self) -> TopicReader:
-        try:
-            await self.consumer.start()
-        except BaseException:
-            await self.consumer.stop()  # or aiokafka warns of an unclosed consumer
-            raise
+    async def start(self) -> None:
+        await self.consumer.start()
         outage.arm()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self.consumer.stop()
 
     def assignment(self) -> set[TopicPartition]:
@@ -119,7 +109,7 @@ async def job_partition(connection: KafkaConnection | str, topic: str, job_id: s
     return ids[partition_for_key(job_id.encode(), len(ids))]
 
 
-class JobFollower:
+class JobFollower(StartStop):
     """One job's events: only the partition of the events topic that holds the job, read
     from its beginning and filtered by key. :meth:`history` is what was there on entry;
     :meth:`updates` goes on from there, forever."""
@@ -131,18 +121,12 @@ class JobFollower:
         self._reader = TopicReader(settings.connection)
         self.partition: int | None = None
 
-    async def __aenter__(self) -> JobFollower:
-        await self._reader.__aenter__()
+    async def start(self) -> None:
+        await self._reader.start()
         await self._locate()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._reader.__aexit__(exc_type, exc, tb)
+    async def stop(self) -> None:
+        await self._reader.stop()
 
     async def _locate(self) -> bool:
         topic = self.settings.events_topic
@@ -247,7 +231,7 @@ async def read_events_of(
     ]
 
 
-class LiveTail:
+class LiveTail(StartStop):
     """Every job's events and state records as they come, for ``watch``, the dashboard and
     the TensorBoard export. The state topic is read from its beginning; the events topic from
     its beginning (``events_since_ms=None``) or, per partition, from a time (partitions left
@@ -271,19 +255,13 @@ class LiveTail:
         self._ends: dict[TopicPartition, int] = {}
         self._next_look = 0.0
 
-    async def __aenter__(self) -> LiveTail:
-        await self._reader.__aenter__()
+    async def start(self) -> None:
+        await self._reader.start()
         await self._look()
         self._ends = await self._reader.end_offsets(list(self._reader.assignment()))
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._reader.__aexit__(exc_type, exc, tb)
+    async def stop(self) -> None:
+        await self._reader.stop()
 
     @property
     def events_found(self) -> bool:

@@ -11,37 +11,24 @@ from rich.markup import escape
 
 from .board import EXIT_BAD_INPUT
 from .cli_common import (
-    Bootstrap,
-    SaslMechanismOption,
-    SaslUsernameOption,
-    SecurityProtocolOption,
-    SslCafileOption,
-    SslCertfileOption,
-    SslCheckHostnameOption,
-    SslKeyfileOption,
     _run,
     _settings,
     console,
     out,
 )
+from .cli_connection import connection_options
 from .settings import ConnectionOverrides
 
 
+@connection_options
 def sweep(
+    connection: ConnectionOverrides,
     sweep_file: Annotated[
         Path,
         typer.Argument(
             exists=True, dir_okay=False, help="The sweep: base job, space, budget (YAML)."
         ),
     ],
-    bootstrap_servers: Bootstrap = None,
-    security_protocol: SecurityProtocolOption = None,
-    sasl_mechanism: SaslMechanismOption = None,
-    sasl_username: SaslUsernameOption = None,
-    ssl_cafile: SslCafileOption = None,
-    ssl_certfile: SslCertfileOption = None,
-    ssl_keyfile: SslKeyfileOption = None,
-    ssl_check_hostname: SslCheckHostnameOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Run a hyperparameter sweep: trials are jobs labelled sweep=NAME; prints the best.
@@ -62,18 +49,7 @@ def sweep(
         for line in exc.lines:
             console.print(f"[red]{escape(line)}[/red]", soft_wrap=True, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    settings = _settings(
-        ConnectionOverrides(
-            bootstrap_servers,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            ssl_cafile,
-            ssl_certfile,
-            ssl_keyfile,
-            ssl_check_hostname,
-        )
-    )
+    settings = _settings(connection)
     _run(
         settings,
         lambda: run_sweep(settings, spec, console=console, out=out, as_json=as_json),

@@ -80,11 +80,11 @@ def _is_tagged(model: type[BaseModel], tag: str) -> bool:
 
 
 def _models_at(loc: Sequence[int | str], roots: Sequence[type[BaseModel]]) -> list[type[BaseModel]]:
-    """The models that may hold the object at ``loc`` (an error's location, tags included)."""
+    """The models that may hold the object at ``loc`` (an error's location, tags included).
+    No command holds a model in a list, so every part is a field or a tag (an index would
+    match neither, leaving no model: the error then names no close field)."""
     models = list(roots)
-    for part in loc:
-        if isinstance(part, int):  # an item of a list or tuple: the same item type
-            continue
+    for part in map(str, loc):
         tagged = [model for model in models if _is_tagged(model, part)]
         models = tagged or [
             inner

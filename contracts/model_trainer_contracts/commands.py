@@ -49,6 +49,11 @@ def aliases_of(model: type[BaseModel]) -> dict[str, str]:
     return found
 
 
+def _object(value: JsonValue) -> JsonDict:
+    # pydantic writes a model's properties, and each field's, as objects: this only narrows.
+    return value if isinstance(value, dict) else {}
+
+
 def _schema_aliases(schema: JsonDict, model: type[BaseModel]) -> None:
     """Add each alias to a model's JSON Schema as a property of its own, marked
     ``x-alias-of``, and forbid giving it together with its canonical name.
@@ -56,14 +61,10 @@ def _schema_aliases(schema: JsonDict, model: type[BaseModel]) -> None:
     Validation mode (what publishers may send): pydantic names each property by the first
     of its ``AliasChoices``, the canonical name, and leaves the other choices out.
     """
-    properties = schema.get("properties")
-    if not isinstance(properties, dict):
-        return
+    properties = _object(schema.get("properties"))
     exclusive: list[JsonValue] = []
     for alias, name in aliases_of(model).items():
-        canonical = properties.get(name)
-        if not isinstance(canonical, dict):
-            continue
+        canonical = _object(properties.get(name))
         same = {k: copy.deepcopy(v) for k, v in canonical.items() if k not in ("default", "title")}
         properties[alias] = {
             **same,

@@ -50,9 +50,10 @@ def check_backward(
     return checker.found
 
 
-def _defs(root: JsonObject) -> JsonObject:
-    defs = root.get("$defs")
-    return defs if isinstance(defs, dict) else {}
+def _object(value: JsonValue) -> JsonObject:
+    """A JSON object as it is; anything else (absent, or a boolean schema, which pydantic does
+    not write) as the empty object: a schema that admits any value."""
+    return value if isinstance(value, dict) else {}
 
 
 def _resolve(node: JsonObject, defs: JsonObject) -> JsonObject:
@@ -129,8 +130,8 @@ def _number(node: JsonObject, key: str) -> float | None:
 class _Checker:
     def __init__(self, message_type: str, released: JsonObject, current: JsonObject) -> None:
         self.message_type = message_type
-        self.old_defs = _defs(released)
-        self.new_defs = _defs(current)
+        self.old_defs = _object(released.get("$defs"))
+        self.new_defs = _object(current.get("$defs"))
         self.found: list[Incompatibility] = []
 
     def add(self, field: str, rule: str, detail: str) -> None:
@@ -202,8 +203,7 @@ class _Checker:
         old_prefix, new_prefix = old.get("prefixItems"), new.get("prefixItems")
         if isinstance(old_prefix, list) and isinstance(new_prefix, list):
             for index, (o, n) in enumerate(zip(old_prefix, new_prefix, strict=False)):
-                if isinstance(o, dict) and isinstance(n, dict):
-                    self.node(o, n, f"{path}[{index}]", depth + 1)
+                self.node(_object(o), _object(n), f"{path}[{index}]", depth + 1)
         old_all, new_all = old.get("allOf"), new.get("allOf")
         kept = old_all if isinstance(old_all, list) else []
         added = [c for c in new_all if c not in kept] if isinstance(new_all, list) else []
@@ -253,17 +253,13 @@ class _Checker:
                 )
 
     def object(self, old: JsonObject, new: JsonObject, path: str, depth: int) -> None:
-        old_props, new_props = old.get("properties", {}), new.get("properties", {})
-        if not isinstance(old_props, dict) or not isinstance(new_props, dict):
-            return
+        old_props, new_props = _object(old.get("properties")), _object(new.get("properties"))
         prefix = f"{path}." if path else ""
         for name, node in old_props.items():
             if name not in new_props:
                 self.add(prefix + name, REMOVED_FIELD, "readers of the released version use it")
-            elif isinstance(node, dict) and isinstance(new_props[name], dict):
-                child = new_props[name]
-                if isinstance(child, dict):
-                    self.node(node, child, prefix + name, depth + 1)
+            else:
+                self.node(_object(node), _object(new_props[name]), prefix + name, depth + 1)
         old_required = old.get("required", [])
         new_required = new.get("required", [])
         was_required = {str(n) for n in old_required} if isinstance(old_required, list) else set()

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, JsonValue, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from .codec import CONTENT_TYPE, ce_headers, encode
@@ -108,10 +108,12 @@ def dumps(document: JsonValue) -> str:
     return json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
+_JSON_OBJECT: TypeAdapter[JsonObject] = TypeAdapter(JsonObject)
+
+
 def _object(value: JsonValue) -> JsonObject:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+    """``value``, a JSON object (a copy); anything else raises pydantic's ValidationError."""
+    return _JSON_OBJECT.validate_python(value)
 
 
 def _wire_requirements(spec: MessageSpec, schema: JsonObject) -> JsonObject:

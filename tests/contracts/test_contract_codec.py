@@ -23,7 +23,7 @@ from model_trainer_contracts import (
     salvage_user_id,
 )
 from model_trainer_contracts.examples import CONFIG, EXAMPLES, FAILED, QUEUED, SUBMIT
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 _C = ModelTrainerErrorCode
 
@@ -293,3 +293,37 @@ def test_tolerant_decode_skips_unknown_event_types_only() -> None:
             decode_event_tolerant(data)
     with pytest.raises(ModelTrainerError):
         decode_event(json.dumps(future).encode())
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "field", "says"),
+    [
+        ("data", {"val_fraction": 0.5, "test_fraction": 0.4}, "data", "at least 10% to train"),
+        ("training", {"epochs": 2}, "training", "max_steps or epochs, not both"),
+        ("training", {"min_lr": 0.001}, "training", "min_lr must not exceed learning_rate"),
+        ("resources", {"processes": 3}, "(root)", "batch_size 32 does not split over 3"),
+        ("generate", {"prompts": 2}, "(root)", "generate needs chat or instruction data"),
+    ],
+)
+def test_cross_field_rules_say_what_to_change(
+    section: str, change: dict[str, JsonValue], field: str, says: str
+) -> None:
+    body = _submit()
+    given = body.get(section) or {}
+    assert isinstance(given, dict)
+    err = _refusal({**body, section: {**given, **change}})
+    assert (err.code, _fields(err)) == (_C.COMMAND_INVALID, [field])
+    assert says in err.message
+
+
+def test_model_settings_of_another_backend_are_refused() -> None:
+    err = _refusal(_submit(backend="char_lstm"))
+    assert _fields(err) == ["(root)"]
+    assert "model settings are for 'gpt2' but backend is 'char_lstm'" in err.message
+
+
+def test_a_failed_event_that_is_not_an_object_gets_pydantics_own_error() -> None:
+    # The tolerant-code hook runs first: it passes a non-object on untouched.
+    with pytest.raises(ValidationError) as refused:
+        FailedEventV1.model_validate(["trainer.job.failed.v1"])
+    assert [error["type"] for error in refused.value.errors()] == ["model_type"]

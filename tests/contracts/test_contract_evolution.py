@@ -290,6 +290,23 @@ RAW: list[tuple[str, dict[str, JsonValue], dict[str, JsonValue], str | None, str
         None,
         "f",
     ),
+    (
+        "object variant dropped",
+        {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "string"}]},
+        {"type": "string"},
+        NARROWED_TYPE,
+        "f",
+    ),
+    (
+        "null no longer accepted",
+        {"type": ["string", "null"]},
+        {"type": "string"},
+        NARROWED_TYPE,
+        "f",
+    ),
+    ("null added", {"type": "string"}, {"type": ["string", "null"]}, None, "f"),
+    ("minimum added", {"type": "number"}, {"type": "number", "minimum": 0}, NARROWED_TYPE, "f"),
+    ("unknown reference", {"$ref": "#/$defs/Gone"}, {"$ref": "#/$defs/Gone"}, None, "f"),
 ]
 
 
@@ -304,3 +321,53 @@ def test_the_rules_on_raw_schemas(
     found = check_backward("t.v1", old, new)
     assert [(i.field, i.rule) for i in found] == ([] if rule is None else [(where, rule)])
     assert all(str(i).startswith(f"t.v1: field `{where}`: ") for i in found)
+
+
+def _issues(old: dict[str, JsonValue], new: dict[str, JsonValue]) -> list[str]:
+    return [str(i) for i in check_backward("t.v1", old, new)]
+
+
+def test_enum_values_keep_their_json_types() -> None:
+    released = _field({"enum": [None, True, 3, 1.5, "a", [1], {"k": 1}]})
+    assert _issues(released, _field({"type": ["string", "integer"]})) == [
+        "t.v1: field `f`: narrowed type: no longer accepts array or boolean or null or number "
+        "or object"
+    ]
+
+
+def test_a_boolean_schema_admits_any_value() -> None:
+    # JSON Schema's `true` (pydantic does not write it): narrowing it is caught like `{}`'s.
+    old: dict[str, JsonValue] = {"type": "object", "properties": {"f": True}}
+    tuple_old: dict[str, JsonValue] = {"type": "array", "prefixItems": [True]}
+    tuple_new: dict[str, JsonValue] = {"type": "array", "prefixItems": [{"type": "string"}]}
+    assert _issues(old, _field({"type": "string"})) == [
+        "t.v1: field `f`: narrowed type: no longer accepts any value"
+    ]
+    assert _issues(_field({"type": "string"}), {"type": "object", "properties": {"f": True}}) == []
+    assert _issues(tuple_old, tuple_new) == [
+        "t.v1: field `[0]`: narrowed type: no longer accepts any value"
+    ]
+
+
+def test_recursive_and_cyclic_references_end() -> None:
+    """A model that holds itself (a tree) is compared to a bounded depth; a reference that
+    names itself resolves to nothing more."""
+    node: dict[str, JsonValue] = {
+        "title": "Node",
+        "type": "object",
+        "properties": {"child": {"$ref": "#/$defs/Node"}, "size": {"type": "number"}},
+    }
+    narrowed: dict[str, JsonValue] = {**node, "properties": {"child": {"$ref": "#/$defs/Node"}}}
+    old: dict[str, JsonValue] = {"$ref": "#/$defs/Node", "$defs": {"Node": node}}
+    new: dict[str, JsonValue] = {"$ref": "#/$defs/Node", "$defs": {"Node": narrowed}}
+    assert _issues(old, old) == []
+    removed = _issues(old, new)
+    # Depth first: the deepest level the check reaches is reported first, the top last.
+    assert removed[-2:] == [
+        "t.v1: field `child.size`: removed or renamed field: readers of the released version "
+        "use it",
+        "t.v1: field `size`: removed or renamed field: readers of the released version use it",
+    ]
+    assert len(removed) == 65  # depths 0 to 64, where the check stops
+    loop: dict[str, JsonValue] = {"$ref": "#/$defs/L", "$defs": {"L": {"$ref": "#/$defs/L"}}}
+    assert _issues(loop, loop) == []

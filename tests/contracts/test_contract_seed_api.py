@@ -216,3 +216,21 @@ def test_a_null_test_loss_says_why() -> None:
     body["test_loss"] = None
     err = _refused(lambda: decode_trainer_metrics_event(json.dumps(body)))
     assert "test_fraction" in err.message
+
+
+def test_a_fractional_memory_mb_is_refused_though_memory_gb_may_be_fractional() -> None:
+    # memory_mb is checked as the service's memory_gb (a float), then as the seed's int.
+    config: dict[str, JsonValue] = {
+        "type": "trainer.metrics.config.v1",
+        "job_id": "j",
+        "user_id": 1,
+        "model_family": "f",
+        "model_size": "s",
+        "total_epochs": 1,
+        "queue": "q",
+    }
+    err = _refused(lambda: decode_trainer_metrics_event(json.dumps({**config, "memory_mb": 1.5})))
+    assert (err.code, _fields(err)) == (_C.COMMAND_INVALID, ["memory_mb"])
+    assert "valid integer" in err.message
+    from_gb = decode_trainer_metrics_event(json.dumps({**config, "memory_gb": 1.5}))
+    assert from_gb.get("memory_mb") == 1536

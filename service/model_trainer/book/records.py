@@ -1,4 +1,5 @@
-"""Kafka records as plain data: what the service consumes and what it produces.
+"""Kafka records as plain data: what the service consumes (the contracts' :class:`Record`
+and :class:`TP`, the client's too) and what it produces.
 
 Pure (no aiokafka): the job book decides in these terms, and :mod:`.kafka` converts.
 """
@@ -6,32 +7,10 @@ Pure (no aiokafka): the job book decides in these terms, and :mod:`.kafka` conve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from model_trainer_contracts import Headers
-
-
-class TP(NamedTuple):
-    """A topic partition (equal to, and hashed like, aiokafka's ``TopicPartition``)."""
-
-    topic: str
-    partition: int
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: Headers
-
-    @property
-    def tp(self) -> TP:
-        return TP(self.topic, self.partition)
+from model_trainer_contracts.records import TP as TP
+from model_trainer_contracts.records import Record as Record
 
 
 @dataclass(frozen=True)

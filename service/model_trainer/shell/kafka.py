@@ -31,8 +31,7 @@ class BrokerUnreachableError(TimeoutError):
 
 def command_record(message: object) -> Record:
     """A consumed command as the job book's plain record."""
-    got = to_record(message)
-    return Record(got.topic, got.partition, got.offset, got.key, got.value, got.headers)
+    return to_record(message)
 
 
 async def ensure_topics(settings: Settings) -> None:
