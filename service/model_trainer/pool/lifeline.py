@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 POLL_S = 0.1
-GRACE_S = 0.8  # poll + grace stays under a second
+GRACE_S = 0.7  # poll + grace 0.8 s: under a second with room for a busy host's scheduling
 ORPHAN_EXIT = 70  # EX_SOFTWARE: nobody reads it (the parent is gone), but logs of a supervisor may
 
 _orphaned = threading.Event()
