@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import NoReturn
 
@@ -35,6 +39,50 @@ NOT_ALLOWED = (
     TransactionalIdAuthorizationFailed,
 )
 out = Console()
+# Ctrl-C cancels the flow, and again every RECANCEL_S until it ends: Python 3.11's
+# asyncio.wait_for (aiokafka's too) can lose a cancellation that races a completing future,
+# and asyncio.run cancels only once, so a follow could outlive its Ctrl-C. A flow still not
+# ended FORCE_AFTER_S after the Ctrl-C (a thread the loop waits for at exit) exits unclean.
+RECANCEL_S = 1.0
+FORCE_AFTER_S = 10.0
+
+
+def _force_exit(code: int) -> None:
+    console.print(f"not stopped {FORCE_AFTER_S:.0f}s after Ctrl-C: exiting now", style="yellow")
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+async def _interruptible(flow: Coroutine[object, object, int], interrupted: int) -> int:
+    """``flow``'s exit code, or ``interrupted`` once Ctrl-C has ended it."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(flow)
+    pressed = threading.Event()
+
+    def cancel() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(RECANCEL_S, cancel)
+
+    def ctrl_c() -> None:
+        if not pressed.is_set():
+            pressed.set()
+            force = threading.Timer(FORCE_AFTER_S, _force_exit, args=(interrupted,))
+            force.daemon = True
+            force.start()
+        cancel()
+
+    loop.add_signal_handler(signal.SIGINT, ctrl_c)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if pressed.is_set():
+            return interrupted
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _say(title: str, text: object) -> None:
@@ -73,7 +121,7 @@ def _run(
     ``interrupted``."""
     outage.install(lambda line: console.print(line, style="yellow", soft_wrap=True))
     try:
-        code = asyncio.run(main())
+        code = asyncio.run(_interruptible(main(), interrupted))
     except KafkaConnectionError as exc:
         with contextlib.suppress(KeyboardInterrupt):
             _explain(settings, exc)

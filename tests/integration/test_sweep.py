@@ -154,8 +154,13 @@ def test_a_sweep_prunes_survives_a_kill_and_ends_with_its_best_trial(
         assert isinstance(failed, FailedEventV1)
         assert failed.code is ModelTrainerErrorCode.TRAINING_CANCELLED
         assert f"pruned by sweep {name}: val_loss" in failed.message
-    # both 1e-5 trials are worse than every completed trial at their first evaluation
-    assert [j for j in jobs[4:] if j in pruned] == jobs[4:], again.stderr
+    # both 1e-5 trials are worse than every completed trial at their first evaluation: the
+    # sweep prunes both (its cancel); on a loaded machine the last trial's final steps can
+    # outrun the cancel (its step-100 evaluation reached the sweep coalesced into a later
+    # progress event), and then it ends completed, which the trials' table shows as it is
+    ordered = [j for j in jobs[4:] if f"cancel sent for trial {j[-1]} {j}: pruned" in again.stderr]
+    assert ordered == jobs[4:], again.stderr
+    assert pruned, again.stderr  # and at least one prune ended its job, TRAINING_CANCELLED
     completed = {j: e for j, e in ends.items() if isinstance(e, CompletedEventV1)}
     best = min(completed, key=lambda j: completed[j].best_val_loss or 99.0)
     best_loss = completed[best].best_val_loss

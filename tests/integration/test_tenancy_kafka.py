@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,7 +104,14 @@ async def test_tenants_are_held_apart_by_the_brokers_acls_and_the_service(
         assert isinstance(done, CompletedEventV1)
         art = stack.artifacts_root / ".tenants" / "alice" / "ta-1"
         assert same_folder(done.artifact_path, art)
+        # The service removes the ended job's checkpoints once its terminal event is
+        # committed: its own doing, not bob's, so the snapshot waits for it.
+        released = time.monotonic() + 60
+        while (art / "checkpoints").exists():
+            assert time.monotonic() < released, "the checkpoints of ta-1 were not released"
+            await asyncio.sleep(0.2)
         before = digests(art)
+        assert not [name for name in before if name.startswith("checkpoints/")], before
         assert "manifest.json" in before, before
 
         # The broker refuses bob's user alice's topic.
