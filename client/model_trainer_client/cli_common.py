@@ -74,7 +74,11 @@ async def _interruptible(flow: Coroutine[object, object, int], interrupted: int)
             force.start()
         cancel()
 
-    loop.add_signal_handler(signal.SIGINT, ctrl_c)
+    # Only the main thread receives signals (a command run in a thread, as a test's CliRunner
+    # in asyncio.to_thread, keeps Python's own handling).
+    handles = threading.current_thread() is threading.main_thread()
+    if handles:
+        loop.add_signal_handler(signal.SIGINT, ctrl_c)
     try:
         return await task
     except asyncio.CancelledError:
@@ -82,7 +86,8 @@ async def _interruptible(flow: Coroutine[object, object, int], interrupted: int)
             return interrupted
         raise
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        if handles:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 def _say(title: str, text: object) -> None:
