@@ -28,7 +28,7 @@ from model_trainer_contracts import CancelJobV1, encode
 from rich.console import Console
 from typer.testing import CliRunner
 
-from .flows import long_job, send, until_end, wait_for_step
+from .flows import long_job, of, send, until_end, wait_for_step
 
 pytestmark = pytest.mark.kafka
 
@@ -104,9 +104,14 @@ async def test_status_jobs_and_watch_show_a_queued_a_running_and_an_ended_job(
             await _logs_of_a_failed_job(runner, client_env)
             await send(stack, long_job(stack, "long", steps=100_000), long_job(stack, "waiting"))
             await wait_for_step(watcher, "long", 2, timeout_s=120)
-            await asyncio.sleep(1)
-            waiting = [e for e in watcher.seen if e.job_id == "waiting"]
-            assert [e.type for e in waiting] == ["trainer.job.queued.v1"]
+            # "waiting" is admitted on its own (maybe after "long" has trained a while on a
+            # loaded machine): read until its first event, then a moment more (watcher.seen
+            # grows only when polled)
+            async with asyncio.timeout(60):
+                while not of(watcher, "waiting"):
+                    await watcher.poll()
+            await watcher.poll()
+            assert [e.type for e in of(watcher, "waiting")] == ["trainer.job.queued.v1"]
 
             for job_id, shown in (
                 ("done", "completed"),
