@@ -233,6 +233,28 @@ class LocalKafka:
         except (FileNotFoundError, ValueError):
             return None
 
+    def _write_user_env(self, tenant: str | None) -> str:
+        """Write how the service's user (``tenant`` None) or a tenant's user connects, and
+        return its password. The password of the first start stays (the storage holds its
+        SCRAM credential); the rest is written again, so that a start on another port is what
+        the file says."""
+        path = self.client_env_file if tenant is None else self.tenant_env_file(tenant)
+        earlier = self.client_env(tenant) if path.exists() else {}
+        password = earlier.get("MODEL_TRAINER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
+        settings = [
+            ("MODEL_TRAINER_BOOTSTRAP_SERVERS", self.bootstrap_servers),
+            ("MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL", SECURE_LISTENER),
+            ("MODEL_TRAINER_KAFKA_SASL_MECHANISM", SCRAM_MECHANISM),
+            ("MODEL_TRAINER_KAFKA_SASL_USERNAME", SCRAM_USER if tenant is None else tenant),
+            ("MODEL_TRAINER_KAFKA_SASL_PASSWORD", password),
+            ("MODEL_TRAINER_KAFKA_SSL_CAFILE", str(self.ca_file)),
+        ]
+        if tenant is not None:
+            settings.append(("MODEL_TRAINER_TENANT", tenant))
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{name}={value}\n" for name, value in settings))
+        return password
+
     def _secure_material(self, formatted: bool) -> list[str]:
         """Make the TLS files and the client's settings once; the storage tool's arguments
         that create the SCRAM user when the storage is still to be formatted."""
@@ -251,45 +273,8 @@ class LocalKafka:
             )
         if not TlsFiles.under(self.tls_dir).exist():
             issue(self.tls_dir, [self.host])
-        # The password of the first start stays (the storage holds its SCRAM credential); the
-        # rest is written again, so that a start on another port is what the file says.
-        earlier = self.client_env() if self.client_env_file.exists() else {}
-        password = earlier.get("MODEL_TRAINER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
-        self.client_env_file.touch(mode=0o600)
-        self.client_env_file.write_text(
-            "".join(
-                f"{name}={value}\n"
-                for name, value in [
-                    ("MODEL_TRAINER_BOOTSTRAP_SERVERS", self.bootstrap_servers),
-                    ("MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL", SECURE_LISTENER),
-                    ("MODEL_TRAINER_KAFKA_SASL_MECHANISM", SCRAM_MECHANISM),
-                    ("MODEL_TRAINER_KAFKA_SASL_USERNAME", SCRAM_USER),
-                    ("MODEL_TRAINER_KAFKA_SASL_PASSWORD", password),
-                    ("MODEL_TRAINER_KAFKA_SSL_CAFILE", str(self.ca_file)),
-                ]
-            )
-        )
-        users = [(SCRAM_USER, password)]
-        for tenant in self.tenants:
-            path = self.tenant_env_file(tenant)
-            known = self.client_env(tenant) if path.exists() else {}
-            secret = known.get("MODEL_TRAINER_KAFKA_SASL_PASSWORD") or secrets.token_urlsafe(18)
-            path.touch(mode=0o600)
-            path.write_text(
-                "".join(
-                    f"{name}={value}\n"
-                    for name, value in [
-                        ("MODEL_TRAINER_BOOTSTRAP_SERVERS", self.bootstrap_servers),
-                        ("MODEL_TRAINER_KAFKA_SECURITY_PROTOCOL", SECURE_LISTENER),
-                        ("MODEL_TRAINER_KAFKA_SASL_MECHANISM", SCRAM_MECHANISM),
-                        ("MODEL_TRAINER_KAFKA_SASL_USERNAME", tenant),
-                        ("MODEL_TRAINER_KAFKA_SASL_PASSWORD", secret),
-                        ("MODEL_TRAINER_KAFKA_SSL_CAFILE", str(self.ca_file)),
-                        ("MODEL_TRAINER_TENANT", tenant),
-                    ]
-                )
-            )
-            users.append((tenant, secret))
+        users = [(SCRAM_USER, self._write_user_env(None))]
+        users += [(tenant, self._write_user_env(tenant)) for tenant in self.tenants]
         if formatted:
             return []
         return [
