@@ -21,14 +21,20 @@ DOWNLOADS = ".downloads"  # in the artifacts root: corpora fetched from object s
 TEMP_NAME = re.compile(r"^\..+\.[0-9]+\.tmp$")
 
 
+def resolved(path: Path) -> Path:
+    """``path`` with symlinks resolved; a symlink loop is the OSError (ELOOP) it is from Python
+    3.13 on, not the RuntimeError earlier versions raise."""
+    try:
+        return path.resolve()
+    except RuntimeError as exc:
+        raise OSError(errno.ELOOP, "Too many levels of symbolic links", str(path)) from exc
+
+
 def resolve_inside(root: Path, relative: str, *, field: str = "corpus_path") -> Path:
     """``root / relative`` with symlinks resolved; PATH_NOT_ALLOWED when it leaves ``root``
     (``field`` names the offending spec field in the message and details)."""
     base = root.resolve()
-    try:
-        target = (base / relative).resolve()
-    except RuntimeError as exc:  # what Python before 3.13 raises for a symlink loop
-        raise OSError(errno.ELOOP, "Too many levels of symbolic links", relative) from exc
+    target = resolved(base / relative)
     if not target.is_relative_to(base):
         what = "corpus path" if field == "corpus_path" else field
         raise ModelTrainerError(

@@ -26,7 +26,7 @@ from pathlib import Path
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from pydantic import JsonValue
 
-from .layout import TOKENIZER_FILE, resolve_inside
+from .layout import TOKENIZER_FILE, resolve_inside, resolved
 from .remote_folders import local_folder
 from .storage import is_url
 
@@ -145,8 +145,8 @@ def _check_inside(folder: Path, name: str, relative: str) -> Path:
     """``folder / name`` with symlinks resolved; PATH_NOT_ALLOWED when it is absolute or
     leads out of ``folder`` or cannot be resolved (``folder`` is already resolved)."""
     try:
-        target = (folder / name).resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        target = resolved(folder / name)
+    except OSError as exc:  # a symlink loop
         raise ModelTrainerError(
             _C.PATH_NOT_ALLOWED,
             f"{name!r} in the model folder {relative!r} cannot be resolved: {type(exc).__name__}",

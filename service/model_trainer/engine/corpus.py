@@ -15,7 +15,7 @@ from pathlib import Path
 from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErrorCode
 
 from model_trainer.core import storage
-from model_trainer.core.layout import resolve_inside
+from model_trainer.core.layout import resolve_inside, resolved
 
 _C = ModelTrainerErrorCode
 
@@ -50,8 +50,8 @@ def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
         if any(part.startswith(".") for part in path.relative_to(target).parts):
             continue
         try:
-            real = path.resolve()
-        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            real = resolved(path)
+        except OSError as exc:  # a symlink loop
             raise ModelTrainerError(
                 _C.PATH_NOT_ALLOWED,
                 f"{name} in the corpus directory cannot be resolved: {exc.__class__.__name__}",
