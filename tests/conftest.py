@@ -76,6 +76,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         report
         for outcome in ("passed", "failed", "skipped", "error", "xfailed", "xpassed")
         for report in terminalreporter.stats.get(outcome, [])
+        if isinstance(report, pytest.TestReport)  # not a collection error's CollectReport
     )
     if counts:
         terminalreporter.section("tests per layer")

@@ -58,7 +58,8 @@ def of(watcher: EventWatcher, job_id: str) -> list[Event]:
 def assert_seq_contiguous(events: list[Event]) -> None:
     """Seqs 0..n-1, each once: a list, so a reused seq fails as surely as a gap."""
     seqs = sorted(e.seq for e in events)
-    assert seqs == list(range(len(seqs))), f"seq gaps or reuse: {seqs}"
+    told = [f"{e.seq}:{e.type.split('.')[2]}@{e.attempt}" for e in events]
+    assert seqs == list(range(len(seqs))), f"seq gaps or reuse: {seqs}; seq:type@attempt {told}"
 
 
 async def until_end(watcher: EventWatcher, job_id: str, timeout_s: float) -> list[Event]:

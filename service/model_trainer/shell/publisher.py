@@ -13,6 +13,14 @@ offset commit): a paused instance that wakes up must not fence the rightful owne
 Writes are batched into one transaction at a time per partition, with the consumed offsets
 they settle, so a terminal event, its job state and its command's offset commit land
 together or not at all. While the broker is away batches wait in memory and are retried.
+
+A failed transaction is sent again only once it is known not to have landed. Failing before
+its commit was asked, it is aborted by the fresh producer that replaces ours. Failing while
+its commit was under way (the broker went away, or answered too late), its outcome is
+unknown: the coordinator may hold it as prepared, and then the fresh producer completes the
+commit instead of aborting it. So the publisher looks its first record up with a
+read_committed reader (:func:`landed`), and sends the batch again only if it is not there:
+sending it blindly would put every event of the batch, seq and all, on the topic twice.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import anyio.abc
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
-from model_trainer_client.settings import client_kwargs
+from model_trainer_client.kafka import committed_reader
+from model_trainer_client.settings import KafkaConnection, client_kwargs
 
 from model_trainer.book.records import TP, Outgoing
 from model_trainer.metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
@@ -53,6 +62,42 @@ async def _always() -> bool:
 def _retrieved(delivery: asyncio.Future[object]) -> None:
     if not delivery.cancelled():
         delivery.exception()
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a transaction's first record went, known once the broker acknowledged it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+async def landed(connection: KafkaConnection, landing: Landing, timeout_s: float) -> bool | None:
+    """Whether the record at ``landing`` is committed: True if a read_committed reader sees
+    it, False if it reads past its offset without it (aborted), None if it cannot tell within
+    ``timeout_s`` (the broker is away, or another producer's open transaction holds the
+    partition's last stable offset below it) or the offset is not in the log at all."""
+    tp = TopicPartition(landing.topic, landing.partition)
+    consumer = committed_reader(connection)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+            consumer.assign([tp])
+            consumer.seek(tp, landing.offset)
+            while True:
+                for messages in (await consumer.getmany(tp, timeout_ms=200)).values():
+                    for message in messages:
+                        if message.offset < landing.offset:  # reset: the offset is not there
+                            return None
+                        return bool(message.offset == landing.offset)
+                if await consumer.position(tp) > landing.offset:
+                    return False
+    except (KafkaError, OSError, TimeoutError):
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), timeout=5)
 
 
 @dataclass
@@ -153,20 +198,16 @@ class Publisher:
             return
         backoff, failures = 0.2, 0
         while True:
+            committing: list[Landing] = []  # set once the commit is asked
             try:
                 # Bounded: a transaction whose commit waits on a broker that went away
-                # would otherwise wait for ever; a fresh producer aborts it and retries.
+                # would otherwise wait for ever; a fresh producer ends it and we retry.
                 async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
-                    await self._transaction(records, offsets)
-                if failures:
-                    log.warning("publishing again", failed_attempts=failures)
-                self.healthy, self.failing_since = True, None
-                EVENTS_PUBLISHED.inc(len(records))
-                return
+                    await self._transaction(records, offsets, committing)
             except ProducerFenced as exc:
                 self.healthy = False
                 raise PublisherFencedError(str(exc)) from exc
-            except Exception as exc:  # any failure: the batch stays and is sent again
+            except Exception as exc:  # any failure: sent again unless it landed after all
                 self.healthy = False
                 PUBLISH_RETRIES.inc()
                 failures += 1
@@ -176,10 +217,35 @@ class Publisher:
                     log.warning("publish failed; retrying", error=repr(exc), records=len(records))
                 await self._replace_producer(backoff)
                 backoff = min(backoff * 2, 5.0)
+                if not committing or not await self._landed(committing[0]):
+                    continue
+                log.warning("the commit's answer was lost, but it landed", records=len(records))
+            if failures:
+                log.warning("publishing again", failed_attempts=failures)
+            self.healthy, self.failing_since = True, None
+            EVENTS_PUBLISHED.inc(len(records))
+            return
+
+    async def _landed(self, landing: Landing) -> bool:
+        """Whether a transaction whose commit may have landed did: asked until the broker
+        can tell (our fresh producer has ended it, so it is committed or aborted by now)."""
+        wait = 0.2
+        while True:
+            found = await landed(self._settings.connection, landing, TRANSACTION_TIMEOUT_S)
+            if found is not None:
+                return found
+            log.warning("cannot tell yet whether a commit landed", topic=landing.topic)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 5.0)
 
     async def _transaction(
-        self, records: list[Outgoing], offsets: dict[TopicPartition, int]
+        self,
+        records: list[Outgoing],
+        offsets: dict[TopicPartition, int],
+        committing: list[Landing],
     ) -> None:
+        """One transaction; ``committing`` gets its first record's place just before the
+        commit is asked (from then on a failure leaves the outcome unknown)."""
         producer = self._producer
         assert producer is not None
         async with producer.transaction():
@@ -197,9 +263,17 @@ class Publisher:
                 deliveries.append(delivery)
             # A record the broker refused fails its own future only: wait for every
             # delivery, so such a transaction aborts instead of committing without it.
-            await asyncio.gather(*deliveries)
+            acknowledged = await asyncio.gather(*deliveries)
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self._settings.group_id)
+            for first in acknowledged[:1]:
+                committing.append(
+                    Landing(
+                        str(getattr(first, "topic", "")),
+                        int(getattr(first, "partition", -1)),
+                        int(getattr(first, "offset", -1)),
+                    )
+                )
 
     async def _replace_producer(self, backoff: float) -> None:
         """Swap in a started producer with the same transactional id (which aborts the old
