@@ -11,13 +11,18 @@ from pathlib import Path
 
 # The parent hands its pid over: a child still starting when its parent is killed (a slow
 # interpreter start under coverage, on a busy machine) must not watch its new parent instead.
+# The child says when its lifeline watches, and the parent passes it on with the child's pid:
+# the clock starts at the kill, so a slow interpreter start is not counted as the lifeline's.
 _CHILD = (
     "import sys, time; from model_trainer.pool.lifeline import watch_parent; "
-    "watch_parent(int(sys.argv[1])); time.sleep(60)"
+    "watch_parent(int(sys.argv[1])); print('watching', flush=True); time.sleep(60)"
 )
 _PARENT = f"""
 import os, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", {_CHILD!r}, str(os.getpid())])
+child = subprocess.Popen(
+    [sys.executable, "-c", {_CHILD!r}, str(os.getpid())], stdout=subprocess.PIPE, text=True
+)
+child.stdout.readline()
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -42,8 +47,7 @@ def test_a_child_whose_parent_died_before_it_watched_ends_at_once() -> None:
 def test_a_worker_outlives_its_killed_parent_by_under_a_second() -> None:
     parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    time.sleep(0.5)  # the child's lifeline is watching
+    child = int(parent.stdout.readline())  # its lifeline is watching
     assert _alive(child)
     os.kill(parent.pid, signal.SIGKILL)
     killed = time.monotonic()
