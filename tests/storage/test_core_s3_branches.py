@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from botocore.exceptions import EndpointConnectionError
+from aiohttp import ClientConnectionError
 from local_s3 import LocalS3
 from model_trainer.core import remote_folders, storage
 from model_trainer.core.pretrained import inspect_pretrained
@@ -219,7 +219,7 @@ def test_a_copy_found_in_place_is_used_and_an_incomplete_one_is_an_error(
 
 def test_the_retry_backs_off_while_the_store_is_away_and_no_longer() -> None:
     slept: list[float] = []
-    failures = iter([ConnectionError(), TimeoutError(), EndpointConnectionError(endpoint_url="x")])
+    failures = iter([ConnectionError(), TimeoutError(), ClientConnectionError("reset")])
 
     def flaky() -> str:
         failure = next(failures, None)
@@ -247,7 +247,7 @@ def test_every_failure_of_a_store_is_typed_or_raised_as_it_is() -> None:
         PermissionError("denied"),
         IsADirectoryError("a prefix"),
         ConnectionError(),
-        EndpointConnectionError(endpoint_url="x"),
+        ClientConnectionError("reset"),
     ]
     assert [storage.unavailable(e) for e in failures] == [False, False, False, False, True, True]
     codes = [storage.typed(e, url, missing=_C.CORPUS_NOT_FOUND).code for e in failures[:3]]
