@@ -39,6 +39,8 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
+from .book_helpers import submit
+
 _C = ModelTrainerErrorCode
 MIB = 1 << 20
 
@@ -253,6 +255,21 @@ def test_a_backend_that_cannot_fine_tune_refuses_init_from() -> None:
         admit(_pretrained_job(init_from="earlier"))
     assert refused.value.code is _C.UNSUPPORTED_BACKEND
     assert "cannot fine-tune" in refused.value.message
+
+
+def test_a_backend_that_cannot_be_compiled_refuses_compile_on() -> None:
+    job = submit("compiled").model_dump()
+    for compile_ in ("on", True):
+        asked = SubmitJobV1.model_validate(
+            {**job, "training": {**job["training"], "compile": compile_}}
+        )
+        with pytest.raises(ModelTrainerError) as refused:
+            admit(asked)
+        assert (refused.value.code, refused.value.details) == (
+            _C.UNSUPPORTED_BACKEND,
+            {"backend": "char_lstm"},
+        )
+    admit(SubmitJobV1.model_validate({**job, "training": {**job["training"], "compile": "auto"}}))
 
 
 def test_the_table_has_a_row_for_every_backend_the_contracts_name() -> None:

@@ -217,6 +217,21 @@ def test_a_copy_found_in_place_is_used_and_an_incomplete_one_is_an_error(
     assert not partial.exists()
 
 
+def test_an_object_name_that_would_land_outside_the_copy_is_refused() -> None:
+    """SeaweedFS normalises such keys away; AWS keeps them as they are."""
+    prefix, url = "b/models/m/", "s3://b/models/m"
+    storage_names = [
+        remote_folders.relative_name(f"{prefix}{name}", prefix, url)
+        for name in ("config.json", "sub/model.safetensors", "..config.json")
+    ]
+    assert storage_names == ["config.json", "sub/model.safetensors", "..config.json"]
+    bad = ["../victim/model.safetensors", "sub/../../x", "./x", "a//b", "a\\..\\b", ""]
+    for name in [f"{prefix}{n}" for n in bad] + ["b/models/other/x"]:
+        with pytest.raises(ModelTrainerError) as refused:
+            remote_folders.relative_name(name, prefix, url)
+        assert refused.value.code is _C.PATH_NOT_ALLOWED, name
+
+
 def test_the_retry_backs_off_while_the_store_is_away_and_no_longer() -> None:
     slept: list[float] = []
     failures = iter([ConnectionError(), TimeoutError(), ClientConnectionError("reset")])

@@ -98,15 +98,7 @@ def local_folder(
             raise ModelTrainerError(
                 missing, f"{url} is an object, not a folder", details={field: url}
             )
-        relative = name[len(prefix) :]
-        parts = relative.split("/")
-        outside = not name.startswith(prefix) or "\\" in relative
-        if outside or any(part in ("", ".", "..") for part in parts):
-            raise ModelTrainerError(
-                _C.PATH_NOT_ALLOWED,
-                f"the object {relative!r} below {url} leads outside the folder",
-                details={"path": url, "file": relative[:300]},
-            )
+        relative = relative_name(name, prefix, url)
         size = meta.get("size")
         version = f"{meta.get('ETag') or ''}:{meta.get('VersionId') or ''}"
         files.append(
@@ -159,6 +151,23 @@ def local_folder(
         bytes=sum(f.size for f in files),
     )
     return root.resolve()
+
+
+def relative_name(name: str, prefix: str, url: str) -> str:
+    """A listed object's name below the folder's ``prefix`` (``bucket/key/``), where the copy
+    writes it: PATH_NOT_ALLOWED when that would land outside the copy (a name outside the
+    prefix, an empty, ``.`` or ``..`` part, a backslash). Some stores normalise such keys
+    away, others (AWS) keep them as they are."""
+    relative = name[len(prefix) :]
+    parts = relative.split("/")
+    outside = not name.startswith(prefix) or "\\" in relative
+    if outside or any(part in ("", ".", "..") for part in parts):
+        raise ModelTrainerError(
+            _C.PATH_NOT_ALLOWED,
+            f"the object {relative!r} below {url} leads outside the folder",
+            details={"path": url, "file": relative[:300]},
+        )
+    return relative
 
 
 def install(partial_dir: Path, root: Path) -> None:
