@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import tempfile
 import threading
@@ -183,6 +184,7 @@ def test_without_a_downloads_folder_copies_go_to_the_temp_directory(
     downloads = Path(tempfile.gettempdir()) / f"model-trainer-downloads-{os.getuid()}"
     assert folder.parent == downloads.resolve()
     assert folder.name.endswith(".head")
+    shutil.rmtree(folder)  # the system's temp directory is not this test's
 
 
 @pytest.mark.s3
