@@ -42,11 +42,13 @@ BOOK_FILES := service/model_trainer/book/book.py,service/model_trainer/book/effe
 	service/model_trainer/book/jobs.py,service/model_trainer/book/records.py
 # So are the contracts, every module (the in-process layer alone covers every branch).
 CONTRACT_FILES := contracts/model_trainer_contracts/*
+# And core/, every module (the in-process and S3 layers alone cover every branch).
+CORE_FILES := service/model_trainer/core/*
 test: install kafka-fetch
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
 		--cov-fail-under=$(COVERAGE_FLOOR)
-	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES)" --show-missing \
-		--fail-under=100
+	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES),$(CORE_FILES)" \
+		--show-missing --fail-under=100
 
 # The layers that start no server (no broker, no S3 server, no `model-trainer serve`) and no
 # long training: the book, the two-book world, contracts, core, the client, the CLI and the

@@ -46,7 +46,7 @@ def admit(
 ) -> None:
     """Raise the refusal (stage ``validate``) for a job that cannot run; else None.
 
-    In order: the backend exists and accepts the tokenizer kind, fine-tuning and compiling
+    In order: the backend accepts the tokenizer kind, fine-tuning and compiling
     (UNSUPPORTED_BACKEND); the model's shape is within its bounds (INVALID_MODEL_SIZE);
     device and precision (CUDA_NOT_AVAILABLE when ``cuda_available`` is False,
     UNSUPPORTED_BACKEND). An ``s3://`` corpus exists, is readable with the service's
@@ -61,13 +61,7 @@ def admit(
     (JOB_FORBIDDEN). Given ``memory_budget_mb``: the job's estimated peak memory
     (:mod:`.memory`) fits in it (RESOURCE_LIMIT_EXCEEDED).
     """
-    caps = CAPABILITIES.get(job.backend)
-    if caps is None:
-        raise ModelTrainerError(
-            _C.UNSUPPORTED_BACKEND,
-            f"no backend {job.backend!r}; this service has {sorted(CAPABILITIES)}",
-            details={"backend": job.backend},
-        )
+    caps = CAPABILITIES[job.backend]  # the contracts' backends are the table's keys
     kind = job.tokenizer.kind
     if kind not in caps.tokenizers:
         raise ModelTrainerError(

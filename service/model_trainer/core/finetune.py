@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 from pathlib import Path
 
 from model_trainer_contracts import (
@@ -26,7 +25,7 @@ from model_trainer_contracts import (
 )
 from pydantic import JsonValue
 
-from .pretrained import PretrainedFolder, inspect_pretrained
+from .pretrained import PretrainedFolder, inspect_pretrained, safetensors_header
 
 _C = ModelTrainerErrorCode
 RECORD_FORMATS = ("chat", "instruction")
@@ -41,7 +40,6 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
     "gpt_neox": ("query_key_value",),
 }
-_HEADER_LIMIT = 100 * 1024 * 1024
 
 
 def check_finetune(job: SubmitJobV1, data_root: Path | None) -> None:
@@ -121,13 +119,9 @@ def lora_parameters(folder: PretrainedFolder, adapter: AdapterSpec) -> int:
 def _shapes(path: Path) -> list[tuple[str, list[int]]]:
     """Tensor names and shapes from a safetensors header (already checked readable by
     :func:`~.pretrained.inspect_pretrained`)."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header: JsonValue = json.loads(f.read(min(size, _HEADER_LIMIT)))
     found: list[tuple[str, list[int]]] = []
-    if isinstance(header, dict):
-        for name, entry in header.items():
-            shape = entry.get("shape") if isinstance(entry, dict) else None
-            if isinstance(shape, list):
-                found.append((name, [n for n in shape if isinstance(n, int)]))
+    for name, entry in safetensors_header(path).items():
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if isinstance(shape, list):
+            found.append((name, [n for n in shape if isinstance(n, int)]))
     return found

@@ -24,6 +24,7 @@ import ctypes.util
 import gc
 import re
 import resource
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -38,10 +39,11 @@ _CGROUP_LIMITS = (
 )
 
 
-def host_memory_bytes() -> int:
-    """The memory this process may use in all: the host's, or its container's limit."""
+def host_memory_bytes(cgroup_limits: Iterable[Path] = _CGROUP_LIMITS) -> int:
+    """The memory this process may use in all: the host's, or its container's limit (read
+    from ``cgroup_limits``; a file that is missing or says ``max`` sets none)."""
     total: int = psutil.virtual_memory().total
-    for path in _CGROUP_LIMITS:
+    for path in cgroup_limits:
         try:
             text = path.read_text().strip()
         except OSError:
@@ -57,20 +59,21 @@ def default_worker_memory_mb(workers: int) -> int:
     return max(256, int(host_memory_bytes() * 0.8 / max(1, workers)) // MIB)
 
 
-def data_size() -> int:
+def data_size(status_file: Path = Path("/proc/self/status")) -> int:
     """This process's ``VmData`` in bytes (what ``RLIMIT_DATA`` bounds); 0 where unknown."""
     try:
-        status = Path("/proc/self/status").read_text()
+        status = status_file.read_text()
     except OSError:
         return 0
     found = re.search(r"^VmData:\s+(\d+) kB", status, re.MULTILINE)
     return int(found.group(1)) * 1024 if found else 0
 
 
-def limit_data(budget_mb: int) -> int | None:
-    """Limit this process's heap to its current size plus ``budget_mb``; the limit in bytes,
-    or None where it cannot be set (no ``/proc``, or a hard limit below it)."""
-    base = data_size()
+def limit_data(budget_mb: int, status_file: Path = Path("/proc/self/status")) -> int | None:
+    """Limit this process's heap to its current size (``VmData`` in ``status_file``) plus
+    ``budget_mb``; the limit in bytes, or None where it cannot be set (no ``/proc``, or a
+    hard limit below it)."""
+    base = data_size(status_file)
     if not base:
         return None
     limit = base + budget_mb * MIB
@@ -81,10 +84,11 @@ def limit_data(budget_mb: int) -> int | None:
     return limit
 
 
-def prefer_oom_kill(adj: int = WORKER_OOM_SCORE_ADJ) -> bool:
-    """Raise this process's ``oom_score_adj`` to ``adj`` (raising needs no privilege); False
-    where it cannot."""
-    path = Path("/proc/self/oom_score_adj")
+def prefer_oom_kill(
+    adj: int = WORKER_OOM_SCORE_ADJ, path: Path = Path("/proc/self/oom_score_adj")
+) -> bool:
+    """Raise this process's ``oom_score_adj`` (``path``) to ``adj`` (raising needs no
+    privilege; a higher one is kept); False where it cannot."""
     try:
         if int(path.read_text()) < adj:
             path.write_text(str(adj))
@@ -93,18 +97,20 @@ def prefer_oom_kill(adj: int = WORKER_OOM_SCORE_ADJ) -> bool:
     return True
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+def c_library(name: str | None = None) -> ctypes.CDLL | None:
+    """The C library (or the shared library ``name``); None where it cannot be loaded."""
     try:
-        return ctypes.CDLL(name)
+        return ctypes.CDLL(name or ctypes.util.find_library("c"))
     except OSError:
         return None
 
 
-def return_freed_memory() -> bool:
+_LIBC = c_library()
+
+
+def return_freed_memory(libc: ctypes.CDLL | None = _LIBC) -> bool:
     """Make glibc give every freed block of 1 MiB and more back to the kernel at once (see
     the module docstring); False where the C library is not glibc."""
-    libc = _libc()
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:
         return False
@@ -112,11 +118,12 @@ def return_freed_memory() -> bool:
     return done == 1
 
 
-def release_memory(*, full: bool) -> None:
-    """After a job: collect reference cycles and hand free heap pages back. A full
-    collection walks all of torch's objects (about 100 ms here): the worker runs it only once
-    no next job is waiting, so back-to-back jobs are not delayed."""
+def release_memory(*, full: bool, libc: ctypes.CDLL | None = _LIBC) -> None:
+    """After a job: collect reference cycles and hand free heap pages back (where the C
+    library is glibc). A full collection walks all of torch's objects (about 100 ms here):
+    the worker runs it only once no next job is waiting, so back-to-back jobs are not
+    delayed."""
     gc.collect(2 if full else 1)
-    trim = getattr(_libc(), "malloc_trim", None)
+    trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim(0)

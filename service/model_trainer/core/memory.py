@@ -196,8 +196,7 @@ def choose_strategy(job: SubmitJobV1, fits: Callable[[str], bool]) -> str:
     asked = job.resources.strategy
     if asked != "auto":
         return asked
-    caps = CAPABILITIES.get(job.backend)
-    if caps is None or "fsdp" not in caps.strategies or job.resources.processes == 1:
+    if "fsdp" not in CAPABILITIES[job.backend].strategies or job.resources.processes == 1:
         return "ddp"
     return "ddp" if fits("ddp") or not fits("fsdp") else "fsdp"
 

@@ -242,6 +242,21 @@ def _read_config(path: Path, relative: str) -> dict[str, JsonValue]:
 
 def safetensors_parameters(path: Path) -> int:
     """The number of values in a safetensors file, from its JSON header alone."""
+    total = 0
+    for name, entry in safetensors_header(path).items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+            raise ModelTrainerError(
+                _C.MODEL_LOAD_FAILED, f"{path.name}: tensor {name!r} has no shape"
+            )
+        total += math.prod(n for n in shape if isinstance(n, int))
+    return total
+
+
+def safetensors_header(path: Path) -> dict[str, JsonValue]:
+    """The JSON header of a safetensors file: MODEL_LOAD_FAILED when it has none."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -257,14 +272,4 @@ def safetensors_parameters(path: Path) -> int:
         ) from None
     if not isinstance(header, dict):
         raise ModelTrainerError(_C.MODEL_LOAD_FAILED, f"{path.name}: malformed header")
-    total = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
-            raise ModelTrainerError(
-                _C.MODEL_LOAD_FAILED, f"{path.name}: tensor {name!r} has no shape"
-            )
-        total += math.prod(n for n in shape if isinstance(n, int))
-    return total
+    return header

@@ -56,9 +56,10 @@ class _Downloads:
 _downloads = _Downloads()
 
 
-def use_downloads(folder: Path, *, full: bool) -> None:
-    """Where this process keeps fetched folders, and whether it needs loadable copies (a
-    worker: full) or only what acceptance checks (the service: head copies)."""
+def use_downloads(folder: Path | None, *, full: bool) -> None:
+    """Where this process keeps fetched folders (None: in the system's temp directory), and
+    whether it needs loadable copies (a worker: full) or only what acceptance checks (the
+    service: head copies)."""
     _downloads.folder = folder
     _downloads.full = full
 
@@ -91,22 +92,13 @@ def local_folder(
     prefix = base.removeprefix(storage.SCHEME) + "/"
     files: list[storage.RemoteFile] = []
     for name, meta in sorted(found.items()):
-        if meta.get("type") != "file":
+        if not storage.is_object(name, meta):
             continue
         if name == prefix[:-1]:  # the URL names one object, not a folder
             raise ModelTrainerError(
                 missing, f"{url} is an object, not a folder", details={field: url}
             )
-        if not name.startswith(prefix):
-            continue
-        relative = name[len(prefix) :]
-        parts = relative.split("/")
-        if any(part in ("", ".", "..") for part in parts) or "\\" in relative:
-            raise ModelTrainerError(
-                _C.PATH_NOT_ALLOWED,
-                f"the object {relative!r} below {url} leads outside the folder",
-                details={"path": url, "file": relative[:300]},
-            )
+        relative = relative_name(name, prefix, url)
         size = meta.get("size")
         version = f"{meta.get('ETag') or ''}:{meta.get('VersionId') or ''}"
         files.append(
@@ -135,7 +127,7 @@ def local_folder(
             target = partial_dir / f.name
             target.parent.mkdir(parents=True, exist_ok=True)
             if not full and f.name.endswith(".safetensors"):
-                target.write_bytes(_safetensors_head(fs, f.url, f.size, missing))
+                target.write_bytes(safetensors_head(fs, f.url, f.size, missing))
                 continue
             if f.name.endswith(suffixes) or (not full and f.size > HEAD_FILE_LIMIT):
                 target.write_bytes(b"")  # never read here: the name is what counts
@@ -148,11 +140,7 @@ def local_folder(
                 bound_s=storage.RETRY_BOUND_S if full else 0.0,
             )
         (partial_dir / COMPLETE).write_text(json.dumps({f.name: f.version for f in files}))
-        try:
-            os.replace(partial_dir, root)
-        except OSError:  # another process fetched the same folder meanwhile
-            if not (root / COMPLETE).is_file():
-                raise
+        install(partial_dir, root)
     finally:
         shutil.rmtree(partial_dir, ignore_errors=True)
     log.info(
@@ -165,7 +153,34 @@ def local_folder(
     return root.resolve()
 
 
-def _safetensors_head(
+def relative_name(name: str, prefix: str, url: str) -> str:
+    """A listed object's name below the folder's ``prefix`` (``bucket/key/``), where the copy
+    writes it: PATH_NOT_ALLOWED when that would land outside the copy (a name outside the
+    prefix, an empty, ``.`` or ``..`` part, a backslash). Some stores normalise such keys
+    away, others (AWS) keep them as they are."""
+    relative = name[len(prefix) :]
+    parts = relative.split("/")
+    outside = not name.startswith(prefix) or "\\" in relative
+    if outside or any(part in ("", ".", "..") for part in parts):
+        raise ModelTrainerError(
+            _C.PATH_NOT_ALLOWED,
+            f"the object {relative!r} below {url} leads outside the folder",
+            details={"path": url, "file": relative[:300]},
+        )
+    return relative
+
+
+def install(partial_dir: Path, root: Path) -> None:
+    """Rename a finished copy into place; a complete copy already there (another process
+    fetched the same folder meanwhile) is as good, anything else there is the OSError."""
+    try:
+        os.replace(partial_dir, root)
+    except OSError:
+        if not (root / COMPLETE).is_file():
+            raise
+
+
+def safetensors_head(
     fs: storage.ObjectStore, url: str, size: int, missing: ModelTrainerErrorCode
 ) -> bytes:
     """The first bytes of a safetensors object, up to the end of its JSON header (what

@@ -106,11 +106,16 @@ def store(*, probe: bool = False) -> ObjectStore:
     """The S3 filesystem (cached by fsspec per process and options)."""
     fsspec = importlib.import_module("fsspec")
     timeouts = PROBE_TIMEOUTS if probe else RUN_TIMEOUTS
-    fs: object = fsspec.filesystem("s3", config_kwargs=timeouts, use_listings_cache=False)
-    if not isinstance(fs, ObjectStore):
-        raise TypeError("fsspec's s3 filesystem lacks the calls this service uses")
+    fs = as_store(fsspec.filesystem("s3", config_kwargs=timeouts, use_listings_cache=False))
     if probe:
         fs.retries = 1  # s3fs's own retry loop (5 tries by default): acceptance asks once
+    return fs
+
+
+def as_store(fs: object) -> ObjectStore:
+    """``fs`` narrowed to the calls this service makes; TypeError when it lacks one."""
+    if not isinstance(fs, ObjectStore):
+        raise TypeError(f"{type(fs).__name__} lacks the filesystem calls this service uses")
     return fs
 
 
@@ -118,10 +123,7 @@ def forget() -> None:
     """Drop the cached filesystems: the next :func:`store` reads credentials and endpoint
     from the environment again (for tests that change them)."""
     fsspec = importlib.import_module("fsspec")
-    fs: object = fsspec.filesystem("s3", skip_instance_cache=True)
-    clear = getattr(type(fs), "clear_instance_cache", None)
-    if callable(clear):
-        clear()
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -186,6 +188,12 @@ def retrying(
             delay = min(delay * 2, 8.0)
 
 
+def is_object(name: str, meta: Mapping[str, object]) -> bool:
+    """Whether a listed entry is an object to fetch: not a folder, nor the empty ``name/``
+    marker a console's "create folder" leaves (s3fs lists it as a file)."""
+    return meta.get("type") == "file" and not name.endswith("/")
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     name: str  # relative to the corpus URL (its base name for a single object)
@@ -210,7 +218,7 @@ def list_corpus(url: str, max_bytes: int) -> list[RemoteFile]:
             files = [
                 _remote(name[len(base.removeprefix(SCHEME)) + 1 :], SCHEME + name, meta)
                 for name, meta in sorted(found.items())
-                if meta.get("type") == "file"
+                if is_object(name, meta)
             ]
             files = [f for f in files if not any(p.startswith(".") for p in f.name.split("/"))]
     except Exception as exc:
@@ -402,7 +410,7 @@ def download_tree(url: str, target: Path, *, missing: ModelTrainerErrorCode) -> 
         raise ModelTrainerError(missing, f"nothing at {url}", details={"url": url})
     for name, meta in sorted(found.items()):
         relative = name[len(base.removeprefix(SCHEME)) + 1 :]
-        if meta.get("type") != "file" or not relative or relative.startswith(".."):
+        if not is_object(name, meta) or not relative or relative.startswith(".."):
             continue
         retrying(
             "download",
