@@ -61,10 +61,10 @@ from soak_fuzz import CommandFuzzer, HostileCommands, Routed, make_hostile_tree 
 from soak_harness import (  # noqa: E402
     MAX_COMMAND_BYTES,
     Audit,
+    DeadLetters,
     EventLog,
     Producer,
     Service,
-    TopicReader,
     json_objects,
     kill_leftovers,
     rss_mb,
@@ -354,7 +354,7 @@ async def fuzz(soak: Soak) -> None:
     try:
         async with (
             EventLog(soak.bootstrap, stack.events_topic) as events,
-            TopicReader(soak.bootstrap, stack.dead_letter_topic) as letters,
+            DeadLetters(soak.bootstrap, stack.dead_letter_topic) as letters,
             Producer(soak.bootstrap) as producer,
         ):
             batch: list[tuple[bytes, bytes | None]] = []
@@ -730,7 +730,7 @@ async def zombie(soak: Soak) -> None:
 
 
 def answered(
-    sent: list[tuple[str | None, tuple[int, int]]], events: EventLog, letters: TopicReader
+    sent: list[tuple[str | None, tuple[int, int]]], events: EventLog, letters: DeadLetters
 ) -> tuple[int, int]:
     """Of the commands sent: how many were dead-lettered, and how many others have an event
     of their job (a refusal, a cancel's JOB_NOT_FOUND, a forwarded job's run)."""
@@ -758,7 +758,7 @@ async def poison(soak: Soak) -> None:
     try:
         async with (
             EventLog(soak.bootstrap, stack.events_topic) as events,
-            TopicReader(soak.bootstrap, stack.dead_letter_topic) as letters,
+            DeadLetters(soak.bootstrap, stack.dead_letter_topic) as letters,
             Producer(soak.bootstrap) as producer,
         ):
             batch: list[Routed] = []

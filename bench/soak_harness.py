@@ -22,12 +22,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from model_trainer_client import is_terminal
-from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_client.readers import TopicReader
+from model_trainer_client.settings import client_kwargs
+from model_trainer_client.startstop import StartStop
 from model_trainer_contracts import (
     ConfigEventV1,
     Event,
@@ -310,7 +311,25 @@ class Audit:
         self.notes += other.notes
 
 
-class EventLog:
+class WholeTopic(StartStop):
+    """The client's committed reader, on every partition of one topic from its beginning
+    (waiting for the service to create it)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.reader = TopicReader(bootstrap)
+
+    async def start(self) -> None:
+        await self.reader.start()
+        await self.reader.add_topic(self.topic)
+
+    async def stop(self) -> None:
+        # A stop after a broker outage or a failed section must not hide the section's result.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader.stop(), timeout=10)
+
+
+class EventLog(WholeTopic):
     """Every committed event of an events topic from its beginning, kept by job.
 
     Records are told apart by (partition, offset), so a record read twice is not taken for a
@@ -318,51 +337,30 @@ class EventLog:
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._consumer = committed_reader(bootstrap)
+        super().__init__(bootstrap, topic)
         self._offsets: set[tuple[int, int]] = set()
         self.by_job: dict[str, list[Seen]] = {}
         self.rereads = 0
         self.undecodable = 0
 
-    async def __aenter__(self) -> EventLog:
-        await self._consumer.start()
-        while True:  # the service creates its topics at start
-            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
-                return self
-            await asyncio.sleep(0.5)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._consumer.stop(), timeout=10)
-
     async def poll(self, timeout_ms: int = 500) -> int:
         """Read what arrives within ``timeout_ms``; returns how many new events."""
         fresh = 0
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        for messages in batches.values():
-            for message in messages:
-                record = to_record(message)
-                where = (record.partition, record.offset)
-                if where in self._offsets:
-                    self.rereads += 1
-                    continue
-                self._offsets.add(where)
-                try:
-                    event = decode_event(record.value)
-                except ModelTrainerError:
-                    self.undecodable += 1
-                    continue
-                self.by_job.setdefault(event.job_id, []).append(
-                    Seen(record.partition, record.offset, event)
-                )
-                fresh += 1
+        for record in await self.reader.poll(timeout_ms):
+            where = (record.partition, record.offset)
+            if where in self._offsets:
+                self.rereads += 1
+                continue
+            self._offsets.add(where)
+            try:
+                event = decode_event(record.value)
+            except ModelTrainerError:
+                self.undecodable += 1
+                continue
+            self.by_job.setdefault(event.job_id, []).append(
+                Seen(record.partition, record.offset, event)
+            )
+            fresh += 1
         return fresh
 
     async def until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -420,28 +418,22 @@ class EventLog:
         return result
 
 
-class Producer:
+class Producer(StartStop):
     """A plain idempotent producer (acks=all) that sends batches without waiting per record."""
 
     def __init__(self, bootstrap: str, max_request_size: int = 2 * MAX_COMMAND_BYTES) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **client_kwargs(bootstrap),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=max_request_size,
         )
 
-    async def __aenter__(self) -> Producer:
+    async def start(self) -> None:
         await self._producer.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._producer.stop()
 
     async def send_many(
@@ -487,47 +479,27 @@ class Producer:
         await asyncio.gather(*pending)
 
 
-class TopicReader:
-    """Counts the committed records of a topic from its beginning (the dead letters)."""
+class DeadLetters(WholeTopic):
+    """Counts the committed records of a dead-letter topic from its beginning, by origin and
+    error code."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._consumer = committed_reader(bootstrap)
+        super().__init__(bootstrap, topic)
         self.records = 0
         self.origins: set[tuple[bytes, bytes]] = set()  # (original partition, offset)
         self.codes: dict[str, int] = {}
 
-    async def __aenter__(self) -> TopicReader:
-        await self._consumer.start()
-        while True:
-            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
-                return self
-            await asyncio.sleep(0.5)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._consumer.stop(), timeout=10)
-
     async def poll(self) -> int:
         fresh = 0
-        batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
-        for messages in batches.values():
-            for message in messages:
-                record = to_record(message)
-                headers = dict(record.headers)
-                origin = (
-                    headers.get("original_partition", b""),
-                    headers.get("original_offset", b""),
-                )
-                self.origins.add(origin)
-                code = headers.get("error_code", b"").decode(errors="replace")
-                self.codes[code] = self.codes.get(code, 0) + 1
-                self.records += 1
-                fresh += 1
+        for record in await self.reader.poll():
+            headers = dict(record.headers)
+            origin = (
+                headers.get("original_partition", b""),
+                headers.get("original_offset", b""),
+            )
+            self.origins.add(origin)
+            code = headers.get("error_code", b"").decode(errors="replace")
+            self.codes[code] = self.codes.get(code, 0) + 1
+            self.records += 1
+            fresh += 1
         return fresh
