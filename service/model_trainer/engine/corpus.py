@@ -102,21 +102,9 @@ def read_corpus(
         files = [("<inline>", spec.inline_text.encode())]
     else:
         paths = corpus_files(spec, data_root)
-        size = sum(path.stat().st_size for _, path in paths)
-        if size > max_bytes:
-            raise ModelTrainerError(
-                _C.CORPUS_TOO_LARGE,
-                f"corpus is {size} bytes; the limit is {max_bytes}",
-                details={"size": size, "limit": max_bytes},
-            )
+        storage.check_corpus_size(sum(path.stat().st_size for _, path in paths), max_bytes)
         files = [(name, path.read_bytes()) for name, path in paths]
-    size = sum(len(data) for _, data in files)
-    if size > max_bytes:
-        raise ModelTrainerError(
-            _C.CORPUS_TOO_LARGE,
-            f"corpus is {size} bytes; the limit is {max_bytes}",
-            details={"size": size, "limit": max_bytes},
-        )
+    storage.check_corpus_size(sum(len(data) for _, data in files), max_bytes)
     h = hashlib.sha256(f"{spec.format}\0{spec.jsonl_field}\0".encode())
     for name, data in files:
         h.update(f"{name}\0{len(data)}\0".encode())

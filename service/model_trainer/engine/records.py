@@ -30,6 +30,7 @@ from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErr
 from pydantic import JsonValue
 
 from model_trainer.core.finetune import has_chat_template
+from model_trainer.core.storage import check_corpus_size
 from model_trainer.engine.corpus import RawCorpus, corpus_files
 from model_trainer.engine.packing import Example
 
@@ -70,13 +71,7 @@ def records_digest(spec: DataSpec, data_root: Path, max_bytes: int) -> str:
         h.update(spec.inline_text.encode())
         return h.hexdigest()
     files = corpus_files(spec, data_root)
-    size = sum(path.stat().st_size for _, path in files)
-    if size > max_bytes:
-        raise ModelTrainerError(
-            _C.CORPUS_TOO_LARGE,
-            f"corpus is {size} bytes; the limit is {max_bytes}",
-            details={"size": size, "limit": max_bytes},
-        )
+    check_corpus_size(sum(path.stat().st_size for _, path in files), max_bytes)
     for name, path in files:
         h.update(f"{name}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as f:
