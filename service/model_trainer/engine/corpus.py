@@ -30,6 +30,18 @@ class RawCorpus:
     jsonl_field: str
 
 
+def utf8(name: str, data: bytes) -> str:
+    """A corpus file's text; CORPUS_NOT_DECODABLE (with the byte) when it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelTrainerError(
+            _C.CORPUS_NOT_DECODABLE,
+            f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
+            details={"file": name, "byte": exc.start},
+        ) from None
+
+
 def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
     """The files a path-based corpus is made of, sorted, each checked to stay inside the root.
 
@@ -120,14 +132,7 @@ def decode_corpus(raw: RawCorpus) -> str:
     CORPUS_EMPTY (only whitespace)."""
     parts: list[str] = []
     for name, data in raw.files:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelTrainerError(
-                _C.CORPUS_NOT_DECODABLE,
-                f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
-                details={"file": name, "byte": exc.start},
-            ) from None
+        text = utf8(name, data)
         if raw.fmt == "jsonl":
             parts.extend(_records(name, text, raw.jsonl_field))
         else:

@@ -31,7 +31,7 @@ from pydantic import JsonValue
 
 from model_trainer.core.finetune import has_chat_template
 from model_trainer.core.storage import check_corpus_size
-from model_trainer.engine.corpus import RawCorpus, corpus_files
+from model_trainer.engine.corpus import RawCorpus, corpus_files, utf8
 from model_trainer.engine.packing import Example
 
 _C = ModelTrainerErrorCode
@@ -90,15 +90,7 @@ def iter_records(spec: DataSpec, data_root: Path, columns: list[str]) -> Iterato
         if name.endswith(PARQUET):
             yield from _parquet(name, path, columns)
             continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelTrainerError(
-                _C.CORPUS_NOT_DECODABLE,
-                f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
-                details={"file": name, "byte": exc.start},
-            ) from None
-        yield from _jsonl(name, text)
+        yield from _jsonl(name, utf8(name, path.read_bytes()))
 
 
 def _jsonl(name: str, text: str) -> Iterator[Record]:
