@@ -32,6 +32,7 @@ from model_trainer_client.startstop import StartStop
 from model_trainer_contracts import (
     ConfigEventV1,
     Event,
+    Headers,
     ModelTrainerError,
     ProgressEventV1,
     SubmitJobV1,
@@ -440,7 +441,7 @@ class Producer(StartStop):
         self,
         topic: str,
         records: list[tuple[bytes, bytes | None]],
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """Send (value, key) records in order, then wait until the broker has them all."""
         await self.send_routed(topic, [(value, key, None) for value, key in records], headers)
@@ -449,7 +450,7 @@ class Producer(StartStop):
         self,
         topic: str,
         records: list[tuple[bytes, bytes | None, int | None]],
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
     ) -> list[tuple[int, int]]:
         """Send (value, key, partition) records in order (partition None: the key's), wait
         until the broker has them all; the (partition, offset) each was written at."""
