@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from local_kafka import LocalKafka, free_port  # noqa: E402
-from local_service import Stack  # noqa: E402
+from local_service import Stack, alive  # noqa: E402
 from model_trainer_client import is_terminal  # noqa: E402
 from model_trainer_client.kafka import partition_for_key  # noqa: E402
 from model_trainer_contracts import (  # noqa: E402
@@ -157,10 +157,6 @@ async def calibrate(
     return rate
 
 
-def alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-
-
 async def gone(pids: list[int], timeout_s: float) -> list[int]:
     """The pids still alive after waiting up to ``timeout_s`` for them to exit."""
     deadline = time.monotonic() + timeout_s
@@ -216,7 +212,7 @@ async def kill9(soak: Soak) -> None:
                 if events.ended(job.job_id):
                     say(f"round {i + 1}: {job.job_id} ended before the kill")
                 workers = svc.worker_pids()
-                svc.kill9()
+                svc.kill()
                 at = events.max_step(job.job_id)
                 left = await gone(workers, 15)
                 if left:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -44,8 +43,7 @@ from model_trainer_contracts import ce_headers as command_headers
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from local_kafka import free_port  # noqa: E402
-from local_service import Stack  # noqa: E402
+from local_service import ServiceProcess, Stack  # noqa: E402
 
 MAX_COMMAND_BYTES = 1_000_000
 _STARTED = time.monotonic()
@@ -143,24 +141,12 @@ def soak_job(
     return SubmitJobV1.model_validate({**spec, "training": training})
 
 
-class Service:
-    """``model-trainer serve`` in a subprocess of its own session; log in the stack's root."""
+class Service(ServiceProcess):
+    """The stack's :class:`ServiceProcess` for the soak: its session remembered for
+    :func:`kill_leftovers`, its Prometheus figures, what its log says, and SIGSTOP/SIGCONT."""
 
     def __init__(self, stack: Stack, name: str, **overrides: str) -> None:
-        self.stack = stack
-        self.name = name
-        self.http_port = free_port()
-        self.log_path = stack.root / f"{name}.log"
-        self.env = {
-            **os.environ,
-            **stack.env(
-                http_port=str(self.http_port),
-                max_command_bytes=str(MAX_COMMAND_BYTES),
-                **overrides,
-            ),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(stack, name, max_command_bytes=str(MAX_COMMAND_BYTES), **overrides)
 
     @property
     def pid(self) -> int:
@@ -169,43 +155,20 @@ class Service:
 
     def start(self, timeout_s: float = 300.0) -> Service:
         """Start it and wait until ``/readyz`` answers 200."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "model_trainer", "serve"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.stack.root,
-                start_new_session=True,
-            )
-        _SESSIONS.add(self.proc.pid)
-        deadline = time.monotonic() + timeout_s
-        while not self.ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready in {timeout_s}s: {self.tail()}")
-            time.sleep(0.3)
+        try:
+            super().start(timeout_s)
+        finally:
+            if self.proc is not None:
+                _SESSIONS.add(self.proc.pid)
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
-
     def metric(self, name: str) -> float | None:
         """The sum of a Prometheus metric's samples (None when the service does not answer)."""
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:
-                body = bytes(response.read()).decode()
+            body = self.metrics()
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return None
         total = 0.0
@@ -215,7 +178,8 @@ class Service:
         return total
 
     def log_lines(self) -> list[dict[str, object]]:
-        """The JSON lines of its log (every start of this name appends to one file)."""
+        """The JSON objects of its log, two on a line too (every start of this name appends
+        to one file)."""
         if not self.log_path.exists():
             return []
         lines: list[dict[str, object]] = []
@@ -231,12 +195,8 @@ class Service:
     def said(self, event: str) -> list[dict[str, object]]:
         return [line for line in self.log_lines() if line.get("event") == event]
 
-    def tail(self, n: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
     def worker_pids(self) -> list[int]:
+        """Every other process of its session that runs our Python (workers, forkserver)."""
         return [pid for pid in session_members(self.pid) if pid != self.pid]
 
     def assigned(self) -> list[int]:
@@ -263,30 +223,6 @@ class Service:
             os.killpg(self.pid, signum)  # its own session: the group id is its pid
         else:
             os.kill(self.pid, signum)
-
-    def kill9(self) -> None:
-        """SIGKILL the service process alone (its workers notice and stop on their own)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL of whatever is left of its session; its exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            # A frozen one (the zombie section, on failure) would hold SIGTERM until continued.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=30)
-        for pid in session_members(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        return self.proc.returncode
 
 
 @dataclass(frozen=True)
