@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from model_trainer.engine.backends.gpt2 import Gpt2Net
 from model_trainer.engine.backends.llama import LlamaNet
 from model_trainer_contracts import Gpt2Model, LlamaModel
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_gpt import BATCH, BLOCK, LLAMA, ReferenceGpt
+from reference_gpt import BATCH, BLOCK, LLAMA, ReferenceGpt, train_step
 
 VOCAB = 65
 
@@ -85,13 +84,7 @@ class Trainee:
     def step(self, i: int) -> None:
         window = self.data[i % len(self.data)]
         x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
-        logits = self.model(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        float(loss.detach())
+        train_step(self.model, self.optimizer, x, y)
 
 
 def trainee(name: str) -> Trainee:

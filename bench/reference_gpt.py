@@ -167,6 +167,18 @@ def job(
     )
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor) -> float:
+    """One plain training step: cross-entropy, backward, clipping at 1.0, AdamW's step; the
+    loss read back, as the trainer reads every loss."""
+    logits = model(x)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+    torch.autograd.backward(loss)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 @dataclass
 class Reference:
     """The reference model trained turn by turn, timing its steps only."""
@@ -210,13 +222,7 @@ class Reference:
                 group["lr"] = lr_at(self.step, self.spec, total)
             seed = derive_seed(self.spec.seed, "train", self.step, 0)
             x, y = batch(self.splits.train, BLOCK, BATCH, seed)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-            torch.autograd.backward(loss)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            float(loss.detach())  # the trainer reads every loss too
+            train_step(self.model, self.optimizer, x, y)
             self.step += 1
             self.train_s += time.perf_counter() - started
             if self.step % self.spec.eval_every == 0 or self.step == total:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from local_kafka import LocalKafka, free_port  # noqa: E402
-from local_service import Stack  # noqa: E402
+from local_service import Stack, alive  # noqa: E402
 from model_trainer_client import is_terminal  # noqa: E402
 from model_trainer_client.kafka import partition_for_key  # noqa: E402
 from model_trainer_contracts import (  # noqa: E402
@@ -61,10 +61,10 @@ from soak_fuzz import CommandFuzzer, HostileCommands, Routed, make_hostile_tree 
 from soak_harness import (  # noqa: E402
     MAX_COMMAND_BYTES,
     Audit,
+    DeadLetters,
     EventLog,
     Producer,
     Service,
-    TopicReader,
     json_objects,
     kill_leftovers,
     rss_mb,
@@ -157,10 +157,6 @@ async def calibrate(
     return rate
 
 
-def alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-
-
 async def gone(pids: list[int], timeout_s: float) -> list[int]:
     """The pids still alive after waiting up to ``timeout_s`` for them to exit."""
     deadline = time.monotonic() + timeout_s
@@ -216,7 +212,7 @@ async def kill9(soak: Soak) -> None:
                 if events.ended(job.job_id):
                     say(f"round {i + 1}: {job.job_id} ended before the kill")
                 workers = svc.worker_pids()
-                svc.kill9()
+                svc.kill()
                 at = events.max_step(job.job_id)
                 left = await gone(workers, 15)
                 if left:
@@ -354,7 +350,7 @@ async def fuzz(soak: Soak) -> None:
     try:
         async with (
             EventLog(soak.bootstrap, stack.events_topic) as events,
-            TopicReader(soak.bootstrap, stack.dead_letter_topic) as letters,
+            DeadLetters(soak.bootstrap, stack.dead_letter_topic) as letters,
             Producer(soak.bootstrap) as producer,
         ):
             batch: list[tuple[bytes, bytes | None]] = []
@@ -730,7 +726,7 @@ async def zombie(soak: Soak) -> None:
 
 
 def answered(
-    sent: list[tuple[str | None, tuple[int, int]]], events: EventLog, letters: TopicReader
+    sent: list[tuple[str | None, tuple[int, int]]], events: EventLog, letters: DeadLetters
 ) -> tuple[int, int]:
     """Of the commands sent: how many were dead-lettered, and how many others have an event
     of their job (a refusal, a cancel's JOB_NOT_FOUND, a forwarded job's run)."""
@@ -758,7 +754,7 @@ async def poison(soak: Soak) -> None:
     try:
         async with (
             EventLog(soak.bootstrap, stack.events_topic) as events,
-            TopicReader(soak.bootstrap, stack.dead_letter_topic) as letters,
+            DeadLetters(soak.bootstrap, stack.dead_letter_topic) as letters,
             Producer(soak.bootstrap) as producer,
         ):
             batch: list[Routed] = []

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -22,15 +21,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from model_trainer_client import is_terminal
-from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_client.readers import TopicReader
+from model_trainer_client.settings import client_kwargs
+from model_trainer_client.startstop import StartStop
 from model_trainer_contracts import (
     ConfigEventV1,
     Event,
+    Headers,
     ModelTrainerError,
     ProgressEventV1,
     SubmitJobV1,
@@ -42,8 +43,7 @@ from model_trainer_contracts import ce_headers as command_headers
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from local_kafka import free_port  # noqa: E402
-from local_service import Stack  # noqa: E402
+from local_service import ServiceProcess, Stack  # noqa: E402
 
 MAX_COMMAND_BYTES = 1_000_000
 _STARTED = time.monotonic()
@@ -141,24 +141,12 @@ def soak_job(
     return SubmitJobV1.model_validate({**spec, "training": training})
 
 
-class Service:
-    """``model-trainer serve`` in a subprocess of its own session; log in the stack's root."""
+class Service(ServiceProcess):
+    """The stack's :class:`ServiceProcess` for the soak: its session remembered for
+    :func:`kill_leftovers`, its Prometheus figures, what its log says, and SIGSTOP/SIGCONT."""
 
     def __init__(self, stack: Stack, name: str, **overrides: str) -> None:
-        self.stack = stack
-        self.name = name
-        self.http_port = free_port()
-        self.log_path = stack.root / f"{name}.log"
-        self.env = {
-            **os.environ,
-            **stack.env(
-                http_port=str(self.http_port),
-                max_command_bytes=str(MAX_COMMAND_BYTES),
-                **overrides,
-            ),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(stack, name, max_command_bytes=str(MAX_COMMAND_BYTES), **overrides)
 
     @property
     def pid(self) -> int:
@@ -167,43 +155,20 @@ class Service:
 
     def start(self, timeout_s: float = 300.0) -> Service:
         """Start it and wait until ``/readyz`` answers 200."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "model_trainer", "serve"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.stack.root,
-                start_new_session=True,
-            )
-        _SESSIONS.add(self.proc.pid)
-        deadline = time.monotonic() + timeout_s
-        while not self.ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready in {timeout_s}s: {self.tail()}")
-            time.sleep(0.3)
+        try:
+            super().start(timeout_s)
+        finally:
+            if self.proc is not None:
+                _SESSIONS.add(self.proc.pid)
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
-
     def metric(self, name: str) -> float | None:
         """The sum of a Prometheus metric's samples (None when the service does not answer)."""
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:
-                body = bytes(response.read()).decode()
+            body = self.metrics()
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return None
         total = 0.0
@@ -213,7 +178,8 @@ class Service:
         return total
 
     def log_lines(self) -> list[dict[str, object]]:
-        """The JSON lines of its log (every start of this name appends to one file)."""
+        """The JSON objects of its log, two on a line too (every start of this name appends
+        to one file)."""
         if not self.log_path.exists():
             return []
         lines: list[dict[str, object]] = []
@@ -229,12 +195,8 @@ class Service:
     def said(self, event: str) -> list[dict[str, object]]:
         return [line for line in self.log_lines() if line.get("event") == event]
 
-    def tail(self, n: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
     def worker_pids(self) -> list[int]:
+        """Every other process of its session that runs our Python (workers, forkserver)."""
         return [pid for pid in session_members(self.pid) if pid != self.pid]
 
     def assigned(self) -> list[int]:
@@ -262,30 +224,6 @@ class Service:
         else:
             os.kill(self.pid, signum)
 
-    def kill9(self) -> None:
-        """SIGKILL the service process alone (its workers notice and stop on their own)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL of whatever is left of its session; its exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            # A frozen one (the zombie section, on failure) would hold SIGTERM until continued.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=30)
-        for pid in session_members(self.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        return self.proc.returncode
-
 
 @dataclass(frozen=True)
 class Seen:
@@ -310,7 +248,25 @@ class Audit:
         self.notes += other.notes
 
 
-class EventLog:
+class WholeTopic(StartStop):
+    """The client's committed reader, on every partition of one topic from its beginning
+    (waiting for the service to create it)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.reader = TopicReader(bootstrap)
+
+    async def start(self) -> None:
+        await self.reader.start()
+        await self.reader.add_topic(self.topic)
+
+    async def stop(self) -> None:
+        # A stop after a broker outage or a failed section must not hide the section's result.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reader.stop(), timeout=10)
+
+
+class EventLog(WholeTopic):
     """Every committed event of an events topic from its beginning, kept by job.
 
     Records are told apart by (partition, offset), so a record read twice is not taken for a
@@ -318,51 +274,30 @@ class EventLog:
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._consumer = committed_reader(bootstrap)
+        super().__init__(bootstrap, topic)
         self._offsets: set[tuple[int, int]] = set()
         self.by_job: dict[str, list[Seen]] = {}
         self.rereads = 0
         self.undecodable = 0
 
-    async def __aenter__(self) -> EventLog:
-        await self._consumer.start()
-        while True:  # the service creates its topics at start
-            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
-                return self
-            await asyncio.sleep(0.5)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._consumer.stop(), timeout=10)
-
     async def poll(self, timeout_ms: int = 500) -> int:
         """Read what arrives within ``timeout_ms``; returns how many new events."""
         fresh = 0
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        for messages in batches.values():
-            for message in messages:
-                record = to_record(message)
-                where = (record.partition, record.offset)
-                if where in self._offsets:
-                    self.rereads += 1
-                    continue
-                self._offsets.add(where)
-                try:
-                    event = decode_event(record.value)
-                except ModelTrainerError:
-                    self.undecodable += 1
-                    continue
-                self.by_job.setdefault(event.job_id, []).append(
-                    Seen(record.partition, record.offset, event)
-                )
-                fresh += 1
+        for record in await self.reader.poll(timeout_ms):
+            where = (record.partition, record.offset)
+            if where in self._offsets:
+                self.rereads += 1
+                continue
+            self._offsets.add(where)
+            try:
+                event = decode_event(record.value)
+            except ModelTrainerError:
+                self.undecodable += 1
+                continue
+            self.by_job.setdefault(event.job_id, []).append(
+                Seen(record.partition, record.offset, event)
+            )
+            fresh += 1
         return fresh
 
     async def until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -420,35 +355,29 @@ class EventLog:
         return result
 
 
-class Producer:
+class Producer(StartStop):
     """A plain idempotent producer (acks=all) that sends batches without waiting per record."""
 
     def __init__(self, bootstrap: str, max_request_size: int = 2 * MAX_COMMAND_BYTES) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **client_kwargs(bootstrap),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
             max_request_size=max_request_size,
         )
 
-    async def __aenter__(self) -> Producer:
+    async def start(self) -> None:
         await self._producer.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._producer.stop()
 
     async def send_many(
         self,
         topic: str,
         records: list[tuple[bytes, bytes | None]],
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """Send (value, key) records in order, then wait until the broker has them all."""
         await self.send_routed(topic, [(value, key, None) for value, key in records], headers)
@@ -457,7 +386,7 @@ class Producer:
         self,
         topic: str,
         records: list[tuple[bytes, bytes | None, int | None]],
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
     ) -> list[tuple[int, int]]:
         """Send (value, key, partition) records in order (partition None: the key's), wait
         until the broker has them all; the (partition, offset) each was written at."""
@@ -487,47 +416,27 @@ class Producer:
         await asyncio.gather(*pending)
 
 
-class TopicReader:
-    """Counts the committed records of a topic from its beginning (the dead letters)."""
+class DeadLetters(WholeTopic):
+    """Counts the committed records of a dead-letter topic from its beginning, by origin and
+    error code."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._consumer = committed_reader(bootstrap)
+        super().__init__(bootstrap, topic)
         self.records = 0
         self.origins: set[tuple[bytes, bytes]] = set()  # (original partition, offset)
         self.codes: dict[str, int] = {}
 
-    async def __aenter__(self) -> TopicReader:
-        await self._consumer.start()
-        while True:
-            if await assign_whole_topic(self._consumer, self._bootstrap, self._topic):
-                return self
-            await asyncio.sleep(0.5)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._consumer.stop(), timeout=10)
-
     async def poll(self) -> int:
         fresh = 0
-        batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
-        for messages in batches.values():
-            for message in messages:
-                record = to_record(message)
-                headers = dict(record.headers)
-                origin = (
-                    headers.get("original_partition", b""),
-                    headers.get("original_offset", b""),
-                )
-                self.origins.add(origin)
-                code = headers.get("error_code", b"").decode(errors="replace")
-                self.codes[code] = self.codes.get(code, 0) + 1
-                self.records += 1
-                fresh += 1
+        for record in await self.reader.poll():
+            headers = dict(record.headers)
+            origin = (
+                headers.get("original_partition", b""),
+                headers.get("original_offset", b""),
+            )
+            self.origins.add(origin)
+            code = headers.get("error_code", b"").decode(errors="replace")
+            self.codes[code] = self.codes.get(code, 0) + 1
+            self.records += 1
+            fresh += 1
         return fresh

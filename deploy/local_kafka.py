@@ -32,12 +32,10 @@ script::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +44,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import local_daemon
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
@@ -314,15 +314,7 @@ class LocalKafka:
 
     def running_pid(self) -> int | None:
         """The broker's pid when its pid file names a live process, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return local_daemon.running_pid(self.pid_file)
 
     def start(self) -> None:
         """Start the broker in the background and return once it accepts connections."""
@@ -379,60 +371,28 @@ class LocalKafka:
             )
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
-        with self.log_file.open("ab") as log:
-            proc = subprocess.Popen(
-                [*jvm, "kafka.Kafka", str(properties)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not port_open(self.host, self.port):
-            if proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise BrokerError(f"the broker exited with {proc.returncode}; see {self.log_file}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(f"the broker did not listen within {READY_TIMEOUT_S}s")
-            time.sleep(0.2)
+        proc = local_daemon.launch(
+            [*jvm, "kafka.Kafka", str(properties)], pid_file=self.pid_file, log_file=self.log_file
+        )
+        why = local_daemon.wait_ready(
+            proc,
+            lambda: port_open(self.host, self.port),
+            pid_file=self.pid_file,
+            timeout_s=READY_TIMEOUT_S,
+            poll_s=0.2,
+            grace_s=STOP_GRACE_S,
+        )
+        if why is not None:
+            raise BrokerError(f"the broker {why}; see {self.log_file}")
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after a grace); a no-op when none runs."""
-        pid = self.running_pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
+        local_daemon.stop(self.pid_file, grace_s=STOP_GRACE_S, poll_s=0.2)
 
 
 def _inline(pem: Path) -> str:
     """A PEM file as one properties value: its newlines escaped."""
     return pem.read_text().strip().replace("\n", "\\n")
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; reaps it when it is our own exited child."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

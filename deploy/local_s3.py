@@ -20,18 +20,16 @@ Standard library only: the test fixtures import it, and it runs as a script::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import local_daemon
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -99,11 +97,7 @@ class LocalS3:
         }
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _alive(pid) else None
+        return local_daemon.running_pid(self.pid_file)
 
     def _ports(self) -> list[str]:
         args = [f"-s3.port={self.port}"]
@@ -139,26 +133,19 @@ class LocalS3:
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64",
         ]
-        with self.log_file.open("ab") as log:
-            proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not self._bucket_answers():
-            if proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise S3Error(f"weed exited with {proc.returncode}; see {self.log_file}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise S3Error(f"the S3 server was not ready within {READY_TIMEOUT_S}s")
-            time.sleep(0.3)
+        proc = local_daemon.launch(
+            command, pid_file=self.pid_file, log_file=self.log_file, env=env, cwd=self.workdir
+        )
+        why = local_daemon.wait_ready(
+            proc,
+            self._bucket_answers,
+            pid_file=self.pid_file,
+            timeout_s=READY_TIMEOUT_S,
+            poll_s=0.3,
+            grace_s=STOP_GRACE_S,
+        )
+        if why is not None:
+            raise S3Error(f"the S3 server {why}; see {self.log_file}")
 
     def _bucket_answers(self) -> bool:
         """An anonymous HEAD of the bucket: 403 (or 200) once the gateway serves it, 404
@@ -174,34 +161,7 @@ class LocalS3:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after a grace); a no-op when none runs."""
-        pid = self.running_pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; reaps it when it is our own exited child."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        local_daemon.stop(self.pid_file, grace_s=STOP_GRACE_S, poll_s=0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

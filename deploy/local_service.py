@@ -142,15 +142,16 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*self.launcher, sys.executable, "-m", "model_trainer", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.stack.root,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.launcher, sys.executable, "-m", "model_trainer", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.stack.root,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.proc.poll() is not None:
@@ -222,6 +223,9 @@ class ServiceProcess:
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            # A frozen one (the soak's zombies) would hold SIGTERM until it is continued.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGCONT)
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)

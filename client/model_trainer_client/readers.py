@@ -15,7 +15,14 @@ from model_trainer_contracts import JobStateV1
 
 from . import outage
 from .decode import Update, decode_state, decode_update
-from .kafka import Record, committed_reader, partition_for_key, to_record, topic_partitions
+from .kafka import (
+    Record,
+    committed_reader,
+    partition_for_key,
+    partitions,
+    to_record,
+    topic_partitions,
+)
 from .settings import ClientSettings, KafkaConnection
 from .startstop import StartStop
 
@@ -55,6 +62,16 @@ class TopicReader(StartStop):
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, start)
+
+    async def add_topic(self, topic: str, wait_s: float = 0.5) -> list[TopicPartition]:
+        """Read every partition of ``topic`` too, from its beginning, once the topic exists:
+        the service creates its topics at start, so this asks again every ``wait_s``."""
+        while True:
+            tps = partitions(topic, await topic_partitions(self.connection, topic))
+            if tps:
+                await self.add(dict.fromkeys(tps))
+                return tps
+            await asyncio.sleep(wait_s)
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         ends: dict[TopicPartition, int] = await self.consumer.end_offsets(tps)

@@ -4,6 +4,7 @@ a job's events published step by step onto the real broker show up live on the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -30,20 +31,28 @@ CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
+@contextlib.contextmanager
+def chromium(*args: str) -> Iterator[webdriver.Chrome]:
+    """Headless chromium through chromium-driver, with these arguments too (the test is
+    skipped where they are not installed)."""
     if CHROMIUM is None or DRIVER is None:
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    headless = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage")
+    for arg in (*headless, *args):
         options.add_argument(arg)
-    options.add_argument("--window-size=1400,700")
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    with chromium("--window-size=1400,700") as driver:
+        yield driver
 
 
 STATUS = """

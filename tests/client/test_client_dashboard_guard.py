@@ -6,7 +6,6 @@ with the token; the printed link shows the jobs."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,34 +15,20 @@ import pytest
 from model_trainer_client.dashboard import Dashboard
 from model_trainer_client.settings import ClientSettings
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 
 from .stream import Job, Publisher, Topics
-from .test_client_dashboard import status_is, until
+from .test_client_dashboard import chromium, status_is, until
 
 pytestmark = pytest.mark.kafka
 
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
 REBIND = "rebind.example"
 JOBS = "return document.querySelectorAll('tr[data-job]').length"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    if CHROMIUM is None or DRIVER is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument(f"--host-resolver-rules=MAP {REBIND} 127.0.0.1")
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
-    try:
+    with chromium(f"--host-resolver-rules=MAP {REBIND} 127.0.0.1") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _status(url: str, headers: dict[str, str] | None = None) -> int:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from model_trainer_client import flows
 from model_trainer_client.cli import app
@@ -58,7 +57,7 @@ def recording() -> tuple[Console, io.StringIO]:
 async def next_command(topics: Topics, job_id: str, timeout_s: float = 20.0) -> bytes:
     """The first command keyed by ``job_id`` on the commands topic (the test plays the service)."""
     async with TopicReader(topics.bootstrap) as reader:
-        await reader.add({TopicPartition(topics.commands, p): None for p in range(3)})
+        await reader.add_topic(topics.commands)
         async with asyncio.timeout(timeout_s):
             while True:
                 for record in await reader.poll():

@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import typing
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def pipe() -> tuple[Console, io.StringIO]:
     """A console as the CLI gets one without a terminal: 80 columns, not interactive."""
     buffer = io.StringIO()
     return Console(file=buffer, width=80, color_system=None, force_terminal=False), buffer
+
+
+def followed(job_id: str, events: Sequence[Update]) -> list[str]:
+    """The lines ``follow`` prints for these events of one job, without a terminal."""
+    console, buffer = pipe()
+    board = JobBoard()
+    with FollowPrinter(console, job_id) as printer:
+        for event in events:
+            view = board.apply(event)
+            assert view is not None
+            printer.show(view, event)
+    return buffer.getvalue().splitlines()
 
 
 def one_of_each(job: Job, kind: type) -> Update:
@@ -217,14 +230,7 @@ def test_a_cancelled_job_is_not_a_failed_one() -> None:
 def test_follow_output_in_a_pipe_is_one_whole_line_per_event_and_nothing_twice() -> None:
     job = Job("p-1", total_steps=8)
     events = job.run(steps=8, every=2)
-    console, buffer = pipe()
-    board = JobBoard()
-    with FollowPrinter(console, job.job_id) as printer:
-        for event in events:
-            view = board.apply(event)
-            assert view is not None
-            printer.show(view, event)
-    lines = buffer.getvalue().splitlines()
+    lines = followed(job.job_id, events)
     assert len(lines) == len(events) + 1  # the completed event is two lines: result, artifact
     assert lines[1].startswith("config: ")
     assert lines[1].endswith("attempt 1")
@@ -238,7 +244,7 @@ def test_follow_output_in_a_pipe_is_one_whole_line_per_event_and_nothing_twice()
     assert "lr " in lines[2]
     assert "grad_norm " in lines[2]
     assert sum("artifact: /artifacts/p-1" in line for line in lines) == 1
-    assert "━" not in buffer.getvalue()
+    assert not any("━" in line for line in lines)
 
 
 def test_jobs_in_a_pipe_keeps_every_column_whole_and_a_narrow_terminal_drops_the_least_useful() -> (
@@ -386,12 +392,5 @@ def test_follow_prints_the_held_out_answers_of_a_completed_event() -> None:
     events[-1] = CompletedEventV1.model_validate(
         {**done.model_dump(mode="json"), "generations": answers}
     )
-    console, buffer = pipe()
-    board = JobBoard()
-    with FollowPrinter(console, job.job_id) as printer:
-        for event in events:
-            view = board.apply(event)
-            assert view is not None
-            printer.show(view, event)
-    lines = buffer.getvalue().splitlines()
+    lines = followed(job.job_id, events)
     assert lines[-2:] == ["held-out answer: 'The [king].'", "  expected: 'A king.'"]

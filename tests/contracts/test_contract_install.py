@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.venvs import installed_alone
 
 SNIPPET = """
 import importlib.util, json, sys
@@ -34,27 +30,9 @@ print("contracts-alone-ok")
 """
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 @pytest.mark.slow
 def test_contracts_install_and_run_without_the_service(tmp_path: Path) -> None:
-    # uv is a dev dependency, so it sits beside this interpreter in the project's venv.
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    assert uv is not None, "uv is neither in the venv nor on PATH: run `make install`"
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    venv = tmp_path / "venv"
-    made = _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], env, tmp_path)
-    assert made.returncode == 0, made.stderr
-    python = venv / "bin" / "python"
-    install = [uv, "pip", "install", "--quiet", "--python", str(python), str(ROOT / "contracts")]
-    done = _run(install, env, tmp_path)
-    if done.returncode != 0:  # no network: everything needed may still sit in uv's cache
-        done = _run([*install, "--offline"], env, tmp_path)
-    assert done.returncode == 0, done.stderr
-    ran = _run([str(python), "-c", SNIPPET], {**env, "PYTHONSAFEPATH": "1"}, tmp_path)
+    venv = installed_alone(tmp_path, "contracts")
+    ran = venv.run("python", "-c", SNIPPET, env={"PYTHONSAFEPATH": "1"})
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "contracts-alone-ok"

@@ -179,7 +179,12 @@ def checkpoint_step(job_dir: Path) -> int:
     the loop state of a sharded one)."""
     path = checkpoint_file(job_dir)
     sharded = path.with_name(SHARDED) / EXTRA
-    state: object = torch.load(sharded if sharded.is_file() else path, weights_only=True)
+    return step_of(sharded if sharded.is_file() else path)
+
+
+def step_of(path: Path) -> int:
+    """The step a checkpoint file (or a sharded one's loop state) records."""
+    state: object = torch.load(path, weights_only=True)
     assert isinstance(state, dict)
     step = state["loop"]["step"]
     assert isinstance(step, int)

@@ -13,6 +13,8 @@ from model_trainer.engine.tokenizer import train_bpe
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -23,10 +25,13 @@ from transformers import (
 from tests.engine.engine_helpers import Env, make_text
 
 POSITIONS = 256
+VOCAB = 300  # the tokenizer's
 
 
-def _tiny(arch: str) -> PreTrainedModel:
-    """A tiny random causal LM with room for a conversation (256 positions)."""
+def tiny_model(arch: str, positions: int = POSITIONS) -> PreTrainedModel:
+    """A tiny random causal LM (llama, qwen2, gpt_neox, else gpt2), by default with room for a
+    conversation; vocabularies a little larger than the tokenizer's, as real models pad
+    theirs."""
     if arch == "llama":
         return LlamaForCausalLM(
             LlamaConfig(
@@ -36,7 +41,7 @@ def _tiny(arch: str) -> PreTrainedModel:
                 num_attention_heads=4,
                 num_key_value_heads=2,
                 intermediate_size=64,
-                max_position_embeddings=POSITIONS,
+                max_position_embeddings=positions,
             )
         )
     if arch == "qwen2":
@@ -48,23 +53,37 @@ def _tiny(arch: str) -> PreTrainedModel:
                 num_attention_heads=4,
                 num_key_value_heads=2,
                 intermediate_size=64,
-                max_position_embeddings=POSITIONS,
+                max_position_embeddings=positions,
                 tie_word_embeddings=True,
             )
         )
+    if arch == "gpt_neox":
+        return GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=320,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=positions,
+            )
+        )
     return GPT2LMHeadModel(
-        GPT2Config(vocab_size=300, n_positions=POSITIONS, n_embd=32, n_layer=2, n_head=4)
+        GPT2Config(vocab_size=VOCAB, n_positions=positions, n_embd=32, n_layer=2, n_head=4)
     )
 
 
-def save_tiny(env: Env | Path, arch: str, name: str = "tiny") -> Path:
-    """A tiny random ``arch`` model and a byte-level BPE tokenizer in ``models/<name>`` of a
-    data root (an Env's, or the path given)."""
+def save_tiny(
+    env: Env | Path, arch: str, name: str = "tiny", *, positions: int = POSITIONS
+) -> Path:
+    """A tiny random ``arch`` model and a byte-level BPE tokenizer (tokenizer.json and
+    tokenizer_config.json, with its end-of-text token) in ``models/<name>`` of a data root
+    (an Env's, or the path given)."""
     root = env.data_root if isinstance(env, Env) else env
     folder = root / "models" / name
     torch.manual_seed(0)
-    _tiny(arch).save_pretrained(str(folder))
-    train_bpe(make_text(), 300, 2).save_pretrained(folder)
+    tiny_model(arch, positions).save_pretrained(str(folder))
+    train_bpe(make_text(), VOCAB, 2).save_pretrained(folder)
     return folder
 
 

@@ -20,10 +20,11 @@ from model_trainer.engine import run_job
 from model_trainer.engine.backends.pretrained import PretrainedBackend, load_causal_lm
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode, SubmitJobV1
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from tests.engine.engine_helpers import Env, Event
-from tests.engine.test_engine_pretrained import VOCAB, save_tiny
+from tests.engine.finetune_helpers import VOCAB, tiny_model
+from tests.engine.test_engine_pretrained import POSITIONS, save_tiny
 
 C = ModelTrainerErrorCode
 
@@ -54,9 +55,7 @@ def _victim(env: Env) -> Path:
     read moves its access time even under ``relatime``)."""
     folder = env.artifacts_root / "victim"
     torch.manual_seed(1)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    )
+    model = tiny_model("gpt2", POSITIONS)
     model.save_pretrained(str(folder))
     weights = folder / "model.safetensors"
     stat = weights.stat()
@@ -194,14 +193,18 @@ def test_an_init_from_artifact_with_a_symlink_out_is_refused(env: Env) -> None:
     assert in_run.value.code == C.PATH_NOT_ALLOWED
 
 
-def test_a_sharded_folder_inside_loads_and_counts_its_shards(env: Env) -> None:
+def _sharded(env: Env) -> tuple[PreTrainedModel, Path]:
+    """``models/sharded``: a tiny gpt2 in shards of 40 KB, its one-file weights removed."""
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    )
+    model = tiny_model("gpt2", POSITIONS)
     folder = save_tiny(env, "gpt2", "sharded")
     (folder / "model.safetensors").unlink()
     model.save_pretrained(str(folder), max_shard_size="40KB")
+    return model, folder
+
+
+def test_a_sharded_folder_inside_loads_and_counts_its_shards(env: Env) -> None:
+    model, folder = _sharded(env)
     save_file({"big": torch.zeros(1000, 100)}, str(folder / "unused.safetensors"))
     shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
     assert len(shards) > 1
@@ -216,13 +219,7 @@ def test_a_sharded_folder_inside_loads_and_counts_its_shards(env: Env) -> None:
 
 
 def test_the_memory_estimate_counts_the_weights_the_folder_loads(env: Env) -> None:
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    )
-    folder = save_tiny(env, "gpt2", "sharded")
-    (folder / "model.safetensors").unlink()
-    model.save_pretrained(str(folder), max_shard_size="40KB")
+    model, folder = _sharded(env)
     save_file({"big": torch.zeros(4000, 1000)}, str(folder / "unused.safetensors"))
     job = env.job("pretrained", model={"path": "models/sharded"})
     params = sum(p.numel() for p in model.parameters())

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.engine import run_job
 from model_trainer.engine.checkpoint import DIGEST, FILE, PREVIOUS
@@ -25,7 +24,7 @@ from model_trainer_contracts import (
     ProgressEventV1,
 )
 
-from tests.engine.engine_helpers import Env, Event, losses
+from tests.engine.engine_helpers import Env, Event, losses, step_of
 from tests.small_disk import fill, mounted_tmpfs
 
 SMALL_DISK_MB = 32
@@ -38,14 +37,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     with mounted_tmpfs(mount, SMALL_DISK_MB):
         yield mount
-
-
-def _step(path: Path) -> int:
-    state: object = torch.load(path, weights_only=True)
-    assert isinstance(state, dict)
-    step = state["loop"]["step"]
-    assert isinstance(step, int)
-    return step
 
 
 def test_enospc_mid_checkpoint_keeps_the_last_good_one_and_resumes_from_it(
@@ -76,7 +67,7 @@ def test_enospc_mid_checkpoint_keeps_the_last_good_one_and_resumes_from_it(
     folder = env.artifacts_root / "full" / CHECKPOINTS / "attempt-1"
     names = [FILE, FILE + DIGEST, PREVIOUS, PREVIOUS + DIGEST]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temp file left
-    assert [_step(folder / FILE), _step(folder / PREVIOUS)] == [4, 2]
+    assert [step_of(folder / FILE), step_of(folder / PREVIOUS)] == [4, 2]
     for name in (FILE, PREVIOUS):
         assert (folder / (name + DIGEST)).read_text() == sha256_file(folder / name)
 

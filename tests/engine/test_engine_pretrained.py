@@ -20,79 +20,18 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    Qwen2Config,
-    Qwen2ForCausalLM,
 )
 
+from tests.engine import finetune_helpers
 from tests.engine.engine_helpers import Env, Event, losses, make_text
+from tests.engine.finetune_helpers import VOCAB, tiny_model
 
 C = ModelTrainerErrorCode
-VOCAB = 300
-
-
-def _tiny(arch: str) -> PreTrainedModel:
-    """A tiny random causal LM; vocabularies a little larger than the tokenizer's, as real
-    models pad theirs."""
-    if arch == "llama":
-        return LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=320,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-            )
-        )
-    if arch == "qwen2":
-        return Qwen2ForCausalLM(
-            Qwen2Config(
-                vocab_size=320,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-                tie_word_embeddings=True,
-            )
-        )
-    if arch == "gpt_neox":
-        return GPTNeoXForCausalLM(
-            GPTNeoXConfig(
-                vocab_size=320,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                max_position_embeddings=64,
-            )
-        )
-    return GPT2LMHeadModel(
-        GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    )
-
-
-def _save_tokenizer(folder: Path) -> None:
-    """A byte-level BPE tokenizer as transformers reads it: tokenizer.json and
-    tokenizer_config.json (with its end-of-text token)."""
-    train_bpe(make_text(), VOCAB, 2).save_pretrained(folder)
+POSITIONS = 64
 
 
 def save_tiny(env: Env, arch: str, name: str = "tiny") -> Path:
-    folder = env.data_root / "models" / name
-    torch.manual_seed(0)
-    _tiny(arch).save_pretrained(str(folder))
-    _save_tokenizer(folder)
-    return folder
+    return finetune_helpers.save_tiny(env, arch, name, positions=POSITIONS)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox", "gpt2"])
@@ -135,10 +74,10 @@ def test_freeze_embeddings(env: Env) -> None:
 def _pickle_only(env: Env) -> Path:
     folder = env.data_root / "models" / "pickled"
     torch.manual_seed(0)
-    model = _tiny("gpt2")
+    model = tiny_model("gpt2", POSITIONS)
     model.config.save_pretrained(str(folder))
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    _save_tokenizer(folder)
+    train_bpe(make_text(), VOCAB, 2).save_pretrained(folder)
     return folder
 
 

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from local_service import ServiceProcess, Stack
 from model_trainer.core.layout import CHECKPOINTS
 from model_trainer.engine.checkpoint import FILE
@@ -30,6 +29,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from tests.engine.engine_helpers import step_of
 from tests.small_disk import fill, mounted_tmpfs
 
 from .flows import assert_seq_contiguous, logged, long_job, of, send, wait_for_step, wait_log
@@ -43,14 +43,6 @@ def small_disk(stack: Stack) -> Iterator[Path]:
     """The stack's artifacts root, a 64 MB tmpfs for the test."""
     with mounted_tmpfs(stack.artifacts_root, 64) as root:
         yield root
-
-
-def _step(path: Path) -> int:
-    state: object = torch.load(path, weights_only=True)
-    assert isinstance(state, dict)
-    step = state["loop"]["step"]
-    assert isinstance(step, int)
-    return step
 
 
 async def _hand_backs(svc: ServiceProcess, count: int) -> None:
@@ -75,7 +67,7 @@ async def test_a_full_disk_hands_the_job_back_until_space_returns(
             filler = fill(small_disk)
             os.kill(worker, signal.SIGCONT)
             await wait_log(svc, HANDED_BACK, timeout_s=120, job_id="full")
-            good = _step(small_disk / "full" / CHECKPOINTS / "attempt-1" / FILE)
+            good = step_of(small_disk / "full" / CHECKPOINTS / "attempt-1" / FILE)
             code, body = svc.readyz()
             assert code == 503
             assert "disk_reserve_mb" in str(body.get("reasons"))

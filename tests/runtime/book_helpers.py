@@ -226,6 +226,9 @@ class WorkerRun:
 
 # What a pool says to its book: (kind, job_id, attempt, payload), oldest first.
 Report = tuple[str, str, int, object]
+# What a running worker may do next: a step, a completed or failed end, death, or what its
+# stop asked for.
+WORKER_ACTS = ("progress", "end", "fail", "die", "obey")
 
 
 @dataclass
@@ -297,6 +300,20 @@ class Pool:
                 else ModelTrainerErrorCode.TRAINING_TIMEOUT
             )
             self.finish(slot, "ended", user_failure(run.job_id).model_copy(update={"code": code}))
+
+    def act(self, slot: int, what: str) -> None:
+        """The worker at ``slot`` does one of :data:`WORKER_ACTS` (the machines' rule)."""
+        run = self.runs[slot]
+        if what == "progress":
+            self.step(run)
+        elif what == "end":
+            self.finish(slot, "ended", completed(run.job_id))
+        elif what == "fail":
+            self.finish(slot, "ended", user_failure(run.job_id))
+        elif what == "die":
+            self.finish(slot, "died", None)
+        else:
+            self.obey(slot)
 
     def tell(self, book: JobBook, report: Report, now: float) -> list[Effect]:
         """Hand one of the pool's messages to ``book``."""

@@ -48,13 +48,13 @@ from tests.layers import examples
 
 from .book_helpers import (
     TOPIC,
+    WORKER_ACTS,
     Pool,
     completed,
     is_terminal,
     policy,
     refuse_bad,
     submit,
-    user_failure,
 )
 
 JOB_IDS = ["a", "b", "c", "bad-d"]
@@ -208,22 +208,12 @@ class BookMachine(RuleBasedStateMachine):
     # -------------------------------------------------------------- rules: workers
 
     @precondition(lambda self: bool(self.world.pool.runs))
-    @rule(data=st.data(), what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
+    @rule(data=st.data(), what=st.sampled_from(WORKER_ACTS))
     def worker(self, data: st.DataObject, what: str) -> None:
         self._step(f"worker-{what}")
         pool = self.world.pool
         slot = data.draw(st.sampled_from(sorted(pool.runs)))
-        run = pool.runs[slot]
-        if what == "progress":
-            pool.step(run)
-        elif what == "end":
-            pool.finish(slot, "ended", completed(run.job_id))
-        elif what == "fail":
-            pool.finish(slot, "ended", user_failure(run.job_id))
-        elif what == "die":
-            pool.finish(slot, "died", None)
-        else:
-            pool.obey(slot)
+        pool.act(slot, what)
 
     @precondition(lambda self: bool(self.world.pool.runs) or bool(self.world.pool.inbox))
     @rule(steps=st.integers(1, 3))

@@ -56,7 +56,15 @@ from model_trainer_contracts import (
 from tests.figures import Figure
 from tests.layers import examples
 
-from .book_helpers import Pool, completed, is_terminal, policy, refuse_bad, submit, user_failure
+from .book_helpers import (
+    WORKER_ACTS,
+    Pool,
+    completed,
+    is_terminal,
+    policy,
+    refuse_bad,
+    submit,
+)
 
 TOPIC = "jobs"
 PARTITIONS = [TP(TOPIC, p) for p in range(3)]
@@ -378,23 +386,13 @@ class WorldMachine(RuleBasedStateMachine):
     # -------------------------------------------------------------- rules: workers
 
     @precondition(lambda self: any(node.pool.runs for node in self.nodes))
-    @rule(pick=PICK, what=st.sampled_from(["progress", "end", "fail", "die", "obey"]))
+    @rule(pick=PICK, what=st.sampled_from(WORKER_ACTS))
     def worker(self, pick: int, what: str) -> None:
         busy = [(node.name, slot) for node in self.nodes for slot in sorted(node.pool.runs)]
         n, slot = chosen(busy, pick)
         pool = self.nodes[n].pool
         self._step(f"worker-{what}")
-        run = pool.runs[slot]
-        if what == "progress":
-            pool.step(run)
-        elif what == "end":
-            pool.finish(slot, "ended", completed(run.job_id))
-        elif what == "fail":
-            pool.finish(slot, "ended", user_failure(run.job_id))
-        elif what == "die":
-            pool.finish(slot, "died", None)
-        else:
-            pool.obey(slot)
+        pool.act(slot, what)
 
     @precondition(lambda self: any(node.pool.runs or node.pool.inbox for node in self.nodes))
     @rule(n=st.integers(0, NODES - 1), steps=st.integers(1, 3))

@@ -226,13 +226,18 @@ def list_corpus(url: str, max_bytes: int) -> list[RemoteFile]:
     size = sum(f.size for f in files)
     if not files or size == 0:
         raise ModelTrainerError(_C.CORPUS_EMPTY, f"no data at {url}", details={"corpus_path": url})
+    check_corpus_size(size, max_bytes)
+    return files
+
+
+def check_corpus_size(size: int, max_bytes: int) -> None:
+    """CORPUS_TOO_LARGE when a corpus of ``size`` bytes is over the limit (wherever it lies)."""
     if size > max_bytes:
         raise ModelTrainerError(
             _C.CORPUS_TOO_LARGE,
             f"corpus is {size} bytes; the limit is {max_bytes}",
             details={"size": size, "limit": max_bytes},
         )
-    return files
 
 
 def _remote(name: str, url: str, info: Mapping[str, object]) -> RemoteFile:

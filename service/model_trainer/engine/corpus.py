@@ -30,6 +30,18 @@ class RawCorpus:
     jsonl_field: str
 
 
+def utf8(name: str, data: bytes) -> str:
+    """A corpus file's text; CORPUS_NOT_DECODABLE (with the byte) when it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelTrainerError(
+            _C.CORPUS_NOT_DECODABLE,
+            f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
+            details={"file": name, "byte": exc.start},
+        ) from None
+
+
 def corpus_files(spec: DataSpec, data_root: Path) -> list[tuple[str, Path]]:
     """The files a path-based corpus is made of, sorted, each checked to stay inside the root.
 
@@ -102,21 +114,9 @@ def read_corpus(
         files = [("<inline>", spec.inline_text.encode())]
     else:
         paths = corpus_files(spec, data_root)
-        size = sum(path.stat().st_size for _, path in paths)
-        if size > max_bytes:
-            raise ModelTrainerError(
-                _C.CORPUS_TOO_LARGE,
-                f"corpus is {size} bytes; the limit is {max_bytes}",
-                details={"size": size, "limit": max_bytes},
-            )
+        storage.check_corpus_size(sum(path.stat().st_size for _, path in paths), max_bytes)
         files = [(name, path.read_bytes()) for name, path in paths]
-    size = sum(len(data) for _, data in files)
-    if size > max_bytes:
-        raise ModelTrainerError(
-            _C.CORPUS_TOO_LARGE,
-            f"corpus is {size} bytes; the limit is {max_bytes}",
-            details={"size": size, "limit": max_bytes},
-        )
+    storage.check_corpus_size(sum(len(data) for _, data in files), max_bytes)
     h = hashlib.sha256(f"{spec.format}\0{spec.jsonl_field}\0".encode())
     for name, data in files:
         h.update(f"{name}\0{len(data)}\0".encode())
@@ -132,14 +132,7 @@ def decode_corpus(raw: RawCorpus) -> str:
     CORPUS_EMPTY (only whitespace)."""
     parts: list[str] = []
     for name, data in raw.files:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelTrainerError(
-                _C.CORPUS_NOT_DECODABLE,
-                f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
-                details={"file": name, "byte": exc.start},
-            ) from None
+        text = utf8(name, data)
         if raw.fmt == "jsonl":
             parts.extend(_records(name, text, raw.jsonl_field))
         else:

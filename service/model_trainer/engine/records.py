@@ -30,7 +30,8 @@ from model_trainer_contracts import DataSpec, ModelTrainerError, ModelTrainerErr
 from pydantic import JsonValue
 
 from model_trainer.core.finetune import has_chat_template
-from model_trainer.engine.corpus import RawCorpus, corpus_files
+from model_trainer.core.storage import check_corpus_size
+from model_trainer.engine.corpus import RawCorpus, corpus_files, utf8
 from model_trainer.engine.packing import Example
 
 _C = ModelTrainerErrorCode
@@ -70,13 +71,7 @@ def records_digest(spec: DataSpec, data_root: Path, max_bytes: int) -> str:
         h.update(spec.inline_text.encode())
         return h.hexdigest()
     files = corpus_files(spec, data_root)
-    size = sum(path.stat().st_size for _, path in files)
-    if size > max_bytes:
-        raise ModelTrainerError(
-            _C.CORPUS_TOO_LARGE,
-            f"corpus is {size} bytes; the limit is {max_bytes}",
-            details={"size": size, "limit": max_bytes},
-        )
+    check_corpus_size(sum(path.stat().st_size for _, path in files), max_bytes)
     for name, path in files:
         h.update(f"{name}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as f:
@@ -95,15 +90,7 @@ def iter_records(spec: DataSpec, data_root: Path, columns: list[str]) -> Iterato
         if name.endswith(PARQUET):
             yield from _parquet(name, path, columns)
             continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelTrainerError(
-                _C.CORPUS_NOT_DECODABLE,
-                f"{name} is not UTF-8: {exc.reason} at byte {exc.start}",
-                details={"file": name, "byte": exc.start},
-            ) from None
-        yield from _jsonl(name, text)
+        yield from _jsonl(name, utf8(name, path.read_bytes()))
 
 
 def _jsonl(name: str, text: str) -> Iterator[Record]:

@@ -7,10 +7,12 @@ job event appended to the job's ``metrics.jsonl`` (the artifact's own copy of it
 from __future__ import annotations
 
 import asyncio
+from dataclasses import fields
 from pathlib import Path
 
 import structlog
 from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, ProgressEventV1
+from pydantic import TypeAdapter
 
 from model_trainer.book.effects import Policy, Publish
 from model_trainer.core import storage
@@ -23,33 +25,21 @@ log = structlog.get_logger(__name__)
 METRICS_MAX_BYTES = 64 << 20  # a job's metrics.jsonl takes no more progress lines past this
 
 
+_POLICY = TypeAdapter(Policy)
+
+
 def policy_of(settings: Settings) -> Policy:
-    return Policy(
-        commands_topic=settings.commands_topic,
-        events_topic=settings.events_topic,
-        state_topic=settings.state_topic,
-        dead_letter_topic=settings.dead_letter_topic,
-        slots=settings.workers,
-        max_running_per_user=settings.max_running_per_user,
-        max_progress_per_s=settings.max_progress_per_s,
-        state_retention_s=settings.state_retention_s,
-        state_every_s=settings.state_every_s,
-        max_attempts=settings.max_attempts,
-        cancel_grace_s=settings.cancel_grace_s,
-        handback_grace_s=settings.handback_grace_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        checkpoint_every=settings.checkpoint_every,
-        data_root=settings.data_root.resolve(),
-        artifacts_root=settings.artifacts_root.resolve(),
-        max_corpus_bytes=settings.max_corpus_bytes,
-        max_command_bytes=settings.max_command_bytes,
-        default_timeout_s=settings.default_timeout_s,
-        artifacts_url=settings.artifacts_url,
-        storage_retry_s=settings.storage_retry_s,
-        disk_full_retry_s=settings.disk_full_retry_s,
-        tenants=settings.tenancy.tenants,
-        admin_tenant=settings.tenancy.admin,
-    )
+    """The book's policy: each field is the setting of its name, but for those derived here
+    (a field the settings lack and this does not derive fails the service's start)."""
+    derived: dict[str, object] = {
+        "slots": settings.workers,
+        "data_root": settings.data_root.resolve(),
+        "artifacts_root": settings.artifacts_root.resolve(),
+        "tenants": settings.tenancy.tenants,
+        "admin_tenant": settings.tenancy.admin,
+    }
+    named = {f.name: getattr(settings, f.name) for f in fields(Policy) if f.name not in derived}
+    return _POLICY.validate_python(named | derived)
 
 
 def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None]) -> None:
