@@ -16,9 +16,11 @@ $(CACHE)/tools/bin/uv:
 	$(CACHE)/tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 # The three distributions (service, client, contracts) into .venv, exactly as uv.lock pins them.
-# Wheels (torch included) come from uv's cache after the first run.
+# Wheels (torch included) come from uv's cache after the first run. Compiled to bytecode once
+# here: where PYTHONDONTWRITEBYTECODE is set (as on the team's machine) every process would
+# otherwise compile torch and transformers from source again (14 s of CPU per import).
 $(VENV)/.installed: pyproject.toml uv.lock contracts/pyproject.toml client/pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --python $(PYTHON) --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed
