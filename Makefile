@@ -54,7 +54,7 @@ test: install kafka-fetch
 # long training: the book, the two-book world, contracts, core, the client, the CLI and the
 # engine's quick tests; the property tests draw a tenth of their examples. No coverage.
 # Two xdist processes: each imports torch (about 15 s of CPU with the venv's bytecode), and
-# the tests split between them (idle: about 40 s of wall time, where one process took 55 s).
+# the tests split between them (at load 1.6: 40 s of wall time, where one process took 54 s).
 FAST_MARKERS := not kafka and not s3 and not slow
 test-fast: install
 	TEST_EXAMPLES_DIVISOR=10 $(VENV)/bin/pytest -n 2 -p no:cacheprovider --no-cov -q \
