@@ -8,6 +8,7 @@ container when a Docker engine answers; otherwise the project's local KRaft brok
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +43,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # pytest-xdist run counts what its workers ran.
     for item in items:
         item.user_properties.append((LAYER, layer_of(item)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Collection imported torch, transformers and the rest: millions of objects that live
+    # as long as the run. Frozen, the full collections during the tests skip them (in one
+    # process, `make test-fast`'s full collections took 4.1 s of CPU before, 2.8 s after).
+    gc.freeze()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Handed back before exit, so the interpreter's last collection frees them (frozen,
+    # nanobind's leak check reports triton's objects as leaked).
+    gc.unfreeze()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -16,10 +16,9 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 from model_trainer_client.cli import app
 from model_trainer_contracts import (
     CompletedEventV1,
@@ -33,6 +32,12 @@ from typer.testing import CliRunner
 from tests.figures import Figure
 
 from .stream import Job, Publisher, Topics
+
+if TYPE_CHECKING:
+    # Imported in the tests that use them: every test here needs a broker, and importing
+    # mlflow cost `make test-fast` (which deselects them all) about 5 s of its collection.
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.kafka
 
@@ -172,6 +177,8 @@ def test_export_mirrors_jobs_into_mlflow_runs_once(
         "0 artifacts, 0 model versions"
     )
 
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     runs = _runs(client)
     assert sorted(runs) == ["ml-done", "ml-failed", "ml-resumed"]
@@ -266,6 +273,8 @@ def test_follow_mirrors_a_job_live_and_rebuilds_its_run_on_resume(
     kafka_bootstrap: str, mlflow_server: MlflowServer
 ) -> None:
     topics = Topics(kafka_bootstrap)
+    from mlflow.tracking import MlflowClient
+
     job = Job("ml-live", labels={"experiment": "live"}, total_steps=8)
     client = MlflowClient(tracking_uri=mlflow_server.uri)
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from model_trainer_client.cli import app
 from model_trainer_contracts import CompletedEventV1, EventBase, ProgressEventV1
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from .stream import Job, Publisher, Topics
+
+if TYPE_CHECKING:
+    # Imported where it reads: every test here needs a broker, and tensorboard (with the
+    # boto3 and protobuf it pulls in) cost `make test-fast`, which deselects them, a second.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.kafka
 
@@ -50,6 +55,8 @@ async def _publish(topics: Topics, events: list[EventBase]) -> None:
 
 
 def _read(run: Path) -> EventAccumulator:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
