@@ -1,0 +1,34 @@
+"""The ``stage`` fixture: each shell test runs in the in-memory world and, given
+``--real-kafka`` (or ``MODEL_TRAINER_TEST_REAL_KAFKA=1``), against the real broker too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .stage import MemoryStage, RealStage, Stage
+
+REAL_KAFKA_ENV = "MODEL_TRAINER_TEST_REAL_KAFKA"
+
+
+def real_kafka_wanted(config: pytest.Config) -> bool:
+    return bool(config.getoption("--real-kafka")) or os.environ.get(REAL_KAFKA_ENV) == "1"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stage" not in metafunc.fixturenames:
+        return
+    worlds = [pytest.param("memory", id="memory")]
+    if real_kafka_wanted(metafunc.config):
+        worlds.append(pytest.param("kafka", id="kafka", marks=pytest.mark.kafka))
+    metafunc.parametrize("world", worlds)
+
+
+@pytest.fixture
+def stage(world: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stage:
+    if world == "memory":
+        return MemoryStage(tmp_path)
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    return RealStage(tmp_path, bootstrap)

@@ -1,0 +1,118 @@
+"""The shell's behaviour, one test body in two worlds: the in-memory Kafka (default) and,
+with ``--real-kafka``, the real broker with aiokafka's adapters. Both run the real
+:class:`TrainerService` with the same scripted pool; what a test checks is what a client
+reads: the committed events of each job."""
+
+from __future__ import annotations
+
+import anyio
+from model_trainer_contracts import (
+    CompletedEventV1,
+    EventBase,
+    FailedEventV1,
+    ProgressEventV1,
+    SubmitJobV1,
+)
+
+from .pool import Disk
+from .stage import Instance, Stage, until
+
+TERMINAL = (CompletedEventV1, FailedEventV1)
+
+
+def job(job_id: str, steps: int = 20) -> SubmitJobV1:
+    return SubmitJobV1.model_validate(
+        {
+            "job_id": job_id,
+            "user_id": 7,
+            "backend": "char_lstm",
+            "data": {"inline_text": "hello world " * 10},
+            "training": {"max_steps": steps, "checkpoint_every": 5},
+        }
+    )
+
+
+async def ended(stage: Stage, job_id: str) -> bool:
+    return any(isinstance(event, TERMINAL) for event in await stage.events(job_id))
+
+
+async def all_ended(stage: Stage, jobs: list[SubmitJobV1]) -> bool:
+    return all([await ended(stage, spec.job_id) for spec in jobs])
+
+
+def told_once(events: list[EventBase]) -> None:
+    """Exactly one terminal event, last; seqs 0..n-1 in commit order (no gap, no reuse)."""
+    assert [e.seq for e in events] == list(range(len(events))), [
+        (e.seq, e.type, e.attempt) for e in events
+    ]
+    assert [isinstance(e, TERMINAL) for e in events].count(True) == 1
+    assert isinstance(events[-1], CompletedEventV1), events[-1]
+
+
+def steps_of(events: list[EventBase]) -> list[int]:
+    return [e.step for e in events if isinstance(e, ProgressEventV1)]
+
+
+def resumed(disk: Disk, job_id: str) -> list[int]:
+    """The steps each run of the job started from."""
+    return [start for name, _attempt, start in disk.runs if name == job_id]
+
+
+async def test_a_job_runs_to_one_terminal_event(stage: Stage) -> None:
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(job("solo"))
+        await until(lambda: ended(stage, "solo"), 60, "the job ends")
+        await a.stop()
+    events = await stage.events("solo")
+    told_once(events)
+    steps = steps_of(events)  # thinned by max_progress_per_s, never the last
+    assert steps == sorted(set(steps)), steps
+    assert steps[-1] == 20, steps
+
+
+async def test_a_joining_instance_takes_its_share_and_the_jobs_resume(stage: Stage) -> None:
+    jobs = [job(f"share-{n}", steps=60) for n in range(4)]
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a", workers=4)
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(*jobs)
+        await until(lambda: _progressed(stage, [j.job_id for j in jobs], 10), 60, "steps")
+        b = Instance(stage, "b", workers=4)
+        tasks.start_soon(b.run)
+        await until(lambda: all_ended(stage, jobs), 90, "every job ends")
+        await b.stop()
+        await a.stop()
+    for spec in jobs:
+        told_once(await stage.events(spec.job_id))
+    starts = [resumed(stage.disk, spec.job_id) for spec in jobs]
+    # The rebalance handed every running job back (checkpointed), and it went on from there.
+    assert all(len(s) >= 2 and s[0] == 0 and max(s[1:]) > 0 for s in starts), starts
+
+
+async def test_a_crashed_instance_jobs_are_replayed_and_resumed(stage: Stage) -> None:
+    jobs = [job(f"crash-{n}", steps=60) for n in range(4)]
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a", workers=4)
+        b = Instance(stage, "b", workers=4)
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        tasks.start_soon(b.run)
+        await b.service.started.wait()
+        await stage.submit(*jobs)
+        await until(lambda: _progressed(stage, [j.job_id for j in jobs], 20), 60, "steps")
+        await a.crash()
+        await until(lambda: all_ended(stage, jobs), 90, "every job ends")
+        await b.stop()
+    for spec in jobs:
+        told_once(await stage.events(spec.job_id))
+
+
+async def _progressed(stage: Stage, job_ids: list[str], step: int) -> bool:
+    for job_id in job_ids:
+        if not [s for s in steps_of(await stage.events(job_id)) if s >= step]:
+            return False
+    return True
