@@ -109,6 +109,9 @@ async def test_a_crashed_instance_jobs_are_replayed_and_resumed(stage: Stage) ->
         await b.stop()
     for spec in jobs:
         told_once(await stage.events(spec.job_id))
+    starts = [resumed(stage.disk, spec.job_id) for spec in jobs]
+    # The crashed instance's jobs ran again from their last checkpoint, not from scratch.
+    assert any(len(s) >= 2 and max(s[1:]) > 0 for s in starts), starts
 
 
 async def _progressed(stage: Stage, job_ids: list[str], step: int) -> bool:
