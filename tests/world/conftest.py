@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from local_kafka import LocalKafka
 
-from .stage import MemoryStage, RealStage, Stage
+from .stage import MemoryStage, OutageStage, RealStage, Stage
 
 REAL_KAFKA_ENV = "MODEL_TRAINER_TEST_REAL_KAFKA"
 
@@ -18,7 +19,7 @@ def real_kafka_wanted(config: pytest.Config) -> bool:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "stage" not in metafunc.fixturenames:
+    if "world" not in metafunc.fixturenames:
         return
     worlds = [pytest.param("memory", id="memory")]
     if real_kafka_wanted(metafunc.config):
@@ -32,3 +33,13 @@ def stage(world: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stage:
         return MemoryStage(tmp_path)
     bootstrap: str = request.getfixturevalue("kafka_bootstrap")
     return RealStage(tmp_path, bootstrap)
+
+
+@pytest.fixture
+def outage_stage(world: str, request: pytest.FixtureRequest, tmp_path: Path) -> OutageStage:
+    """A stage whose broker a test may take away: the world's, or a real broker of the
+    session that only such tests use (``local_broker``)."""
+    if world == "memory":
+        return MemoryStage(tmp_path)
+    broker: LocalKafka = request.getfixturevalue("local_broker")
+    return RealStage(tmp_path, broker.bootstrap_servers, broker)

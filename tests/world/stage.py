@@ -16,6 +16,7 @@ from typing import Protocol
 
 import anyio
 from aiokafka import AIOKafkaProducer
+from local_kafka import LocalKafka
 from model_trainer.settings import Settings
 from model_trainer.shell.ports import Edges
 from model_trainer.shell.service import TrainerService
@@ -36,6 +37,12 @@ class Stage(Protocol):
     def edges(self) -> Edges: ...
     async def submit(self, *jobs: SubmitJobV1) -> None: ...
     async def events(self, job_id: str) -> list[EventBase]: ...
+
+
+class OutageStage(Stage, Protocol):
+    def outage(self) -> AbstractAsyncContextManager[None]:
+        """The broker away for the block's duration, then back."""
+        ...
 
 
 class _Base:
@@ -125,9 +132,24 @@ async def _away(kafka: Kafka) -> AsyncIterator[None]:
 
 
 class RealStage(_Base):
-    """A real broker (the session's), the real aiokafka adapters, the same scripted pool."""
+    """A real broker (the session's), the real aiokafka adapters, the same scripted pool;
+    given the broker's process (``broker``), it can stop and start it (:meth:`outage`)."""
 
     name = "kafka"
+
+    def __init__(self, root: Path, bootstrap: str, broker: LocalKafka | None = None) -> None:
+        super().__init__(root, bootstrap)
+        self._broker = broker
+
+    @asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        broker = self._broker
+        assert broker is not None, "a stage on the session's broker cannot stop it"
+        await anyio.to_thread.run_sync(broker.stop)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(broker.start)
 
     def edges(self) -> Edges:
         return Edges(pool=ScriptedPool.factory(self.disk, STEP_S))

@@ -11,11 +11,12 @@ from model_trainer_contracts import (
     EventBase,
     FailedEventV1,
     ProgressEventV1,
+    QueuedEventV1,
     SubmitJobV1,
 )
 
 from .pool import Disk
-from .stage import Instance, Stage, until
+from .stage import Instance, OutageStage, Stage, until
 
 TERMINAL = (CompletedEventV1, FailedEventV1)
 
@@ -119,3 +120,48 @@ async def _progressed(stage: Stage, job_ids: list[str], step: int) -> bool:
         if not [s for s in steps_of(await stage.events(job_id)) if s >= step]:
             return False
     return True
+
+
+async def test_the_broker_away_then_back_loses_nothing(outage_stage: OutageStage) -> None:
+    stage = outage_stage
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(job("away", steps=80))
+        await until(lambda: _progressed(stage, ["away"], 10), 60, "steps")
+        async with stage.outage():
+            # Transactions fail meanwhile; the run goes on, its events wait in memory.
+            await anyio.sleep(2)
+        await until(lambda: ended(stage, "away"), 120, "the job ends")
+        await a.stop()
+    told_once(await stage.events("away"))
+
+
+async def test_a_full_queue_pauses_consumption(stage: Stage) -> None:
+    jobs = [job(f"bp-{n}", steps=10) for n in range(5)]
+    most = 0
+
+    async def sample() -> None:
+        nonlocal most
+        while True:
+            most = max(most, a.service.book.queued())
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a", workers=1, queue_size=1)
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        tasks.start_soon(sample)
+        await stage.submit(*jobs)
+        await until(lambda: all_ended(stage, jobs), 90, "every job ends")
+        await a.stop()
+        tasks.cancel_scope.cancel()
+    positions = []
+    for spec in jobs:
+        events = await stage.events(spec.job_id)
+        told_once(events)
+        positions += [e.position for e in events if isinstance(e, QueuedEventV1)]
+    # One runs, one waits: the others stay on the topic, unread, until there is room.
+    assert most == 1
+    assert positions == [0] * len(jobs), positions
