@@ -42,8 +42,9 @@ BOOK_FILES := service/model_trainer/book/book.py,service/model_trainer/book/effe
 	service/model_trainer/book/jobs.py,service/model_trainer/book/records.py
 # So are the contracts, every module (the in-process layer alone covers every branch).
 CONTRACT_FILES := contracts/model_trainer_contracts/*
+# --real-kafka: the shell's world tests (tests/world) run against the real broker as well.
 test: install kafka-fetch
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --real-kafka \
 		--cov-fail-under=$(COVERAGE_FLOOR)
 	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES)" --show-missing \
 		--fail-under=100
