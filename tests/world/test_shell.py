@@ -165,3 +165,23 @@ async def test_a_full_queue_pauses_consumption(stage: Stage) -> None:
     # One runs, one waits: the others stay on the topic, unread, until there is room.
     assert most == 1
     assert positions == [0] * len(jobs), positions
+
+
+async def test_a_drained_instance_hands_its_job_to_the_next(stage: Stage) -> None:
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(job("drained", steps=60))
+        await until(lambda: _progressed(stage, ["drained"], 10), 60, "steps")
+        await a.stop()
+        assert a.service.unpublished == 0
+        assert not await ended(stage, "drained")
+        b = Instance(stage, "b")
+        tasks.start_soon(b.run)
+        await until(lambda: ended(stage, "drained"), 60, "the job ends")
+        await b.stop()
+    told_once(await stage.events("drained"))
+    starts = resumed(stage.disk, "drained")
+    assert len(starts) == 2, starts
+    assert starts[1] >= 10, starts  # from the checkpoint the drain took, not from scratch
