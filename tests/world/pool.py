@@ -5,7 +5,8 @@ shell is what the world's tests test), and keeps the real pool's promises: an or
 a free slot; each run is announced (:class:`RunStarted`) and ends in exactly one of
 :class:`JobEnded`, :class:`JobPreempted` or :class:`WorkerDied`; a stop request is obeyed at
 the next step, a kill at once. A run says its config, then a progress event a step, one step
-every ``step_s``, and completes; it checkpoints every ``checkpoint_every`` steps and when it
+every ``step_s`` (none past :attr:`Disk.hold_after` while it is set), and completes; it
+checkpoints every ``checkpoint_every`` steps and when it
 stops, into :class:`Disk` (the checkpoints both instances' pools see, as they share the
 artifacts volume), and a later run resumes from there.
 """
@@ -51,6 +52,10 @@ class Disk:
 
     checkpoints: dict[str, int] = field(default_factory=dict)
     runs: list[tuple[str, int, int]] = field(default_factory=list)  # job, attempt, from step
+    hold_after: int | None = None  # runs wait past this step (still obeying a stop) until None
+
+    def holds(self, step: int) -> bool:
+        return self.hold_after is not None and step > self.hold_after
 
 
 @dataclass
@@ -131,6 +136,7 @@ class ScriptedPool:
             self._event(run, _config(envelope, spec, order, total, start))
             for step in range(start + 1, total + 1):
                 await anyio.sleep(self._step_s)
+                await self._unless_held(run, step)
                 if run.stop is not None:
                     self._stopped(run, envelope, step - 1)
                     return
@@ -145,6 +151,12 @@ class ScriptedPool:
                 manifest_digest="0" * 64,
             )
             self._end(run, JobEnded(run.job_id, run.attempt, encode(completed)))
+
+    async def _unless_held(self, run: _Run, step: int) -> None:
+        while True:
+            if not self._disk.holds(step) or run.stop is not None:
+                return
+            await anyio.sleep(self._step_s)
 
     def _event(self, run: _Run, event: ConfigEventV1 | ProgressEventV1) -> None:
         self.messages.put_nowait(JobEvent(run.job_id, run.attempt, encode(event)))
