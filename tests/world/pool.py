@@ -6,9 +6,9 @@ a free slot; each run is announced (:class:`RunStarted`) and ends in exactly one
 :class:`JobEnded`, :class:`JobPreempted` or :class:`WorkerDied`; a stop request is obeyed at
 the next step, a kill at once. A run says its config, then a progress event a step, one step
 every ``step_s`` (none past :attr:`Disk.hold_after` while it is set), and completes; it
-checkpoints every ``checkpoint_every`` steps and when it
-stops, into :class:`Disk` (the checkpoints both instances' pools see, as they share the
-artifacts volume), and a later run resumes from there.
+checkpoints every ``checkpoint_every`` steps and when it stops, into :class:`Disk` (the
+checkpoints both instances' pools see, as they share the artifacts volume), and a later run
+resumes from there.
 """
 
 from __future__ import annotations
