@@ -28,7 +28,7 @@ What it promises, as Kafka does:
   its id, as a real coordinator does.
 
 Not modelled (the shell does not rely on them): replication, retention and compaction
-(readers see every committed state record, which compaction only thins), timestamps lookups
+(readers see every committed state record, which compaction only thins), timestamp lookups
 (``published_seqs`` reads the whole events partition), a commit whose answer is lost.
 """
 
