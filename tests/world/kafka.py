@@ -21,7 +21,8 @@ What it promises, as Kafka does:
   ``on_revoked`` runs (with its whole assignment) before any member's ``on_assigned``, each
   in that member's own ``getmany``, as aiokafka runs them while a poll waits. Positions start
   at the group's committed offset (earliest when none). A member owns a partition while it is
-  assigned it in the current generation and the broker answers.
+  assigned it in the current generation and the broker answers. An evicted member (its
+  session timed out while its process was paused) is not told: it reads on, a zombie.
 - While the broker is away (:attr:`Kafka.available` false) every producer call, the
   topics probe and the ownership check fail with ``KafkaConnectionError``; polls return
   nothing; nothing commits. A transaction left open then is aborted by the next producer of
@@ -337,6 +338,7 @@ class WorldConsumer:
         self._assigned: set[TP] = set()
         self._paused: set[TP] = set()
         self._position: dict[TP, int] = {}
+        self.evicted = False
 
     async def start(self) -> None:
         self.kafka.answer()
@@ -350,9 +352,19 @@ class WorldConsumer:
             self._group.change()
         self._assigned = set()
 
+    def evict(self) -> None:
+        """The group drops this member as if its session had timed out (its process paused):
+        it is not told, and goes on reading what it was assigned, a zombie."""
+        self.evicted = True
+        self._group.members.remove(self)
+        self._group.revoked.pop(id(self), None)
+        self._group.change()
+
     async def _rebalanced(self) -> None:
         """Revoke everything, wait for every member to have done so, take the new share."""
         group = self._group
+        if self.evicted:
+            return
         while self._generation != group.generation:
             generation = group.generation
             if group.revoked.get(id(self)) != generation:

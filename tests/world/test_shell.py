@@ -6,6 +6,9 @@ reads: the committed events of each job."""
 from __future__ import annotations
 
 import anyio
+import pytest
+from model_trainer.book.records import TP
+from model_trainer_client.kafka import partition_for_key
 from model_trainer_contracts import (
     CompletedEventV1,
     EventBase,
@@ -15,8 +18,9 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
+from .kafka import WorldConsumer
 from .pool import Disk
-from .stage import Instance, OutageStage, Stage, until
+from .stage import Instance, MemoryStage, OutageStage, Stage, until
 
 TERMINAL = (CompletedEventV1, FailedEventV1)
 
@@ -199,3 +203,37 @@ async def test_a_drained_instance_hands_its_job_to_the_next(stage: Stage) -> Non
     starts = resumed(stage.disk, "drained")
     assert len(starts) == 2, starts
     assert starts[1] >= 10, starts  # from the checkpoint the drain took, not from scratch
+
+
+async def test_a_zombie_instance_is_fenced_and_commits_nothing_more(stage: Stage) -> None:
+    """Only the world can pause a member in-process; on the real broker the same story is
+    told with a stopped process (tests/integration/test_fencing.py)."""
+    if not isinstance(stage, MemoryStage):
+        pytest.skip("a zombie needs a paused process on a real broker: test_fencing.py")
+    stage.disk.hold_after = 10
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(job("zombie", steps=30))
+        await until(lambda: _progressed(stage, ["zombie"], 10), 60, "steps")
+        consumer = a.service.consumer
+        assert isinstance(consumer, WorldConsumer)
+        consumer.evict()
+        b = Instance(stage, "b")
+        tasks.start_soon(b.run)
+        await until(lambda: _all_ran_again(stage.disk, [job("zombie")]), 60, "it runs again")
+        stage.disk.hold_after = None  # the zombie's run goes on too, and tries to publish
+        await until(lambda: ended(stage, "zombie"), 60, "the job ends")
+        mine = TP(a.service.settings.commands_topic, partition_for_key(b"zombie", 2))
+        await until(lambda: _gave_up(a, mine), 10, "the zombie learns it was fenced")
+        await b.stop()
+        await a.stop()
+    events = await stage.events("zombie")
+    told_once(events)
+    attempts = [e.attempt for e in events]
+    assert attempts == sorted(attempts), attempts  # nothing of the zombie's after B's
+
+
+async def _gave_up(instance: Instance, tp: TP) -> bool:
+    return tp not in instance.service.publisher.owned()
