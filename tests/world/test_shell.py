@@ -148,7 +148,7 @@ async def test_the_broker_away_then_back_loses_nothing(outage_stage: OutageStage
         async with stage.outage():
             # Transactions fail meanwhile; the run goes on, its events wait in memory.
             stage.disk.hold_after = None
-            await anyio.sleep(2)
+            await anyio.sleep(1)
         await until(lambda: ended(stage, "away"), 120, "the job ends")
         await a.stop()
     told_once(await stage.events("away"))
