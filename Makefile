@@ -46,8 +46,9 @@ BOOK_FILES := service/model_trainer/book/book.py,service/model_trainer/book/effe
 CONTRACT_FILES := contracts/model_trainer_contracts/*
 # And core/, every module (the in-process and S3 layers alone cover every branch).
 CORE_FILES := service/model_trainer/core/*
+# --real-kafka: the shell's world tests (tests/world) run against the real broker as well.
 test: install kafka-fetch
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term \
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --real-kafka \
 		--cov-fail-under=$(COVERAGE_FLOOR)
 	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES),$(CORE_FILES)" \
 		--show-missing --fail-under=100

@@ -38,6 +38,14 @@ def figure(record_property: Callable[[str, object], None]) -> Figure:
     return lambda line: record_property(FIGURE, line)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-kafka",
+        action="store_true",
+        help="run the shell's world tests (tests/world) against the real broker too",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The layer travels with the test's reports (user_properties), so the controller of a
     # pytest-xdist run counts what its workers ran.

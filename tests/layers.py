@@ -2,7 +2,8 @@
 
 A test's layer says what it proves and what it costs: ``in-process`` (the book, the
 two-book world, contracts, core, the client's views, the CLI: no server, seconds),
-``engine`` (real tiny trainings in the test's own process), ``S3 server`` (a real
+``world`` (the shell, a real ``TrainerService``, in the in-memory Kafka of ``tests/world``:
+seconds), ``engine`` (real tiny trainings in the test's own process), ``S3 server`` (a real
 SeaweedFS), ``real broker`` (a real Kafka, and most start ``model-trainer serve``).
 The two server layers carry a marker (``s3``, ``kafka``) that the fast suite deselects; a
 test that uses a server fixture, or starts a server itself, without its marker fails.
@@ -21,7 +22,7 @@ import pytest
 Server = TypeVar("Server")
 
 LAYER = "layer"  # the user property's name
-LAYERS = ("in-process", "engine", "S3 server", "real broker")
+LAYERS = ("in-process", "world", "engine", "S3 server", "real broker")
 # The session fixtures that start a server, and the marker a test using one carries.
 SERVER_FIXTURES = {
     "kafka_bootstrap": "kafka",
@@ -30,6 +31,7 @@ SERVER_FIXTURES = {
     "local_s3": "s3",
 }
 _ENGINE = Path(__file__).resolve().parent / "engine"
+_WORLD = Path(__file__).resolve().parent / "world"
 _running: list[pytest.Item] = []  # the test whose setup or call runs now
 
 
@@ -40,6 +42,8 @@ def layer_of(item: pytest.Item) -> str:
         return "S3 server"
     if _ENGINE in item.path.resolve().parents:
         return "engine"
+    if _WORLD in item.path.resolve().parents:
+        return "world"
     return "in-process"
 
 

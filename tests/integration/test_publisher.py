@@ -28,7 +28,7 @@ class _LosingPublisher(Publisher):
     lost = 0
 
     def _new_producer(self) -> AIOKafkaProducer:
-        fresh = super()._new_producer()
+        fresh: AIOKafkaProducer = super()._new_producer()
         commit = fresh.commit_transaction
 
         async def commit_then_lose_the_answer() -> None:

@@ -1,8 +1,9 @@
 """The commands consumer: how it is built, and the probes the service runs against it.
 
-The service takes a :data:`ConsumerFactory`, so a test can hand it another consumer; the
-default builds aiokafka's, tuned so a member stays in its group while jobs run for hours
-(see the README's "Consumer settings").
+The service takes a :data:`ConsumerFactory` (one of its :class:`~.ports.Edges`), so a test can
+hand it another consumer (the in-memory world of ``tests/world``); the default builds
+aiokafka's, tuned so a member stays in its group while jobs run for hours (see the README's
+"Consumer settings").
 """
 
 from __future__ import annotations

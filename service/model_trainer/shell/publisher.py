@@ -29,7 +29,9 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -38,6 +40,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from model_trainer_client.kafka import committed_reader
 from model_trainer_client.settings import KafkaConnection, client_kwargs
+from model_trainer_contracts import Headers
 
 from model_trainer.book.records import TP, Outgoing
 from model_trainer.metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
@@ -100,6 +103,50 @@ async def landed(connection: KafkaConnection, landing: Landing, timeout_s: float
             await asyncio.wait_for(consumer.stop(), timeout=5)
 
 
+class TransactionalProducer(Protocol):
+    """What a :class:`Publisher` uses of aiokafka's transactional producer."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def transaction(self) -> AbstractAsyncContextManager[object]: ...
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[object]: ...
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, int], group_id: str
+    ) -> None: ...
+
+
+ProducerFactory = Callable[[Settings, str], TransactionalProducer]
+# Whether a transaction's first record is committed (see :func:`landed`), within seconds.
+LandedCheck = Callable[[Settings, Landing, float], Awaitable[bool | None]]
+
+
+def kafka_producer(settings: Settings, transactional_id: str) -> TransactionalProducer:
+    """aiokafka's transactional, idempotent (acks=all) producer, not yet started."""
+    producer: TransactionalProducer = AIOKafkaProducer(
+        **client_kwargs(settings.connection),
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_request_size=4 * 1024 * 1024,
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+    )
+    return producer
+
+
+async def kafka_landed(settings: Settings, landing: Landing, timeout_s: float) -> bool | None:
+    return await landed(settings.connection, landing, timeout_s)
+
+
 @dataclass
 class _Item:
     records: list[Outgoing]
@@ -115,27 +162,22 @@ class Publisher:
         settings: Settings,
         transactional_id: str,
         owned: Callable[[], Awaitable[bool]] = _always,
+        producers: ProducerFactory = kafka_producer,
+        landed: LandedCheck = kafka_landed,
     ) -> None:
         self._settings = settings
         self._transactional_id = transactional_id
         self._owned = owned
+        self._producers = producers
+        self._landed_check = landed
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: TransactionalProducer | None = None
         self._inflight = 0
         self.healthy = False
         self.failing_since: float | None = None  # monotonic time of the first failed commit
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            **client_kwargs(self._settings.connection),
-            transactional_id=self._transactional_id,
-            transaction_timeout_ms=self._settings.transaction_timeout_ms,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_request_size=4 * 1024 * 1024,
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-        )
+    def _new_producer(self) -> TransactionalProducer:
+        return self._producers(self._settings, self._transactional_id)
 
     async def start(self) -> None:
         """Start the producer; :meth:`run` then publishes what is queued."""
@@ -231,7 +273,7 @@ class Publisher:
         can tell (our fresh producer has ended it, so it is committed or aborted by now)."""
         wait = 0.2
         while True:
-            found = await landed(self._settings.connection, landing, TRANSACTION_TIMEOUT_S)
+            found = await self._landed_check(self._settings, landing, TRANSACTION_TIMEOUT_S)
             if found is not None:
                 return found
             log.warning("cannot tell yet whether a commit landed", topic=landing.topic)
@@ -316,9 +358,17 @@ class Publishers:
     drops what a partition had not committed. ``owns`` asks the consumer group whether a
     partition is still ours (see the module docstring)."""
 
-    def __init__(self, settings: Settings, owns: Callable[[TP], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        owns: Callable[[TP], Awaitable[bool]],
+        producers: ProducerFactory = kafka_producer,
+        landed: LandedCheck = kafka_landed,
+    ) -> None:
         self._settings = settings
         self._owns = owns
+        self._producers = producers
+        self._landed = landed
         self._by_tp: dict[TP, Publisher] = {}
         self._scopes: dict[TP, anyio.CancelScope] = {}
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -343,6 +393,8 @@ class Publishers:
                 self._settings,
                 self.transactional_id(tp),
                 owned=functools.partial(self._owns, tp),
+                producers=self._producers,
+                landed=self._landed,
             )
             await publisher.start()
             self._by_tp[tp] = publisher

@@ -29,22 +29,17 @@ from model_trainer.core.layout import DOWNLOADS
 from model_trainer.core.remote_folders import use_downloads
 from model_trainer.core.tenancy import DEFAULT_TENANT, tenant_root
 from model_trainer.metrics import JOBS
-from model_trainer.pool.joblog import LogShipper
-from model_trainer.pool.pool import WorkerPool
 from model_trainer.settings import Settings
 from model_trainer.shell.budgets import admit_limits
 from model_trainer.shell.consumer import (
     BrokerWatch,
     CommandConsumer,
-    ConsumerFactory,
-    kafka_consumer,
     record_lag,
 )
 from model_trainer.shell.journal import journal, policy_of
-from model_trainer.shell.kafka import command_record, ensure_topics, wait_for_broker
+from model_trainer.shell.kafka import command_record
 from model_trainer.shell.marker import CrashMarkers
-from model_trainer.shell.publisher import Publishers
-from model_trainer.shell.state import StateReader
+from model_trainer.shell.ports import Edges
 from model_trainer.shell.sweeper import sweeping
 from model_trainer.shell.threads import run_in_daemon_thread
 
@@ -58,22 +53,27 @@ class AssignmentFailedError(RuntimeError):
 
 
 class TrainerService:
-    """One instance of the service. ``await run(stop)`` serves until ``stop`` is set."""
+    """One instance of the service. ``await run(stop)`` serves until ``stop`` is set.
 
-    def __init__(self, settings: Settings, consumers: ConsumerFactory = kafka_consumer) -> None:
+    ``edges`` says how it reaches Kafka, its pool and the clock (:mod:`.ports`); by default
+    the real ones."""
+
+    def __init__(self, settings: Settings, edges: Edges | None = None) -> None:
         self.settings = settings
+        self.edges = edges = edges or Edges()
+        self._now = edges.clock
         # Acceptance checks a model folder at a URL from a head copy (no weights fetched).
         use_downloads(settings.artifacts_root / DOWNLOADS, full=False)
-        self.pool = WorkerPool.for_settings(settings)
-        self.job_logs = LogShipper(settings)
+        self.pool = edges.pool(settings)
+        self.job_logs = edges.logs(settings)
         self.pool.on_log = self.job_logs.add
-        self.publisher = Publishers(settings, self._owns)
+        self.publisher = edges.publishers(settings, self._owns)
         self.book = JobBook(
             policy_of(settings), self._admit, self.publisher.behind, partitioner=partition_for_key
         )
-        self.state = StateReader(settings, self.book.load, self.book.forget)
+        self.state = edges.state(settings, self.book.load, self.book.forget)
         self.markers = CrashMarkers(settings.artifacts_root / ".handling" / settings.group_id)
-        self._consumers = consumers
+        self._consumers = edges.consumers
         self.consumer: CommandConsumer | None = None
         self.started = anyio.Event()
         self.unpublished = 0
@@ -111,9 +111,9 @@ class TrainerService:
 
     async def run(self, stop: anyio.Event) -> None:
         settings = self.settings
-        await wait_for_broker(settings.connection, timeout_s=60, on_problem=self._broker_problem)
+        await self.edges.wait_for_broker(settings, self._broker_problem)
         if settings.create_topics:
-            await ensure_topics(settings)
+            await self.edges.ensure_topics(settings)
         self.markers.load()
         await self.state.start()
         await self.pool.start()
@@ -155,7 +155,7 @@ class TrainerService:
         grace = self.settings.shutdown_grace_s
         log.info("shutting down", running=self.book.running(), queued=self.book.queued())
         with anyio.move_on_after(max(1.0, grace - 3)):
-            self._apply(self.book.shutdown(time.time()))
+            self._apply(self.book.shutdown(self._now()))
             await self._until(lambda: not self.book.handing_back())
         with anyio.move_on_after(2):
             await self.publisher.flush()
@@ -211,7 +211,7 @@ class TrainerService:
                 f"the service died while handling this command (offset {record.offset}); "
                 "it is not handled again",
             )
-            self._apply(self.book.refuse(record, error, time.time()))
+            self._apply(self.book.refuse(record, error, self._now()))
             return
         with self.markers.handling(record):
             verdict: ModelTrainerError | None = None
@@ -220,14 +220,14 @@ class TrainerService:
                 tenant = self.book.tenant_of(record.topic) or DEFAULT_TENANT
                 verdict = await self._check_files(spec, tenant)
             try:
-                effects = self.book.command(record, time.time(), admit=_verdict(verdict))
+                effects = self.book.command(record, self._now(), admit=_verdict(verdict))
             except Exception as exc:  # a bug in the book must not stop every instance
                 log.exception("handling a command raised", offset=record.offset)
                 error = ModelTrainerError(
                     ModelTrainerErrorCode.INTERNAL_ERROR,
                     f"handling the command raised {type(exc).__name__}: {exc}"[:1000],
                 )
-                effects = self.book.refuse(record, error, time.time())
+                effects = self.book.refuse(record, error, self._now())
             self._apply(effects)
 
     async def _check_files(self, spec: SubmitJobV1, tenant: str) -> ModelTrainerError | None:
@@ -266,14 +266,14 @@ class TrainerService:
 
     async def _pool_messages(self) -> None:
         while True:
-            self._apply(self.book.report(await self.pool.messages.get(), time.time()))
+            self._apply(self.book.report(await self.pool.messages.get(), self._now()))
 
     async def _clock(self) -> None:
         probed = lagged = 0.0
         while True:
             await anyio.sleep(TICK_S)
             now = time.monotonic()
-            self._apply(self.book.tick(time.time()))
+            self._apply(self.book.tick(self._now()))
             if self.consumer is not None and now - probed > 5:
                 probed = now
                 await self.broker.check(self.consumer, now)
@@ -290,7 +290,7 @@ class TrainerService:
             self._catching_up -= tps
             if tps:  # aiokafka calls this with nothing on a first join
                 log.info("handing back partitions", partitions=partitions)
-            self._apply(self.book.revoke(tps, time.time()))
+            self._apply(self.book.revoke(tps, self._now()))
             with anyio.move_on_after(self.settings.handback_grace_s + 5):
                 await self._until(lambda: not self.book.handing_back(tps))
             limit = self.settings.handback_flush_timeout_s
