@@ -602,7 +602,6 @@ class JobBook:
             return effects + self._end(job, self._cancelled(job, "prepare"), now)
         bound.info("cancel requested", reason=cancel.reason)
         if job.phase is Phase.RUNNING:
-            job.stop_sent = StopReason.CANCEL
             job.kill_at = now + self.policy.cancel_grace_s
             effects.append(Stop(job.job_id, StopReason.CANCEL))
         return effects
@@ -637,7 +636,7 @@ class JobBook:
             job.attempt += 1
             job.phase = Phase.RUNNING
             job.last_heard, job.held = None, None
-            job.stop_sent, job.kill_at = None, None
+            job.kill_at = None
             timeout = job.spec.timeout_s or self.policy.default_timeout_s
             job.deadline = now + timeout if timeout is not None else None
             order = RunOrder(
@@ -780,11 +779,11 @@ class JobBook:
 
     def ended(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
         """The run's terminal event (completed, or a failure the worker decided)."""
-        effects = self._free(job_id, attempt)
+        self._free(job_id, attempt)
         job = self._current(job_id, attempt)
         if job is None:
-            return effects + self._dispatch(now)
-        effects += self._flush_held(job, now)  # the run's last progress goes out before its end
+            return self._dispatch(now)
+        effects = self._flush_held(job, now)  # the run's last progress goes out before its end
         if isinstance(event, FailedEventV1) and event.code is _C.DISK_FULL:
             return effects + self._disk_full(job, event, now)
         if isinstance(event, CompletedEventV1 | FailedEventV1):
@@ -796,12 +795,12 @@ class JobBook:
 
     def preempted(self, job_id: str, attempt: int, step: int, now: float) -> list[Effect]:
         """The run checkpointed at ``step`` and stopped without a terminal event."""
-        effects = self._free(job_id, attempt)
+        self._free(job_id, attempt)
         job = self._current(job_id, attempt)
         if job is None:
-            return effects + self._dispatch(now)
+            return self._dispatch(now)
         log.info("job handed back", job_id=job_id, step=step)
-        return effects + self._run_over(job, now)
+        return self._run_over(job, now)
 
     def _disk_full(self, job: Job, event: FailedEventV1, now: float) -> list[Effect]:
         """The run met a full disk: not the job's fault, so no failure is counted and no
@@ -832,16 +831,16 @@ class JobBook:
         """The worker running this run exited without reporting its end."""
         slot = self.runs.get(job_id)
         killed = slot.killed if slot is not None and slot.attempt == attempt else None
-        effects = self._free(job_id, attempt)
+        self._free(job_id, attempt)
         job = self._current(job_id, attempt)
         if job is None:
-            return effects + self._dispatch(now)
+            return self._dispatch(now)
         bound = log.bind(job_id=job_id, attempt=attempt, exitcode=exitcode)
         if job.cancel_reason is not None:
             bound.info("cancelled job's worker died")
-            return effects + self._end(job, self._cancelled(job, "train", killed=True), now)
+            return self._end(job, self._cancelled(job, "train", killed=True), now)
         if job.phase is Phase.HANDING_BACK or killed is Killed.HANDBACK:
-            return effects + self._run_over(job, now)  # preemption: free, never a failure
+            return self._run_over(job, now)  # preemption: free, never a failure
         job.failures += 1
         stalled = killed is Killed.STALL
         if job.failures < self.policy.max_attempts:
@@ -851,7 +850,7 @@ class JobBook:
                 else "worker died; retrying the job from its checkpoint",
                 failures=job.failures,
             )
-            return [*effects, *self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
+            return [*self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
         if stalled:
             error = ModelTrainerError(
                 _C.TRAINING_STALLED,
@@ -868,13 +867,13 @@ class JobBook:
                 stage="train",
                 details={"exitcode": exitcode, "failures": job.failures},
             )
-        return effects + self._end(job, failed_event(job.envelope(), error), now)
+        return self._end(job, failed_event(job.envelope(), error), now)
 
-    def _free(self, job_id: str, attempt: int) -> list[Effect]:
+    def _free(self, job_id: str, attempt: int) -> None:
+        """The run's slot is free (a late word from an older attempt frees nothing)."""
         slot = self.runs.get(job_id)
         if slot is not None and slot.attempt == attempt:
             del self.runs[job_id]
-        return []
 
     def _run_over(self, job: Job, now: float) -> list[Effect]:
         """A run stopped without ending its job: hand the job back, or run it again."""
@@ -1047,7 +1046,6 @@ class JobBook:
                 continue  # already stopping (a cancelled job ends as cancelled)
             job.phase = Phase.HANDING_BACK
             job.kill_at = now + self.policy.handback_grace_s
-            job.stop_sent = StopReason.SHUTDOWN
             effects.append(Stop(job.job_id, StopReason.SHUTDOWN))
         return effects
 

@@ -9,7 +9,6 @@ from model_trainer_contracts import ProgressEventV1, SubmitJobV1
 
 from model_trainer.book.records import TP
 from model_trainer.core.envelope import Envelope
-from model_trainer.core.stop import StopReason
 
 
 class Phase(StrEnum):
@@ -43,7 +42,6 @@ class Job:
     last_heard: float | None = None  # None until a worker has the run
     deadline: float | None = None  # of the current run
     kill_at: float | None = None  # when to kill the current run if it has not ended
-    stop_sent: StopReason | None = None
     cancel_reason: str | None = None  # set once a cancel arrived: never lost
     last_progress_at: float | None = None  # when a progress event last went out
     state_at: float | None = None  # when its state record last went out
