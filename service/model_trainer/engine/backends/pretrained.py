@@ -77,7 +77,9 @@ class PretrainedNet(nn.Module):
 def load_causal_lm(folder: Path) -> PreTrainedModel:
     """The causal LM of ``folder`` in fp32: MODEL_FORMAT_UNSUPPORTED (an architecture
     transformers does not implement, or not a causal LM), MODEL_LOAD_FAILED (unreadable
-    files), MODEL_INCOMPATIBLE (weights missing for the architecture the config names)."""
+    files), MODEL_INCOMPATIBLE (weights missing for the architecture the config names, or of
+    another shape: loaded with ``ignore_mismatched_sizes`` so that the refusal can name them,
+    where transformers' own error only points at its log)."""
     name = folder.name
     try:
         config = AutoConfig.from_pretrained(
@@ -103,6 +105,7 @@ def load_causal_lm(folder: Path) -> PreTrainedModel:
             local_files_only=True,
             dtype=torch.float32,
             output_loading_info=True,
+            ignore_mismatched_sizes=True,
         )
     except ValueError as exc:
         raise ModelTrainerError(
@@ -114,13 +117,14 @@ def load_causal_lm(folder: Path) -> PreTrainedModel:
         raise ModelTrainerError(
             _C.MODEL_LOAD_FAILED, f"cannot load the weights of {name!r}: {exc}"
         ) from None
-    if not (isinstance(loaded, tuple) and len(loaded) == 2):
-        raise ModelTrainerError(_C.MODEL_LOAD_FAILED, f"loading {name!r} returned no model")
-    model, info = loaded
-    if not isinstance(model, PreTrainedModel) or not isinstance(info, dict):
-        raise ModelTrainerError(_C.MODEL_FORMAT_UNSUPPORTED, f"{name!r} is not a model")
+    # With output_loading_info transformers returns (model, info): the match narrows the types.
+    match loaded:
+        case (PreTrainedModel() as model, dict() as info):
+            pass
+        case _:
+            raise TypeError(f"loading {name!r} returned {type(loaded).__name__}")
     missing = sorted(str(k) for k in info.get("missing_keys") or [])
-    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or [])
+    mismatched = sorted(_mismatch(k) for k in info.get("mismatched_keys") or [])
     if missing or mismatched:
         raise ModelTrainerError(
             _C.MODEL_INCOMPATIBLE,
@@ -131,6 +135,16 @@ def load_causal_lm(folder: Path) -> PreTrainedModel:
             },
         )
     return model
+
+
+def _mismatch(entry: object) -> str:
+    """A weight whose shape in the file differs from the one its config gives: transformers
+    reports ``(key, file shape, model shape)``."""
+    match entry:
+        case (str() as key, torch.Size() as saved, torch.Size() as wanted):
+            return f"{key}: {list(saved)} in the file, {list(wanted)} by the config"
+        case _:
+            return str(entry)
 
 
 def _spec(spec: ModelSpec) -> PretrainedModel:
