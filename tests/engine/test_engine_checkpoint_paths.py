@@ -199,3 +199,14 @@ def test_a_claim_brings_the_earlier_attempts_files_over_a_leftover_temp_folder(
     assert (later.folder / FILE).read_bytes() == (earlier.folder / FILE).read_bytes()
     later.saved(later.folder / FILE, 1)  # no store: nothing to mirror
     assert later.claim()  # run again: its own files, nothing copied
+
+
+def test_legacy_flat_files_are_attempt_0_and_a_file_named_like_an_attempt_is_not_one(
+    tmp_path: Path,
+) -> None:
+    _save(tmp_path, 4)  # written before attempts had folders: checkpoints/checkpoint.pt
+    (tmp_path / "attempt-9").write_bytes(b"")  # a file, not an attempt's folder
+    fence = Fence(tmp_path, 1)
+    assert fence.superseded_by() is None
+    assert fence.claim()
+    assert _restore(fence.folder) == LoopState(step=4)
