@@ -6,11 +6,12 @@ scaler's state comes back; a fence stops a run a later attempt has claimed."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from model_trainer.core.distributed import Rank
 from model_trainer.core.layout import temp_path
 from model_trainer.engine.checkpoint import (
     DIGEST,
@@ -22,8 +23,10 @@ from model_trainer.engine.checkpoint import (
     LoopState,
     restore,
     save,
+    save_sharded,
 )
 from model_trainer.engine.context import Superseded
+from model_trainer.engine.distributed import join, leave, wrap
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
@@ -210,3 +213,72 @@ def test_legacy_flat_files_are_attempt_0_and_a_file_named_like_an_attempt_is_not
     assert fence.superseded_by() is None
     assert fence.claim()
     assert _restore(fence.folder) == LoopState(step=4)
+
+
+@pytest.fixture
+def one_rank(tmp_path: Path) -> Iterator[Rank]:
+    rank = Rank(0, 1, "fsdp", f"file://{tmp_path / 'store'}")
+    join(rank)
+    try:
+        yield rank
+    finally:
+        leave()
+
+
+def test_a_single_file_checkpoint_loads_into_a_rank_unless_a_parameter_lacks(
+    tmp_path: Path, one_rank: Rank
+) -> None:
+    path = _save(tmp_path, 2)
+    model, _ = _model()
+    wrapped = wrap(model, one_rank)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=0.1)
+
+    def into_rank() -> LoopState | None:
+        return restore(
+            tmp_path,
+            model=wrapped,
+            optimizer=optimizer,
+            scaler=None,
+            run_digest=SPEC,
+            data_key=DATA,
+            rank=one_rank,
+        )
+
+    assert into_rank() == LoopState(step=2)
+    # FSDP2's full-state load itself reports no missing keys: the checkpoint refuses it.
+    _tamper(path, lambda s: s.update(model={}))
+    with pytest.raises(ModelTrainerError) as err:
+        into_rank()
+    assert (err.value.code, err.value.message) == (
+        C.CHECKPOINT_CORRUPT,
+        f"checkpoint {FILE}: inconsistent: missing ['weight', 'bias'], unexpected []",
+    )
+
+
+def test_a_sharded_checkpoint_of_another_shape_is_corrupt(tmp_path: Path, one_rank: Rank) -> None:
+    model, _ = _model()
+    wrapped = wrap(model, one_rank)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=0.1)
+    save_sharded(
+        tmp_path,
+        model=wrapped,
+        optimizer=optimizer,
+        scaler=None,
+        loop=LoopState(step=1),
+        run_digest=SPEC,
+        data_key=DATA,
+        rank=one_rank,
+    )
+    leave()  # a plain process reads it
+    other, other_optimizer = _model(width=5)
+    with pytest.raises(ModelTrainerError) as err:
+        restore(
+            tmp_path,
+            model=other,
+            optimizer=other_optimizer,
+            scaler=None,
+            run_digest=SPEC,
+            data_key=DATA,
+        )
+    assert err.value.code == C.CHECKPOINT_CORRUPT
+    assert err.value.message.startswith(f"checkpoint {SHARDED}: inconsistent: ")
