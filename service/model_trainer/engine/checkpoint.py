@@ -302,8 +302,12 @@ def _restore(path: Path, into: _Into) -> LoopState:
             _load_trained(model, state)
             optimizer.load_state_dict(plain)
         else:  # one process's checkpoint into this rank's shards
-            missing, unexpected = distributed.load_whole(model, optimizer, state, plain)
-            lacking = [k for k in missing if k not in _frozen(distributed.inner(model))]
+            _, unexpected = distributed.load_whole(model, optimizer, state, plain)
+            # FSDP2's full-state load reports no missing keys (it keeps what it is not
+            # given): which trained names the checkpoint lacks is checked here.
+            inner = distributed.inner(model)
+            frozen = _frozen(inner)
+            lacking = [k for k in inner.state_dict() if k not in state and k not in frozen]
             if lacking or unexpected:
                 raise ValueError(f"missing {lacking[:5]}, unexpected {unexpected[:5]}")
         return _rest(raw, into.scaler)
