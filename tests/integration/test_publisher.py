@@ -101,7 +101,7 @@ async def test_landed_tells_a_committed_record_from_an_aborted_one(kafka_bootstr
     finally:
         await producer.stop()
     aborted, committed = places
-    assert await landed(settings.connection, aborted, timeout_s=30) is False
-    assert await landed(settings.connection, committed, timeout_s=30) is True
+    assert await landed(settings, aborted, timeout_s=30) is False
+    assert await landed(settings, committed, timeout_s=30) is True
     beyond = Landing(topic, 0, committed.offset + 100)
-    assert await landed(settings.connection, beyond, timeout_s=2) is None
+    assert await landed(settings, beyond, timeout_s=2) is None

@@ -39,7 +39,7 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from model_trainer_client.kafka import committed_reader
-from model_trainer_client.settings import KafkaConnection, client_kwargs
+from model_trainer_client.settings import client_kwargs
 from model_trainer_contracts import Headers
 
 from model_trainer.book.records import TP, Outgoing
@@ -76,13 +76,13 @@ class Landing:
     offset: int
 
 
-async def landed(connection: KafkaConnection, landing: Landing, timeout_s: float) -> bool | None:
+async def landed(settings: Settings, landing: Landing, timeout_s: float) -> bool | None:
     """Whether the record at ``landing`` is committed: True if a read_committed reader sees
     it, False if it reads past its offset without it (aborted), None if it cannot tell within
     ``timeout_s`` (the broker is away, or another producer's open transaction holds the
     partition's last stable offset below it) or the offset is not in the log at all."""
     tp = TopicPartition(landing.topic, landing.partition)
-    consumer = committed_reader(connection)
+    consumer = committed_reader(settings.connection)
     try:
         async with asyncio.timeout(timeout_s):
             await consumer.start()
@@ -143,10 +143,6 @@ def kafka_producer(settings: Settings, transactional_id: str) -> TransactionalPr
     return producer
 
 
-async def kafka_landed(settings: Settings, landing: Landing, timeout_s: float) -> bool | None:
-    return await landed(settings.connection, landing, timeout_s)
-
-
 @dataclass
 class _Item:
     records: list[Outgoing]
@@ -163,7 +159,7 @@ class Publisher:
         transactional_id: str,
         owned: Callable[[], Awaitable[bool]] = _always,
         producers: ProducerFactory = kafka_producer,
-        landed: LandedCheck = kafka_landed,
+        landed: LandedCheck = landed,
     ) -> None:
         self._settings = settings
         self._transactional_id = transactional_id
@@ -363,7 +359,7 @@ class Publishers:
         settings: Settings,
         owns: Callable[[TP], Awaitable[bool]],
         producers: ProducerFactory = kafka_producer,
-        landed: LandedCheck = kafka_landed,
+        landed: LandedCheck = landed,
     ) -> None:
         self._settings = settings
         self._owns = owns
