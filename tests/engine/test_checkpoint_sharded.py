@@ -8,7 +8,6 @@ the broker test; these are the format's integrity rules, cheap enough for every 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from model_trainer.engine.checkpoint import (
     save,
     save_sharded,
 )
-from model_trainer.engine.distributed import full_model_state, join, leave, wrap
+from model_trainer.engine.distributed import full_model_state, leave, wrap
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
@@ -45,16 +44,6 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     model(torch.ones(3, 4)).sum().backward()
     optimizer.step()
     optimizer.zero_grad()
-
-
-@pytest.fixture
-def one_rank(tmp_path: Path) -> Iterator[Rank]:
-    rank = Rank(0, 1, "fsdp", f"file://{tmp_path / 'store'}")
-    join(rank)
-    try:
-        yield rank
-    finally:
-        leave()
 
 
 def _written(folder: Path, rank: Rank) -> dict[int, dict[str, torch.Tensor]]:

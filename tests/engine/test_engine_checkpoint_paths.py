@@ -6,7 +6,7 @@ scaler's state comes back; a fence stops a run a later attempt has claimed."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from model_trainer.engine.checkpoint import (
     save_sharded,
 )
 from model_trainer.engine.context import Superseded
-from model_trainer.engine.distributed import join, leave, wrap
+from model_trainer.engine.distributed import leave, wrap
 from model_trainer_contracts import ModelTrainerError, ModelTrainerErrorCode
 from torch import nn
 
@@ -213,16 +213,6 @@ def test_legacy_flat_files_are_attempt_0_and_a_file_named_like_an_attempt_is_not
     assert fence.superseded_by() is None
     assert fence.claim()
     assert _restore(fence.folder) == LoopState(step=4)
-
-
-@pytest.fixture
-def one_rank(tmp_path: Path) -> Iterator[Rank]:
-    rank = Rank(0, 1, "fsdp", f"file://{tmp_path / 'store'}")
-    join(rank)
-    try:
-        yield rank
-    finally:
-        leave()
 
 
 def test_a_single_file_checkpoint_loads_into_a_rank_unless_a_parameter_lacks(
