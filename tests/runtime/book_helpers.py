@@ -134,7 +134,8 @@ def record(
     return Record(TOPIC, partition, offset, key, value, [])
 
 
-def progress(job_id: str, step: int) -> ProgressEventV1:
+def progress(job_id: str, step: int, total_steps: int = 10) -> ProgressEventV1:
+    """A training step's progress (no evaluation: the book may coalesce it)."""
     return ProgressEventV1(
         job_id=job_id,
         user_id=7,
@@ -142,7 +143,7 @@ def progress(job_id: str, step: int) -> ProgressEventV1:
         epoch=0,
         total_epochs=1,
         step=step,
-        total_steps=10,
+        total_steps=total_steps,
         train_loss=1.0,
         train_ppl=2.7,
         grad_norm=0.1,

@@ -43,6 +43,8 @@ from model_trainer_contracts import (
     encode,
 )
 
+from tests.runtime.book_helpers import progress
+
 KILLED = -9
 
 
@@ -233,18 +235,4 @@ def _config(
 
 
 def _progress(envelope: Envelope, step: int, total: int) -> ProgressEventV1:
-    return ProgressEventV1(
-        **envelope,
-        epoch=0,
-        total_epochs=1,
-        step=step,
-        total_steps=total,
-        train_loss=1.0,
-        train_ppl=2.7,
-        grad_norm=0.1,
-        learning_rate=1e-3,
-        samples_per_sec=1.0,
-        tokens_per_sec=1.0,
-        elapsed_s=0.0,
-        eta_s=0.0,
-    )
+    return progress(envelope["job_id"], step, total).model_copy(update=envelope)
