@@ -268,6 +268,15 @@ def test_held_out_prompts_take_records_first_to_first_plus_count(root: Path) -> 
     assert held.stop_ids == [eos, 50256]
 
 
+def _tokenizer_only(root: Path, folder: Path) -> Path:
+    """A folder with the plain model's tokenizer files and nothing else."""
+    folder.mkdir()
+    for file in (root / "models/plain").iterdir():
+        if file.name.startswith("tokenizer") or file.name == "special_tokens_map.json":
+            (folder / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
 @pytest.mark.parametrize(
     ("config", "extra"),
     [
@@ -282,11 +291,7 @@ def test_held_out_prompts_take_records_first_to_first_plus_count(root: Path) -> 
 def test_stop_ids_add_what_generation_config_names(
     tmp_path: Path, root: Path, config: str | None, extra: list[int]
 ) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for file in (root / "models/plain").iterdir():
-        if file.name.startswith("tokenizer") or file.name == "special_tokens_map.json":
-            (folder / file.name).write_bytes(file.read_bytes())
+    folder = _tokenizer_only(root, tmp_path / "m")
     if config is not None:
         (folder / GENERATION_CONFIG).write_text(config)
     renderer = Renderer(folder, instruction("{}"))
@@ -307,11 +312,7 @@ def test_a_corpus_of_blank_lines_is_empty(root: Path) -> None:
 def test_a_tokenizer_without_end_of_text_stops_on_what_generation_config_names(
     tmp_path: Path, root: Path
 ) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for file in (root / "models/plain").iterdir():
-        if file.name.startswith("tokenizer") or file.name == "special_tokens_map.json":
-            (folder / file.name).write_bytes(file.read_bytes())
+    folder = _tokenizer_only(root, tmp_path / "m")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["eos_token"] = None
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
