@@ -47,8 +47,13 @@ CONTRACT_FILES := contracts/model_trainer_contracts/*
 # And core/, every module (the in-process and S3 layers alone cover every branch).
 CORE_FILES := service/model_trainer/core/*
 # --real-kafka: the shell's world tests (tests/world) run against the real broker as well.
+# The gate leaves the deep tests (tests/deep.py: long stories on real processes, each told
+# by cheaper tests here too) to `make test-deep`, and its property machines draw a quarter
+# of their examples (`make test-deep` draws them all).
+GATE_EXAMPLES_DIVISOR ?= 4
 test: install kafka-fetch
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --cov --cov-report=term --real-kafka \
+	TEST_EXAMPLES_DIVISOR=$(GATE_EXAMPLES_DIVISOR) $(VENV)/bin/pytest -n $(TEST_WORKERS) \
+		--dist loadfile -m "not deep" --cov --cov-report=term --real-kafka \
 		--cov-fail-under=$(COVERAGE_FLOOR)
 	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES),$(CORE_FILES)" \
 		--show-missing --fail-under=100

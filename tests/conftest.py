@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 from local_kafka import LocalKafka, free_port  # noqa: E402
 from local_s3 import LocalS3  # noqa: E402
 
+from tests.deep import is_deep  # noqa: E402
 from tests.figures import FIGURE, Figure  # noqa: E402
 from tests.layers import (  # noqa: E402
     LAYER,
@@ -49,8 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The layer travels with the test's reports (user_properties), so the controller of a
     # pytest-xdist run counts what its workers ran.
+    # The deep ones (tests/deep.py) carry their marker from the table, so `make test` can
+    # leave them to `make test-deep`.
     for item in items:
         item.user_properties.append((LAYER, layer_of(item)))
+        if is_deep(item.nodeid):
+            item.add_marker(pytest.mark.deep)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -1,30 +1,37 @@
-"""`model-trainer run` trains without Kafka; `model-trainer sample` generates from its artifact."""
+"""`model-trainer run` trains without Kafka; `model-trainer sample` generates from its artifact.
+
+The commands run in the test's process (typer's runner, the real app): a new interpreter
+would import torch and transformers again, 18 s of CPU, for what the command does in one."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
+from click.testing import Result
+from model_trainer.commands.cli import app
+from typer.testing import CliRunner
 
-# Each test runs the CLI in a subprocess that imports torch and trains: not the fast suite.
-pytestmark = pytest.mark.slow
 CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 80
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "model_trainer", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+@pytest.fixture(autouse=True)
+def _in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In ``tmp_path``, as a user in their folder; the logging `run` sets up is undone."""
+    monkeypatch.chdir(tmp_path)
+    logging = structlog.get_config()
+    yield
+    structlog.configure(**logging)
 
 
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.slow  # imports transformers for its backend: not the fast suite
 def test_run_prints_events_then_sample_generates(tmp_path: Path) -> None:
     (tmp_path / "corpus.txt").write_text(CORPUS)
     job = {
@@ -38,8 +45,8 @@ def test_run_prints_events_then_sample_generates(tmp_path: Path) -> None:
         "progress": {"every_steps": 2},
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
-    done = _cli("run", "job.json", "--data-root", ".", "--artifacts-root", "out", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    done = _cli("run", "job.json", "--data-root", ".", "--artifacts-root", "out")
+    assert done.exit_code == 0, done.output
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     types = [e["type"] for e in events]
     assert types[0] == "trainer.metrics.config.v1"
@@ -51,10 +58,8 @@ def test_run_prints_events_then_sample_generates(tmp_path: Path) -> None:
     logged = [json.loads(line) for line in (artifact / "metrics.jsonl").read_text().splitlines()]
     assert [(e["seq"], e["type"]) for e in logged] == [(e["seq"], e["type"]) for e in events]
 
-    text = _cli(
-        "sample", str(artifact), "--prompt", "ROMEO", "--max-new-tokens", "20", cwd=tmp_path
-    )
-    assert text.returncode == 0, text.stderr
+    text = _cli("sample", str(artifact), "--prompt", "ROMEO", "--max-new-tokens", "20")
+    assert text.exit_code == 0, text.output
     assert text.stdout.startswith("ROMEO")
     assert len(text.stdout.strip()) > len("ROMEO")
 
@@ -68,16 +73,16 @@ def test_run_reports_a_bad_corpus_as_a_failed_event(tmp_path: Path) -> None:
         "data": {"corpus_path": "../outside.txt"},
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
-    done = _cli("run", "job.json", "--data-root", ".", cwd=tmp_path)
-    assert done.returncode == 1
+    done = _cli("run", "job.json", "--data-root", ".")
+    assert done.exit_code == 1
     failed = json.loads(done.stdout.splitlines()[-1])
     assert failed["type"] == "trainer.job.failed.v1"
     assert failed["code"] == "PATH_NOT_ALLOWED"
 
 
 def test_sample_of_a_folder_without_an_artifact_is_one_line(tmp_path: Path) -> None:
-    done = _cli("sample", str(tmp_path), cwd=tmp_path)
-    assert done.returncode == 2
+    done = _cli("sample", str(tmp_path))
+    assert done.exit_code == 2
     assert done.stderr.splitlines() == [
         f"MODEL_NOT_FOUND: no artifact (manifest.json) in {tmp_path}"
     ]
