@@ -5,11 +5,13 @@ without a way out. The book's property machines check it at every step of their 
 from __future__ import annotations
 
 import pytest
+from model_trainer.book.effects import Kill, Stop
 from model_trainer.book.jobs import Job
 from model_trainer.book.lifecycle import RUNS, TRANSITIONS, LifecycleError, State, step
 from model_trainer.book.records import TP
+from model_trainer.core.stop import StopReason
 
-from .book_helpers import TOPIC, submit
+from .book_helpers import TOPIC, cancel, commits, is_terminal, new_book, published, record, submit
 
 ALLOWED = [(a, b) for a in State for b in sorted(TRANSITIONS[a])]
 FORBIDDEN = [(a, b) for a in State for b in State if b not in TRANSITIONS[a]]
@@ -105,3 +107,18 @@ def test_a_job_moves_through_the_table_and_keeps_its_state_on_a_refusal() -> Non
     with pytest.raises(LifecycleError, match="job 'j' cannot go from ended to running"):
         job.move(State.RUNNING)
     assert job.state is State.ENDED
+
+
+def test_a_cancelled_run_whose_partition_is_released_leaves_unended_for_the_next_owner() -> None:
+    """CANCELLING to LEFT, a step no other test takes: the partition goes before the cancelled
+    run stops, so neither command is committed and the next owner reads both again (and
+    answers the cancel)."""
+    book = new_book()
+    effects = book.command(record(submit("a"), 0), now=0)
+    effects += book.command(record(cancel("a"), 1), now=1)
+    assert Stop("a", StopReason.CANCEL) in effects
+    assert book.revoke([TP(TOPIC, 0)], now=2) == []  # asked to stop already
+    assert book.release([TP(TOPIC, 0)]) == [Kill("a", 1)]
+    assert book.jobs == {}
+    assert [e for e in published(effects) if is_terminal(e)] == []
+    assert commits(effects) == {}
