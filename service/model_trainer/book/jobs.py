@@ -36,7 +36,7 @@ class Job:
     last_heard: float | None = None  # None until a worker has the run
     deadline: float | None = None  # of the current run
     kill_at: float | None = None  # when to kill the current run if it has not ended
-    cancel_reason: str | None = None  # set once a cancel arrived: never lost
+    cancel_reason: str | None = None  # the last cancel's reason: CANCELLING says one came
     last_progress_at: float | None = None  # when a progress event last went out
     state_at: float | None = None  # when its state record last went out
     held: ProgressEventV1 | None = None  # the newest progress not yet out
