@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 from model_trainer.book.book import JobBook
 from model_trainer.book.effects import Effect, Kill, Publish, Run, Stop, request_digest
+from model_trainer.book.lifecycle import RUNS, State
 from model_trainer.book.records import TP, Record
 from model_trainer.core.sweep import ended_jobs
 from model_trainer_contracts import (
@@ -349,6 +350,17 @@ class BookMachine(RuleBasedStateMachine):
     def a_job_runs_at_most_once_at_a_time(self) -> None:
         running = [r.job_id for r in self.world.pool.runs.values()]
         assert len(running) == len(set(running)), running
+
+    @invariant()
+    def every_job_held_is_where_its_state_says(self) -> None:
+        """The book holds live jobs only; queued ones are in the queue (and only they), and
+        a running one's run holds a worker slot."""
+        book = self.book
+        for job in book.jobs.values():
+            assert job.state in {State.QUEUED, *RUNS}, (job.job_id, job.state)
+            assert (job.state is State.QUEUED) == (job.job_id in book.queue), job.job_id
+            if job.state in RUNS:
+                assert book.runs[job.job_id].attempt == job.attempt, job.job_id
 
     @invariant()
     def only_jobs_ended_for_good_are_swept(self) -> None:

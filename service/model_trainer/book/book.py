@@ -59,7 +59,8 @@ from model_trainer_contracts import (
 
 from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
 from model_trainer.book.fairshare import Waiting, run_order
-from model_trainer.book.jobs import Job, Killed, Phase, RunSlot
+from model_trainer.book.jobs import Job, Killed, RunSlot
+from model_trainer.book.lifecycle import RUNS, State
 from model_trainer.book.offsets import OffsetTracker
 from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer.core.envelope import Envelope, failed_event
@@ -133,13 +134,13 @@ class JobBook:
         return len(self.queue)
 
     def running(self) -> list[str]:
-        return [j.job_id for j in self.jobs.values() if j.phase is not Phase.QUEUED]
+        return [j.job_id for j in self.jobs.values() if j.state in RUNS]
 
     def handing_back(self, tps: Iterable[TP] | None = None) -> bool:
         """Whether a run of a job on ``tps`` (default: any) is still going."""
         wanted = None if tps is None else set(tps)
         return any(
-            (wanted is None or job.record in wanted) and job.phase is not Phase.QUEUED
+            (wanted is None or job.record in wanted) and job.state in RUNS
             for job in self.jobs.values()
         ) or (wanted is None and bool(self.runs))
 
@@ -414,7 +415,7 @@ class JobBook:
         job = self.jobs.get(job_id)
         if job is not None:
             event = failed_event(job.envelope(), error)
-            status = JobStatus.RUNNING if job.phase is not Phase.QUEUED else JobStatus.QUEUED
+            status = JobStatus.RUNNING if job.state in RUNS else JobStatus.QUEUED
             return [self._event_record(event), self._state(job, status, now)], event
         known = self.states.get(job_id)
         seq = known.last_seq + 1 if known is not None else 0
@@ -554,7 +555,7 @@ class JobBook:
         """Queue the job (at the front when ``first``); its queued event and state go out,
         after what its last run said and was held (so the state's last_seq covers it)."""
         effects = self._flush_held(job, now)
-        job.phase = Phase.QUEUED
+        job.move(State.QUEUED)
         if first:
             self.queue.appendleft(job.job_id)
         else:
@@ -597,13 +598,15 @@ class JobBook:
         # partition's commit back until the job ends, so a crash redelivers both.
         effects: list[Effect] = [self._settle(record, [])]
         job.cancel_reason = cancel.reason
-        if job.phase is Phase.QUEUED:
+        if job.state is State.QUEUED:
             self.queue.remove(job.job_id)
             return effects + self._end(job, self._cancelled(job, "prepare"), now)
         bound.info("cancel requested", reason=cancel.reason)
-        if job.phase is Phase.RUNNING:
+        if job.state is State.RUNNING:  # one handing back was asked to stop already
             job.kill_at = now + self.policy.cancel_grace_s
             effects.append(Stop(job.job_id, StopReason.CANCEL))
+        if job.state is not State.CANCELLING:  # a second cancel changes only the reason
+            job.move(State.CANCELLING)
         return effects
 
     def _cancelled(self, job: Job, stage: str, *, killed: bool = False) -> FailedEventV1:
@@ -634,7 +637,7 @@ class JobBook:
             self.dispatched += 1
             self.last_served[job.spec.user_id] = self.dispatched
             job.attempt += 1
-            job.phase = Phase.RUNNING
+            job.move(State.RUNNING)
             job.last_heard, job.held = None, None
             job.kill_at = None
             timeout = job.spec.timeout_s or self.policy.default_timeout_s
@@ -688,7 +691,7 @@ class JobBook:
     def _current(self, job_id: str, attempt: int) -> Job | None:
         """The job whose current run sent this message, or None for a stale message."""
         job = self.jobs.get(job_id)
-        if job is None or job.phase is Phase.QUEUED or job.attempt != attempt:
+        if job is None or job.state not in RUNS or job.attempt != attempt:
             return None
         return job
 
@@ -809,7 +812,7 @@ class JobBook:
         checkpoint; a cancel still ends it, a revoke still leaves it to the next owner, and a
         run stopped at its deadline (whose last checkpoint found the disk full) still times
         out."""
-        if job.deadline is not None and now >= job.deadline and job.cancel_reason is None:
+        if job.deadline is not None and now >= job.deadline and job.state is not State.CANCELLING:
             timeout = job.spec.timeout_s or self.policy.default_timeout_s or 0.0
             error = ModelTrainerError(
                 _C.TRAINING_TIMEOUT,
@@ -823,7 +826,7 @@ class JobBook:
         )
         job.not_before = now + wait
         leaving = job.record not in self.assigned or job.record in self.releasing
-        if job.cancel_reason is not None or leaving or self.stopping:
+        if job.state is State.CANCELLING or leaving or self.stopping:
             return self._run_over(job, now)  # cancelled, or left to the next owner
         return [*self._enqueue(job, "retry", now, first=True), *self._dispatch(now)]
 
@@ -836,10 +839,10 @@ class JobBook:
         if job is None:
             return self._dispatch(now)
         bound = log.bind(job_id=job_id, attempt=attempt, exitcode=exitcode)
-        if job.cancel_reason is not None:
+        if job.state is State.CANCELLING:
             bound.info("cancelled job's worker died")
             return self._end(job, self._cancelled(job, "train", killed=True), now)
-        if job.phase is Phase.HANDING_BACK or killed is Killed.HANDBACK:
+        if job.state is State.HANDING_BACK:
             return self._run_over(job, now)  # preemption: free, never a failure
         job.failures += 1
         stalled = killed is Killed.STALL
@@ -877,12 +880,18 @@ class JobBook:
 
     def _run_over(self, job: Job, now: float) -> list[Effect]:
         """A run stopped without ending its job: hand the job back, or run it again."""
-        if job.cancel_reason is not None:
+        if job.state is State.CANCELLING:
             return self._end(job, self._cancelled(job, "train"), now)
         if job.record in self.assigned and job.record not in self.releasing and not self.stopping:
             return [*self._enqueue(job, "preempted", now, first=True), *self._dispatch(now)]
-        self.jobs.pop(job.job_id, None)  # its command stays uncommitted: the next owner runs it
+        self._leave(job)
         return self._dispatch(now)
+
+    def _leave(self, job: Job) -> None:
+        """The job leaves the book unended: its command stays uncommitted, so the partition's
+        next owner (or this instance, restarted) runs it."""
+        job.move(State.LEFT)
+        del self.jobs[job.job_id]
 
     def _end(self, job: Job, event: EventBase, now: float) -> list[Effect]:
         """Publish the job's terminal event with its state and its offset's commit."""
@@ -891,7 +900,8 @@ class JobBook:
         else:
             status, code = JobStatus.COMPLETED, None
         records = [self._event_record(event), self._state(job, status, now, code)]
-        self.jobs.pop(job.job_id, None)  # a queued job left the queue before it ends
+        job.move(State.ENDED)
+        del self.jobs[job.job_id]  # a queued job left the queue before it ends
         commits = self._commit(job.record, job.offset)
         log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
         ended = Publish(job.record, tuple(records), commits, (event,), job.job_id)
@@ -917,14 +927,14 @@ class JobBook:
         effects: list[Effect] = []
         for job in list(self.jobs.values()):
             held = job.held is not None or job.held_eval is not None
-            if held and job.phase is not Phase.QUEUED and not self._too_soon(job, now):
+            if held and job.state in RUNS and not self._too_soon(job, now):
                 effects += self._flush_held(job, now)
             slot = self.runs.get(job.job_id)
-            if job.phase is Phase.QUEUED or slot is None or slot.killed is not None:
+            if job.state not in RUNS or slot is None or slot.killed is not None:
                 continue
             why: Killed | None = None
             if job.kill_at is not None and now >= job.kill_at:
-                why = Killed.CANCEL if job.cancel_reason is not None else Killed.HANDBACK
+                why = Killed.CANCEL if job.state is State.CANCELLING else Killed.HANDBACK
             elif job.deadline is not None and now >= job.deadline + self.policy.cancel_grace_s:
                 why = Killed.TIMEOUT
             elif job.last_heard is not None and now - job.last_heard >= self._stall_timeout(job):
@@ -1000,9 +1010,9 @@ class JobBook:
         released = set(tps)
         effects: list[Effect] = []
         for job in [j for j in self.jobs.values() if j.record in released]:
-            if job.job_id in self.queue:
+            if job.state is State.QUEUED:
                 self.queue.remove(job.job_id)
-            self.jobs.pop(job.job_id)
+            self._leave(job)
             slot = self.runs.get(job.job_id)
             if slot is not None and slot.killed is None:
                 slot.killed = Killed.HANDBACK
@@ -1038,13 +1048,13 @@ class JobBook:
     def _hand_back(self, chosen: Callable[[Job], bool], now: float) -> list[Effect]:
         effects: list[Effect] = []
         for job in [j for j in self.jobs.values() if chosen(j)]:
-            if job.phase is Phase.QUEUED:
+            if job.state is State.QUEUED:
                 self.queue.remove(job.job_id)
-                self.jobs.pop(job.job_id)
+                self._leave(job)
                 continue
-            if job.phase is Phase.HANDING_BACK or job.cancel_reason is not None:
+            if job.state is not State.RUNNING:
                 continue  # already stopping (a cancelled job ends as cancelled)
-            job.phase = Phase.HANDING_BACK
+            job.move(State.HANDING_BACK)
             job.kill_at = now + self.policy.handback_grace_s
             effects.append(Stop(job.job_id, StopReason.SHUTDOWN))
         return effects

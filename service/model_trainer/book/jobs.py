@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from model_trainer_contracts import ProgressEventV1, SubmitJobV1
 
+from model_trainer.book.lifecycle import State, step
 from model_trainer.book.records import TP
 from model_trainer.core.envelope import Envelope
-
-
-class Phase(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"  # a worker has it (or will, once one is free)
-    HANDING_BACK = "handing_back"  # asked to checkpoint and stop: revoke or shutdown
 
 
 class Killed(StrEnum):
@@ -38,21 +33,29 @@ class Job:
     attempt: int  # runs started so far
     failures: int  # infrastructure failures so far
     next_seq: int
-    phase: Phase = Phase.QUEUED
     last_heard: float | None = None  # None until a worker has the run
     deadline: float | None = None  # of the current run
     kill_at: float | None = None  # when to kill the current run if it has not ended
-    cancel_reason: str | None = None  # set once a cancel arrived: never lost
+    cancel_reason: str | None = None  # the last cancel's reason: CANCELLING says one came
     last_progress_at: float | None = None  # when a progress event last went out
     state_at: float | None = None  # when its state record last went out
     held: ProgressEventV1 | None = None  # the newest progress not yet out
     held_eval: ProgressEventV1 | None = None  # the newest evaluation not yet out
     not_before: float | None = None  # queued, it waits until then (its run filled the disk)
     tenant: str = "default"  # whose commands topic submitted it
+    _state: State = field(default=State.NEW, init=False)  # changed by move() alone
 
     @property
     def job_id(self) -> str:
         return self.spec.job_id
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def move(self, to: State) -> None:
+        """The job's next state, as the lifecycle's table allows (else LifecycleError)."""
+        self._state = step(self.job_id, self._state, to)
 
     def envelope(self) -> Envelope:
         """The envelope of the job's next event; takes its seq."""
