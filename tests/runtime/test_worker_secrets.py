@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from model_trainer.pool.pool import WorkerPool
+from structlog.testing import capture_logs
 
 PASSWORD = "pw-never-in-a-worker"
 
@@ -26,7 +27,11 @@ async def test_workers_start_without_the_kafka_password(monkeypatch: pytest.Monk
         raw = await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)
         environ = raw.split(b"\0")
     finally:
-        await pool.stop()
+        with capture_logs() as logs:
+            await pool.stop()
+    # And the idle worker ended on its own when the pool closed its pipe, while the pool's
+    # reader thread was blocked reading it (it was killed after 10 s, before hang_up).
+    assert [line["event"] for line in logs if "killed" in line["event"]] == []
     names = sorted(entry.split(b"=", 1)[0].decode() for entry in environ if entry)
     assert [n for n in names if n.startswith("MODEL_TRAINER_KAFKA_")] == []
     assert "MODEL_TRAINER_WORKERS" in names  # the service's other settings still pass

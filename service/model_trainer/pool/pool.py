@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -319,13 +320,28 @@ class WorkerPool:
         """Close every worker: EOF on its pipe ends an idle one; stragglers are killed."""
         self._closing = True
         for worker in self._workers:
-            with contextlib.suppress(OSError):
-                worker.conn.close()
+            hang_up(worker.conn)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         for worker in self._workers:
             remaining = max(0.0, deadline - loop.time())
             await asyncio.to_thread(worker.process.join, remaining)
             if worker.process.is_alive():
+                log.warning(
+                    "worker killed: it did not end when its pipe closed", pid=worker.process.pid
+                )
                 worker.process.kill()
                 await asyncio.to_thread(worker.process.join, 5)
+
+
+def hang_up(conn: ParentEnd) -> None:
+    """Close the pool's end of a worker's pipe so that the worker reads EOF at once.
+
+    The end's reader thread is blocked in ``recv`` on it; on Linux, closing a descriptor
+    another thread is reading leaves the socket open, so the worker would wait on, idle,
+    until it is killed. Shut down, the socket ends both reads: the worker's (EOF: it exits)
+    and the reader thread's (EOF: it reports the exit)."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as end:
+        end.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        conn.close()
