@@ -9,7 +9,7 @@ export MODEL_TRAINER_CACHE := $(CACHE)
 UV := $(or $(shell command -v uv 2>/dev/null),$(CACHE)/tools/bin/uv)
 VENV := .venv
 
-.PHONY: install demo test test-fast lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
+.PHONY: install demo test test-fast test-deep lint typecheck check kafka-fetch kafka-start kafka-stop schema clean
 
 $(CACHE)/tools/bin/uv:
 	$(PYTHON) -m venv $(CACHE)/tools
@@ -49,15 +49,22 @@ CONTRACT_FILES := contracts/model_trainer_contracts/*
 CORE_FILES := service/model_trainer/core/*
 # --real-kafka: the shell's world tests (tests/world) run against the real broker as well.
 # The gate leaves the deep tests (tests/deep.py: long stories on real processes, each told
-# by cheaper tests here too) to `make test-deep`, and its property machines draw a quarter
-# of their examples (`make test-deep` draws them all).
-GATE_EXAMPLES_DIVISOR ?= 4
+# by cheaper tests here too) to `make test-deep`, and its property machines draw a tenth of
+# their examples (`make test-deep` draws them all).
+GATE_EXAMPLES_DIVISOR ?= 10
 test: install kafka-fetch
 	TEST_EXAMPLES_DIVISOR=$(GATE_EXAMPLES_DIVISOR) $(VENV)/bin/pytest -n $(TEST_WORKERS) \
 		--dist loadfile -m "not deep" --cov --cov-report=term --real-kafka \
 		--cov-fail-under=$(COVERAGE_FLOOR)
 	$(VENV)/bin/coverage report --include="$(BOOK_FILES),$(CONTRACT_FILES),$(CORE_FILES)" \
 		--show-missing --fail-under=100
+
+# What the gate leaves out: the deep tests, then the property machines at full strength.
+# No coverage (the gate measures it); about 25 minutes on 2 cores.
+test-deep: install kafka-fetch
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m deep --no-cov -p no:cacheprovider
+	$(VENV)/bin/pytest -p no:cacheprovider --no-cov tests/runtime/test_book_machine.py \
+		tests/runtime/test_book_world.py tests/contracts/test_contract_properties.py
 
 # The layers that start no server (no broker, no S3 server, no `model-trainer serve`) and no
 # long training: the book, the two-book world, contracts, core, the client, the CLI and the

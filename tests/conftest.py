@@ -25,7 +25,9 @@ from local_s3 import LocalS3  # noqa: E402
 from tests.deep import is_deep  # noqa: E402
 from tests.figures import FIGURE, Figure  # noqa: E402
 from tests.layers import (  # noqa: E402
+    COST_ORDER,
     LAYER,
+    cost_rank,
     count_layers,
     guard_start,
     layer_of,
@@ -56,6 +58,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.user_properties.append((LAYER, layer_of(item)))
         if is_deep(item.nodeid):
             item.add_marker(pytest.mark.deep)
+    # The longest files first: pytest-xdist hands out files in this order, so the last ones
+    # handed out are short, and no process is left running a long file alone at the end. A
+    # file's place is its costliest test's, so its tests stay together (its module fixtures
+    # start once).
+    place: dict[Path, int] = {}
+    for item in items:
+        place[item.path] = min(place.get(item.path, len(COST_ORDER)), cost_rank(item))
+    items.sort(key=lambda item: place[item.path])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

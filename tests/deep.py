@@ -129,9 +129,14 @@ DEEP: dict[str, tuple[str, ...]] = {
         "tests/client/test_client_views.py::test_a_broker_outage_is_two_lines_however_loud_the_library",
         "tests/client/test_client_views.py::test_the_dashboard_marks_its_page_stale_while_kafka_is_away",
     ),
+    # an MLflow server of its own (its start alone is a minute of a loaded machine's CPU)
     "tests/client/test_client_mlflow.py::test_export_mirrors_jobs_into_mlflow_runs_once": (
-        "tests/client/test_client_mlflow.py::test_follow_mirrors_a_job_live_and_rebuilds_its_run_on_resume",
+        "tests/client/test_client_mlflow_fold.py::test_a_run_is_rebuilt_only_when_it_holds_what_the_job_no_longer_has",
+        "tests/client/test_client_sweep_plan.py::test_export_mlflow_puts_a_sweeps_trials_in_one_experiment_tagged_with_their_values",
+    ),
+    "tests/client/test_client_mlflow.py::test_follow_mirrors_a_job_live_and_rebuilds_its_run_on_resume": (
         "tests/client/test_client_mlflow_fold.py::test_a_resumed_attempt_replaces_the_steps_after_its_checkpoint",
+        "tests/client/test_client_mlflow_fold.py::test_a_cancelled_job_is_killed_and_a_rejection_changes_nothing",
     ),
     # resources, storage, fine-tuning, sweeps and ranks
     "tests/integration/test_disk_full.py::test_a_full_disk_hands_the_job_back_until_space_returns": (

@@ -47,6 +47,17 @@ def layer_of(item: pytest.Item) -> str:
     return "in-process"
 
 
+# Layers from the costliest test to the cheapest: what a test's file is scheduled by.
+COST_ORDER = ("real broker", "S3 server", "slow", "engine", "world", "in-process")
+
+
+def cost_rank(item: pytest.Item) -> int:
+    layer = layer_of(item)
+    if layer in ("engine", "in-process") and item.get_closest_marker("slow") is not None:
+        layer = "slow"
+    return COST_ORDER.index(layer)
+
+
 def server_markers_missing(item: pytest.Item) -> list[str]:
     """The markers ``item`` lacks for the server fixtures it uses; it is now the running test."""
     _running[:] = [item]

@@ -6,25 +6,23 @@ would import torch and transformers again, 18 s of CPU, for what the command doe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
-from click.testing import Result
+from model_trainer.commands import cli
 from model_trainer.commands.cli import app
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 CORPUS = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 80
 
 
 @pytest.fixture(autouse=True)
-def _in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """In ``tmp_path``, as a user in their folder; the logging `run` sets up is undone."""
+def _in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In ``tmp_path``, as a user in their folder. The session keeps its logging: `run` would
+    point it at the runner's stderr, and the loggers cached then would write to it, closed,
+    in the tests that come after."""
     monkeypatch.chdir(tmp_path)
-    logging = structlog.get_config()
-    yield
-    structlog.configure(**logging)
+    monkeypatch.setattr(cli, "configure_logging", lambda level, fmt: None)
 
 
 def _cli(*args: str) -> Result:
