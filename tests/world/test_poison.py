@@ -1,0 +1,146 @@
+"""Poison commands through the real :class:`TrainerService`: one whose admission hangs is
+refused ADMISSION_TIMEOUT, and one the instance died on is refused COMMAND_CRASHED by the next
+start, once; in both stories the next job still completes. What a test checks is what a client
+reads: each job's committed events.
+
+Admission hangs the way a hung network mount does: the job's tokenizer names an artifact whose
+manifest is a FIFO with no writer, and admission's ``open()`` of it blocks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
+from model_trainer_contracts import (
+    CompletedEventV1,
+    EventBase,
+    FailedEventV1,
+    ModelTrainerErrorCode,
+    SubmitJobV1,
+)
+
+from .stage import Instance, MemoryStage, RealStage, Stage, until
+from .test_shell import ended, job
+
+_C = ModelTrainerErrorCode
+
+
+def stuck(job_id: str) -> SubmitJobV1:
+    """A job whose admission blocks on the FIFO (see :func:`fifo_artifact`)."""
+    spec = job(job_id, steps=4).model_dump(mode="json")
+    return SubmitJobV1.model_validate({**spec, "tokenizer": {"kind": "job", "job_id": "fifo-tok"}})
+
+
+@contextlib.contextmanager
+def fifo_artifact(artifacts_root: Path) -> Iterator[Path]:
+    """The artifact ``fifo-tok`` under an instance's artifacts root, its manifest a FIFO;
+    afterwards a writer comes and goes, so the admission threads it holds return."""
+    folder = artifacts_root / "fifo-tok"
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_text("{}")
+    fifo = folder / "manifest.json"
+    os.mkfifo(fifo)
+    try:
+        yield fifo
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader is blocked on it any more
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def refused(events: list[EventBase], code: ModelTrainerErrorCode) -> FailedEventV1:
+    """The job's one event: its refusal with ``code``, seq 0."""
+    assert [(e.seq, type(e)) for e in events] == [(0, FailedEventV1)], events
+    failed = events[0]
+    assert isinstance(failed, FailedEventV1)
+    assert failed.code is code, failed
+    return failed
+
+
+def completed(events: list[EventBase]) -> None:
+    """Exactly one terminal event, last, a completion; seqs 0..n-1."""
+    assert [e.seq for e in events] == list(range(len(events))), events
+    terminal = [e for e in events if isinstance(e, CompletedEventV1 | FailedEventV1)]
+    assert len(terminal) == 1, terminal
+    assert isinstance(events[-1], CompletedEventV1), events[-1]
+
+
+async def test_an_admission_that_hangs_is_refused_and_the_next_job_runs(stage: Stage) -> None:
+    settings = stage.settings("a")
+    with fifo_artifact(settings.artifacts_root):
+        async with anyio.create_task_group() as tasks:
+            a = Instance(stage, "a", admission_timeout_s=0.5)
+            tasks.start_soon(a.run)
+            await a.service.started.wait()
+            await stage.submit(stuck("hangs"), job("after-hang", steps=6))
+            await until(lambda: ended(stage, "hangs"), 60, "the stuck job is answered")
+            await until(lambda: ended(stage, "after-hang"), 60, "the next job ends")
+            await a.stop()
+    failed = refused(await stage.events("hangs"), _C.ADMISSION_TIMEOUT)
+    assert failed.details == {"admission_timeout_s": 0.5}
+    completed(await stage.events("after-hang"))
+
+
+async def test_a_command_the_instance_died_on_is_refused_once_then_the_next_runs(
+    stage: Stage,
+) -> None:
+    settings = stage.settings("a")
+    handling = settings.artifacts_root / ".handling" / settings.group_id
+    with fifo_artifact(settings.artifacts_root):
+        async with anyio.create_task_group() as tasks:
+            first = Instance(stage, "a", admission_timeout_s=300)
+            tasks.start_soon(first.run)
+            await first.service.started.wait()
+            await stage.submit(stuck("died-on"))
+            await until(lambda: _marked(handling), 60, "the command is being handled")
+            await first.crash()  # mid-command: its marker stays behind
+            [marker] = handling.iterdir()
+            # The same host's next start (same artifacts root) reads the marker; were the
+            # command admitted again it would hang and be refused ADMISSION_TIMEOUT instead.
+            second = Instance(stage, "a", admission_timeout_s=2)
+            tasks.start_soon(second.run)
+            await second.service.started.wait()
+            assert not marker.exists()
+            await stage.submit(job("after-crash", steps=6))
+            await until(lambda: ended(stage, "after-crash"), 90, "the next job ends")
+            await until(lambda: _lettered(stage), 30, "the command is dead-lettered")
+            await second.stop()
+    # A refused command is dead-lettered, unhandled: the job it carried says nothing.
+    assert await stage.events("died-on") == []
+    letters = await dead_letters(stage)
+    assert [letter["error_code"] for letter in letters] == [_C.COMMAND_CRASHED], letters
+    assert "died while handling this command (offset 0)" in letters[0]["error_message"]
+    completed(await stage.events("after-crash"))
+    assert list(handling.iterdir()) == []  # handled to the end: no marker left
+
+
+async def _marked(folder: Path) -> bool:
+    return bool(await anyio.Path(folder).is_dir() and os.listdir(folder))
+
+
+async def _lettered(stage: Stage) -> bool:
+    return bool(await dead_letters(stage))
+
+
+async def dead_letters(stage: Stage) -> list[dict[str, str]]:
+    """The committed dead letters' headers, as a client reads them."""
+    assert isinstance(stage, MemoryStage | RealStage)
+    topic = stage.topics["dead_letter_topic"]
+    if isinstance(stage, MemoryStage):
+        records = stage.kafka.read(topic)
+    else:
+        records = []
+        consumer = committed_reader(stage.bootstrap)
+        await consumer.start()
+        try:
+            tps = await assign_whole_topic(consumer, stage.bootstrap, topic)
+            ends = await consumer.end_offsets(tps)
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    records += [to_record(message) for message in messages]
+        finally:
+            await consumer.stop()
+    return [{k: v.decode() for k, v in record.headers} for record in records]
