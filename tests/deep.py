@@ -13,6 +13,8 @@ from __future__ import annotations
 _BOOK = "tests/runtime/test_book.py::"
 _FENCING = "tests/runtime/test_book_fencing.py::"
 _WORLD = "tests/world/test_shell.py::"
+_POISON = "tests/world/test_poison.py::"
+_WORKER_RUN = "tests/runtime/test_worker_run.py::"
 _STOP = "tests/engine/test_engine_stop.py::"
 _GATE_E2E = "tests/integration/test_end_to_end.py::"
 _WORKER_KILLED = (
@@ -115,6 +117,8 @@ DEEP: dict[str, tuple[str, ...]] = {
         _BOOK + "test_a_crash_markers_refusal_of_a_resumed_jobs_submit_ends_the_job",
         "tests/runtime/test_marker.py::test_a_marker_is_on_disk_only_while_its_command_is_handled",
         _GATE_E2E + "test_malformed_commands_get_typed_errors_and_service_goes_on",
+        _POISON + "test_an_admission_that_hangs_is_refused_and_the_next_job_runs",
+        _POISON + "test_a_command_the_instance_died_on_is_refused_once_then_the_next_runs",
     ),
     # what the users see
     "tests/integration/test_end_to_end.py::test_service_process_does_not_map_torch": (
@@ -142,12 +146,15 @@ DEEP: dict[str, tuple[str, ...]] = {
     "tests/integration/test_disk_full.py::test_a_full_disk_hands_the_job_back_until_space_returns": (
         "tests/runtime/test_book_disk_full.py::test_a_full_disk_hands_the_job_back_to_wait_then_resume",
         "tests/engine/test_engine_disk_full.py::test_enospc_mid_checkpoint_keeps_the_last_good_one_and_resumes_from_it",
+        _WORKER_RUN + "test_a_full_disk_outside_the_stages_is_disk_full",
     ),
     "tests/integration/test_memory.py::test_an_oversized_job_is_refused_at_acceptance": (
         "tests/engine/test_engine_memory.py::test_the_oversized_spec_is_refused_at_acceptance_within_a_second",
     ),
     "tests/integration/test_memory.py::test_a_job_past_its_workers_limit_fails_typed_and_harms_no_other": (
         "tests/engine/test_engine_memory.py::test_past_the_workers_limit_a_job_fails_with_training_oom_and_the_next_one_runs",
+        _WORKER_RUN + "test_host_memory_running_out_is_training_oom",
+        _WORKER_RUN + "test_a_typed_oom_carries_the_worker_budget_when_it_has_one",
     ),
     "tests/integration/test_governance.py::test_users_take_turns_progress_is_bounded_and_artifacts_are_private": (
         _BOOK + "test_users_take_turns_so_a_flood_does_not_starve_another_user",
