@@ -119,6 +119,7 @@ DEEP: dict[str, tuple[str, ...]] = {
         _GATE_E2E + "test_malformed_commands_get_typed_errors_and_service_goes_on",
         _POISON + "test_an_admission_that_hangs_is_refused_and_the_next_job_runs",
         _POISON + "test_a_command_the_instance_died_on_is_refused_once_then_the_next_runs",
+        _POISON + "test_an_admission_that_raises_anything_is_refused_typed_and_the_next_job_runs",
     ),
     # what the users see
     "tests/integration/test_end_to_end.py::test_service_process_does_not_map_torch": (

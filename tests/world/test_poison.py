@@ -144,3 +144,31 @@ async def dead_letters(stage: Stage) -> list[dict[str, str]]:
         finally:
             await consumer.stop()
     return [{k: v.decode() for k, v in record.headers} for record in records]
+
+
+async def test_an_admission_that_raises_anything_is_refused_typed_and_the_next_job_runs(
+    stage: Stage,
+) -> None:
+    """A manifest nested past the parser's recursion limit: reading its owner raises
+    RecursionError, which no admission check expects."""
+    settings = stage.settings("a")
+    folder = settings.artifacts_root / "deep-tok"
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "manifest.json").write_text("[" * 100_000)
+    spec = job("nested", steps=4).model_dump(mode="json")
+    nested = SubmitJobV1.model_validate(
+        {**spec, "tokenizer": {"kind": "job", "job_id": "deep-tok"}}
+    )
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(nested, job("after-raise", steps=6))
+        await until(lambda: ended(stage, "after-raise"), 60, "the next job ends")
+        await until(lambda: ended(stage, "nested"), 30, "the job is answered")
+        await a.stop()
+    failed = refused(await stage.events("nested"), _C.INTERNAL_ERROR)
+    assert failed.details == {"exception": "RecursionError"}
+    assert failed.message.startswith("the job could not be checked: RecursionError"), failed
+    completed(await stage.events("after-raise"))
