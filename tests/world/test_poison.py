@@ -172,3 +172,21 @@ async def test_an_admission_that_raises_anything_is_refused_typed_and_the_next_j
     assert failed.details == {"exception": "RecursionError"}
     assert failed.message.startswith("the job could not be checked: RecursionError"), failed
     completed(await stage.events("after-raise"))
+
+
+async def test_a_typed_refusal_from_admission_keeps_its_code(stage: Stage) -> None:
+    """The artifact the tokenizer names has no tokenizer file."""
+    (stage.settings("a").artifacts_root / "no-tok").mkdir(parents=True)
+    spec = job("untokenized", steps=4).model_dump(mode="json")
+    untokenized = SubmitJobV1.model_validate(
+        {**spec, "tokenizer": {"kind": "job", "job_id": "no-tok"}}
+    )
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a")
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(untokenized)
+        await until(lambda: ended(stage, "untokenized"), 30, "the job is answered")
+        await a.stop()
+    failed = refused(await stage.events("untokenized"), _C.TOKENIZER_NOT_FOUND)
+    assert failed.details == {"job_id": "no-tok"}
