@@ -24,15 +24,31 @@ from model_trainer_contracts import (
 )
 
 from .stage import Instance, MemoryStage, RealStage, Stage, until
-from .test_shell import ended, job
+from .test_shell import all_ended, ended, job
 
 _C = ModelTrainerErrorCode
 
 
+def tokenized_by(job_id: str, artifact: str) -> SubmitJobV1:
+    """A job whose tokenizer is the artifact ``artifact``'s (admission reads its files)."""
+    spec = job(job_id, steps=4).model_dump(mode="json")
+    return SubmitJobV1.model_validate({**spec, "tokenizer": {"kind": "job", "job_id": artifact}})
+
+
 def stuck(job_id: str) -> SubmitJobV1:
     """A job whose admission blocks on the FIFO (see :func:`fifo_artifact`)."""
-    spec = job(job_id, steps=4).model_dump(mode="json")
-    return SubmitJobV1.model_validate({**spec, "tokenizer": {"kind": "job", "job_id": "fifo-tok"}})
+    return tokenized_by(job_id, "fifo-tok")
+
+
+async def answered(stage: Stage, *jobs: SubmitJobV1, **settings: float) -> None:
+    """Instance ``a`` (with these settings) runs until every job has its terminal event."""
+    async with anyio.create_task_group() as tasks:
+        a = Instance(stage, "a", **settings)
+        tasks.start_soon(a.run)
+        await a.service.started.wait()
+        await stage.submit(*jobs)
+        await until(lambda: all_ended(stage, list(jobs)), 60, "every job is answered")
+        await a.stop()
 
 
 @contextlib.contextmanager
@@ -71,14 +87,7 @@ def completed(events: list[EventBase]) -> None:
 async def test_an_admission_that_hangs_is_refused_and_the_next_job_runs(stage: Stage) -> None:
     settings = stage.settings("a")
     with fifo_artifact(settings.artifacts_root):
-        async with anyio.create_task_group() as tasks:
-            a = Instance(stage, "a", admission_timeout_s=0.5)
-            tasks.start_soon(a.run)
-            await a.service.started.wait()
-            await stage.submit(stuck("hangs"), job("after-hang", steps=6))
-            await until(lambda: ended(stage, "hangs"), 60, "the stuck job is answered")
-            await until(lambda: ended(stage, "after-hang"), 60, "the next job ends")
-            await a.stop()
+        await answered(stage, stuck("hangs"), job("after-hang", steps=6), admission_timeout_s=0.5)
     failed = refused(await stage.events("hangs"), _C.ADMISSION_TIMEOUT)
     assert failed.details == {"admission_timeout_s": 0.5}
     completed(await stage.events("after-hang"))
@@ -156,18 +165,7 @@ async def test_an_admission_that_raises_anything_is_refused_typed_and_the_next_j
     folder.mkdir(parents=True)
     (folder / "tokenizer.json").write_text("{}")
     (folder / "manifest.json").write_text("[" * 100_000)
-    spec = job("nested", steps=4).model_dump(mode="json")
-    nested = SubmitJobV1.model_validate(
-        {**spec, "tokenizer": {"kind": "job", "job_id": "deep-tok"}}
-    )
-    async with anyio.create_task_group() as tasks:
-        a = Instance(stage, "a")
-        tasks.start_soon(a.run)
-        await a.service.started.wait()
-        await stage.submit(nested, job("after-raise", steps=6))
-        await until(lambda: ended(stage, "after-raise"), 60, "the next job ends")
-        await until(lambda: ended(stage, "nested"), 30, "the job is answered")
-        await a.stop()
+    await answered(stage, tokenized_by("nested", "deep-tok"), job("after-raise", steps=6))
     failed = refused(await stage.events("nested"), _C.INTERNAL_ERROR)
     assert failed.details == {"exception": "RecursionError"}
     assert failed.message.startswith("the job could not be checked: RecursionError"), failed
@@ -177,16 +175,6 @@ async def test_an_admission_that_raises_anything_is_refused_typed_and_the_next_j
 async def test_a_typed_refusal_from_admission_keeps_its_code(stage: Stage) -> None:
     """The artifact the tokenizer names has no tokenizer file."""
     (stage.settings("a").artifacts_root / "no-tok").mkdir(parents=True)
-    spec = job("untokenized", steps=4).model_dump(mode="json")
-    untokenized = SubmitJobV1.model_validate(
-        {**spec, "tokenizer": {"kind": "job", "job_id": "no-tok"}}
-    )
-    async with anyio.create_task_group() as tasks:
-        a = Instance(stage, "a")
-        tasks.start_soon(a.run)
-        await a.service.started.wait()
-        await stage.submit(untokenized)
-        await until(lambda: ended(stage, "untokenized"), 30, "the job is answered")
-        await a.stop()
+    await answered(stage, tokenized_by("untokenized", "no-tok"))
     failed = refused(await stage.events("untokenized"), _C.TOKENIZER_NOT_FOUND)
     assert failed.details == {"job_id": "no-tok"}
