@@ -9,9 +9,10 @@ from pathlib import Path
 
 from model_trainer.book.book import JobBook
 from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop
-from model_trainer.book.records import TP, Record
+from model_trainer.book.records import TP, Outgoing, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.pool.protocol import RunStarted
+from model_trainer.shell.wire import Topics, records
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,
@@ -180,13 +181,19 @@ def user_failure(job_id: str) -> FailedEventV1:
     )
 
 
+def records_of(publish: Publish, topics: Topics = BASE) -> list[Outgoing]:
+    """A transaction's records as the service's wire module encodes them (the assertions on
+    their bytes hold the encoding to what it was when the book built records itself)."""
+    return records(publish, topics)
+
+
 def published(effects: Sequence[object], topic: str = "events") -> list[EventBase]:
     """The events among the effects' records, decoded."""
     return [
         decode_event(r.value)
         for e in effects
         if isinstance(e, Publish)
-        for r in e.records
+        for r in records_of(e)
         if r.topic == topic and r.value is not None
     ]
 
@@ -196,7 +203,7 @@ def states(effects: Sequence[object]) -> list[JobStateV1]:
         JobStateV1.model_validate_json(r.value)
         for e in effects
         if isinstance(e, Publish)
-        for r in e.records
+        for r in records_of(e)
         if r.topic == "state" and r.value is not None
     ]
 

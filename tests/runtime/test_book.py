@@ -33,6 +33,7 @@ from .book_helpers import (
     progress,
     published,
     record,
+    records_of,
     refuse_bad,
     states,
     submit,
@@ -112,7 +113,7 @@ def test_submit_on_a_wrong_key_is_dead_lettered_without_an_event() -> None:
     effects = book.command(record(submit("a"), 0, key=b"other"), now=0)
     assert runs(effects) == []
     assert published(effects) == []
-    (dead,) = [r for e in effects if isinstance(e, Publish) for r in e.records]
+    (dead,) = [r for e in effects if isinstance(e, Publish) for r in records_of(e)]
     assert dead.topic == "dlq"
     assert dict(dead.headers)["error_code"] == b"COMMAND_INVALID"
     assert commits(effects) == {P0: 1}
@@ -424,7 +425,7 @@ def test_ended_jobs_states_are_tombstoned_after_the_retention() -> None:
         (r.key, r.value)
         for e in book.tick(now=140)
         if isinstance(e, Publish)
-        for r in e.records
+        for r in records_of(e)
         if r.topic == "state"
     ]
     assert gone == [(b"old", None)]  # "new" ended 80 s ago; "running" has not ended
@@ -439,7 +440,7 @@ def test_a_rejection_for_a_huge_field_name_is_published_truncated() -> None:
     body = encode(submit("huge")).replace(b'"user_id"', b'"' + b"x" * 600_000 + b'":1,"user_id"')
     effects = book.command(record(body, 0, key=b"huge"), now=0)
     (rejection,) = [
-        r for e in effects if isinstance(e, Publish) for r in e.records if r.topic == "events"
+        r for e in effects if isinstance(e, Publish) for r in records_of(e) if r.topic == "events"
     ]
     assert rejection.value is not None
     assert len(rejection.value) < 100_000  # the dead letter keeps the bytes; the event is cut
@@ -527,7 +528,9 @@ def test_a_new_owner_tombstones_its_partitions_expired_states_at_its_next_tick()
     now = old.updated_at.timestamp()
     assert book.tick(now) == []  # no partition owned yet; the expiry clock starts
     book.assign([P0])  # a minute has not passed, but the partition is new here
-    tombstones = [r.key for e in book.tick(now + 1) if isinstance(e, Publish) for r in e.records]
+    tombstones = [
+        r.key for e in book.tick(now + 1) if isinstance(e, Publish) for r in records_of(e)
+    ]
     assert tombstones == [b"old"]
 
 
@@ -595,7 +598,7 @@ def test_a_crash_markers_refusal_of_a_resumed_jobs_submit_ends_the_job() -> None
     assert [(s.status, s.last_seq) for s in states(out)] == [(JobStatus.FAILED, 5)]
     assert [e.ended for e in out if isinstance(e, Publish)] == ["a"]
     assert commits(out) == {P0: 1}
-    assert [r.topic for e in out if isinstance(e, Publish) for r in e.records] == [
+    assert [r.topic for e in out if isinstance(e, Publish) for r in records_of(e)] == [
         "dlq",
         "events",
         "state",

@@ -32,6 +32,7 @@ from .book_helpers import (
     progress,
     published,
     record,
+    records_of,
     refuse_bad,
     states,
     submit,
@@ -52,7 +53,7 @@ def book_of_three() -> JobBook:
 
 
 def outgoing(effects: Sequence[object], topic: str) -> list[Outgoing]:
-    return [r for e in effects if isinstance(e, Publish) for r in e.records if r.topic == topic]
+    return [r for e in effects if isinstance(e, Publish) for r in records_of(e) if r.topic == topic]
 
 
 def test_a_misplaced_submit_and_cancel_are_forwarded_to_the_jobs_partition() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from model_trainer.book.book import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES, JobBook
+from model_trainer.book.book import JobBook
 from model_trainer.book.effects import Kill, Publish, Run
 from model_trainer.book.records import TP
+from model_trainer.shell.wire import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES
 from model_trainer_contracts import FailedEventV1, ModelTrainerErrorCode
 
 from tests.runtime.book_helpers import (
@@ -16,6 +17,7 @@ from tests.runtime.book_helpers import (
     policy,
     published,
     record,
+    records_of,
     refuse_bad,
     submit,
 )
@@ -52,7 +54,9 @@ def test_a_huge_key_is_cut_so_the_dead_letter_fits() -> None:
     key = b"k" * 160_000
     value = b"{" + b" " * (DEAD_LETTER_MAX_BYTES + 10)
     effects = book.command(record(value, 0, key=key), now=0)
-    (dead,) = [r for e in effects if isinstance(e, Publish) for r in e.records if r.topic == "dlq"]
+    (dead,) = [
+        r for e in effects if isinstance(e, Publish) for r in records_of(e) if r.topic == "dlq"
+    ]
     headers = dict(dead.headers)
     assert dead.key == key[:DEAD_LETTER_MAX_KEY_BYTES]
     assert headers["original_key_size"] == b"160000"

@@ -55,6 +55,7 @@ from .book_helpers import (
     completed,
     is_terminal,
     policy,
+    records_of,
     refuse_bad,
     submit,
 )
@@ -153,7 +154,7 @@ class BookMachine(RuleBasedStateMachine):
             # Its checkpoints go once this commits: only with, and with every, job's end.
             ends = [e.job_id for e in publish.events if is_terminal(e)]
             assert ends == ([publish.ended] if publish.ended else []), "checkpoints misreleased"
-            for out in publish.records:
+            for out in records_of(publish):
                 assert out.value is not None
                 if out.topic == "events":
                     world.events.append(decode_event(out.value))

@@ -31,7 +31,17 @@ from model_trainer_contracts import (
     encode,
 )
 
-from .book_helpers import TOPIC, cancel, commits, completed, policy, published, refuse_bad, states
+from .book_helpers import (
+    TOPIC,
+    cancel,
+    commits,
+    completed,
+    policy,
+    published,
+    records_of,
+    refuse_bad,
+    states,
+)
 
 C = ModelTrainerErrorCode
 ALICE, BOB, OPS = f"{TOPIC}.alice", f"{TOPIC}.bob", f"{TOPIC}.ops"
@@ -84,7 +94,9 @@ def arrived(moved: Outgoing, offset: int) -> Record:
 
 
 def forwarded(effects: Sequence[Effect]) -> Outgoing:
-    [moved] = [r for e in effects if isinstance(e, Publish) for r in e.records if r.topic in TOPICS]
+    [moved] = [
+        r for e in effects if isinstance(e, Publish) for r in records_of(e) if r.topic in TOPICS
+    ]
     return moved
 
 
@@ -198,7 +210,9 @@ def test_a_forged_tenant_header_can_only_lower_the_writers_rights() -> None:
     # Bob claims to be the admin, on his own topic: a1 is not there, and a forwarded
     # command is never forwarded again.
     bob = on(BOB, cancel("a1"), 0, fake)
-    [letter] = [r for e in book.command(bob, now=1) if isinstance(e, Publish) for r in e.records]
+    [letter] = [
+        r for e in book.command(bob, now=1) if isinstance(e, Publish) for r in records_of(e)
+    ]
     assert (letter.topic, dict(letter.headers)["error_code"]) == ("dlq", b"JOB_ON_OTHER_PARTITION")
     # Alice naming another tenant on her own topic loses her own submit.
     claimed = Record(
@@ -221,7 +235,7 @@ def test_a_forged_tenant_header_can_only_lower_the_writers_rights() -> None:
         [(FORWARDED_FROM, b"0:0"), (FORWARDED_TENANT, b"mallory")],
     )
     [letter] = [
-        r for e in book.command(unknown, now=3) if isinstance(e, Publish) for r in e.records
+        r for e in book.command(unknown, now=3) if isinstance(e, Publish) for r in records_of(e)
     ]
     assert dict(letter.headers)["error_code"] == b"COMMAND_INVALID"
 
@@ -229,7 +243,7 @@ def test_a_forged_tenant_header_can_only_lower_the_writers_rights() -> None:
 def test_a_record_from_a_topic_of_no_tenant_is_dead_lettered() -> None:
     book = tenant_book()
     out = book.command(Record("jobs.eve", 0, 0, b"e1", encode(job("e1")), []), now=0)
-    [letter] = [r for e in out if isinstance(e, Publish) for r in e.records]
+    [letter] = [r for e in out if isinstance(e, Publish) for r in records_of(e)]
     assert (letter.topic, dict(letter.headers)["error_code"]) == ("dlq", b"COMMAND_INVALID")
     assert commits(out) == {TP("jobs.eve", 0): 1}
     assert book.jobs == {}
@@ -253,7 +267,7 @@ def test_offsets_commits_and_tombstones_stay_per_topic_partition() -> None:
     assert book.unsure([TP(BOB, 0)]) == {}
     # Expired: Bob's state is tombstoned through Bob's partition.
     gone = book.tick(now=1 + book.policy.state_retention_s + 61)
-    tombs = [(e.via, r.key) for e in gone if isinstance(e, Publish) for r in e.records]
+    tombs = [(e.via, r.key) for e in gone if isinstance(e, Publish) for r in records_of(e)]
     assert tombs == [(TP(BOB, 0), b"x2")]
 
 

@@ -62,6 +62,7 @@ from .book_helpers import (
     completed,
     is_terminal,
     policy,
+    records_of,
     refuse_bad,
     submit,
 )
@@ -264,7 +265,7 @@ class WorldMachine(RuleBasedStateMachine):
         world = self.world
         assert set(publish.commits) <= {publish.via}, "an offset committed by another producer"
         events = iter(publish.events)
-        for out in publish.records:
+        for out in records_of(publish):
             if out.topic in ("events", "state"):
                 # Only the job's partition's producer may speak of it: any other could be one
                 # its stale owner still holds, unfenced.

@@ -22,7 +22,7 @@ from tests.runtime.book_helpers import completed, progress
 
 
 def _publish(*events: EventBase) -> Publish:
-    return Publish(TP("jobs", 0), (), {}, events)
+    return Publish(TP("jobs", 0), events, {})
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full for ENOSPC")

@@ -2,10 +2,12 @@
 
 Inputs are method calls (a command consumed, a worker's message, a worker's death, partitions
 revoked or assigned, a clock tick, a state record read back); each returns the effects for the
-shell to carry out, in order: records to publish in one transaction with the offsets that
-transaction commits (:class:`Publish`), and orders for the pool (:class:`Run`, :class:`Stop`,
-:class:`Kill`). Time is passed in (``now``, wall-clock seconds) and never read here. No asyncio,
-no aiokafka, no torch: a test drives the book through any interleaving in microseconds.
+shell to carry out, in order: typed facts to publish in one transaction (events, states,
+tombstones, dead letters, forwarded commands: the shell's wire module encodes them) with the
+offsets that transaction commits (:class:`Publish`), and orders for the pool (:class:`Run`,
+:class:`Stop`, :class:`Kill`). Time is passed in (``now``, wall-clock seconds) and never read
+here. No asyncio, no aiokafka, no torch: a test drives the book through any interleaving in
+microseconds.
 
 The promise this module keeps:
 
@@ -49,7 +51,6 @@ from model_trainer_contracts import (
     ProgressEventV1,
     QueuedEventV1,
     SubmitJobV1,
-    ce_headers,
     decode_command,
     decode_event,
     encode,
@@ -57,12 +58,24 @@ from model_trainer_contracts import (
     salvage_user_id,
 )
 
-from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop, request_digest
+from model_trainer.book.effects import (
+    DeadLetter,
+    Effect,
+    Fact,
+    Forward,
+    Kill,
+    Policy,
+    Publish,
+    Run,
+    Stop,
+    Tombstone,
+    request_digest,
+)
 from model_trainer.book.fairshare import Waiting, run_order
 from model_trainer.book.jobs import Job, Killed, RunSlot
 from model_trainer.book.lifecycle import RUNS, State
 from model_trainer.book.offsets import OffsetTracker
-from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.book.records import TP, Record
 from model_trainer.core.envelope import Envelope, failed_event
 from model_trainer.core.stop import StopReason
 from model_trainer.core.tenancy import Tenancy, tenant_root, tenant_url
@@ -78,8 +91,6 @@ from model_trainer.pool.protocol import (
 log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode
 EXPIRY_EVERY_S = 60.0
-DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
-DEAD_LETTER_MAX_KEY_BYTES = 1024
 FORWARDED_FROM = "forwarded_from"  # header of a command this service moved to its partition
 FORWARDED_TENANT = "forwarded_tenant"  # ...and the tenant whose topic it was moved from
 Admit = Callable[[SubmitJobV1], None]
@@ -188,7 +199,9 @@ class JobBook:
         if job_id not in self.jobs:
             self.states.pop(job_id, None)
 
-    def _state(self, job: Job, status: JobStatus, now: float, code: str | None = None) -> Outgoing:
+    def _state(
+        self, job: Job, status: JobStatus, now: float, code: str | None = None
+    ) -> JobStateV1:
         state = JobStateV1(
             job_id=job.job_id,
             user_id=job.spec.user_id,
@@ -207,15 +220,7 @@ class JobBook:
         )
         self.states[job.job_id] = state
         job.state_at = now
-        return self._state_record(state)
-
-    def _state_record(self, state: JobStateV1) -> Outgoing:
-        return Outgoing(self.policy.state_topic, state.job_id.encode(), encode(state), [])
-
-    def _event_record(self, event: EventBase) -> Outgoing:
-        return Outgoing(
-            self.policy.events_topic, event.job_id.encode(), encode(event), ce_headers(event)
-        )
+        return state
 
     # -------------------------------------------------------------------- commands
 
@@ -316,8 +321,7 @@ class JobBook:
         return [
             dataclasses.replace(
                 publish,
-                records=(*publish.records, self._event_record(event), self._state_record(final)),
-                events=(event,),
+                facts=(*publish.facts, event, final),
                 ended=job_id,
             )
             for publish in letter
@@ -375,12 +379,8 @@ class JobBook:
                 details={"partition": home.partition, "received_on": record.partition},
             )
             return self._dead_letter(record, error, None, now)
-        origin = f"{record.partition}:{record.offset}".encode()
-        headers = [(name, value) for name, value in record.headers if name != FORWARDED_TENANT]
-        headers.append((FORWARDED_FROM, origin))
-        if tenant != self.tenancy.tenant_of(home.topic):
-            headers.append((FORWARDED_TENANT, tenant.encode()))
-        moved = Outgoing(home.topic, record.key or b"", record.value, headers, home.partition)
+        acts_for = tenant if tenant != self.tenancy.tenant_of(home.topic) else None
+        moved = Forward(record, home, acts_for)
         log.info(
             "command forwarded to its job's partition",
             job_id=job_id,
@@ -391,13 +391,9 @@ class JobBook:
         )
         return [self._settle(record, [moved])]
 
-    def _settle(
-        self, record: Record, records: list[Outgoing], events: list[EventBase] | None = None
-    ) -> Publish:
-        """Publish ``records`` with the commit of every offset this record's end unblocks."""
-        return Publish(
-            record.tp, tuple(records), self._commit(record.tp, record.offset), tuple(events or ())
-        )
+    def _settle(self, record: Record, facts: list[Fact]) -> Publish:
+        """Publish ``facts`` with the commit of every offset this record's end unblocks."""
+        return Publish(record.tp, tuple(facts), self._commit(record.tp, record.offset))
 
     def _commit(self, tp: TP, offset: int) -> dict[TP, int]:
         """The commit that finishing ``offset`` unblocks (none, or one for ``tp``)."""
@@ -409,14 +405,14 @@ class JobBook:
 
     def _rejection(
         self, job_id: str, user_id: int, error: ModelTrainerError, now: float, tp: TP
-    ) -> tuple[list[Outgoing], EventBase]:
+    ) -> list[Fact]:
         """A failed event answering a refused command (it ends no job), and its state."""
         error.details.setdefault("command_rejected", True)
         job = self.jobs.get(job_id)
         if job is not None:
             event = failed_event(job.envelope(), error)
             status = JobStatus.RUNNING if job.state in RUNS else JobStatus.QUEUED
-            return [self._event_record(event), self._state(job, status, now)], event
+            return [event, self._state(job, status, now)]
         known = self.states.get(job_id)
         seq = known.last_seq + 1 if known is not None else 0
         envelope = Envelope(job_id=job_id, user_id=user_id, seq=seq, attempt=1, labels={})
@@ -438,36 +434,15 @@ class JobBook:
                 updated_at=_time(now),
             )
         self.states[job_id] = state
-        return [self._event_record(event), self._state_record(state)], event
+        return [event, state]
 
     def _dead_letter(
         self, record: Record, error: ModelTrainerError, job_id: str | None, now: float
     ) -> list[Effect]:
-        headers = [
-            ("error_code", str(error.code).encode()),
-            ("error_message", error.message[:2048].encode()),
-            ("original_topic", record.topic.encode()),
-            ("original_partition", str(record.partition).encode()),
-            ("original_offset", str(record.offset).encode()),
-        ]
-        key = record.key or b""
-        if len(key) > DEAD_LETTER_MAX_KEY_BYTES:
-            # Key and value together must fit the record limit: the key is cut too.
-            headers.append(("original_key_size", str(len(key)).encode()))
-            key = key[:DEAD_LETTER_MAX_KEY_BYTES]
-        value = record.value
-        if len(value) > DEAD_LETTER_MAX_BYTES:
-            # The dead letter must fit the broker's record limit, or publishing it would be
-            # retried forever; its header says how much of the original it keeps.
-            headers.append(("original_size", str(len(value)).encode()))
-            value = value[:DEAD_LETTER_MAX_BYTES]
-        records = [Outgoing(self.policy.dead_letter_topic, key, value, headers)]
-        events: list[EventBase] = []
+        facts: list[Fact] = [DeadLetter(record, error)]
         if job_id is not None:
             user = salvage_user_id(record.value)
-            answer, event = self._rejection(job_id, user, error, now, record.tp)
-            records += answer
-            events.append(event)
+            facts += self._rejection(job_id, user, error, now, record.tp)
         log.info(
             "command dead-lettered",
             code=str(error.code),
@@ -475,7 +450,7 @@ class JobBook:
             job_id=job_id,
             offset=record.offset,
         )
-        return [self._settle(record, records, events)]
+        return [self._settle(record, facts)]
 
     def _foreign_submit(self, spec: SubmitJobV1, record: Record, now: float) -> list[Effect]:
         """Another tenant's submit forwarded to the partition of a job with its id: refused,
@@ -487,8 +462,8 @@ class JobBook:
             f"job {spec.job_id} belongs to another tenant; choose another job_id",
             details={"request_digest": request_digest(spec), "other_tenant": True},
         )
-        answer, event = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
-        return [self._settle(record, answer, [event])]
+        answer = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
+        return [self._settle(record, answer)]
 
     def _check_references(self, spec: SubmitJobV1, tenant: str) -> None:
         """JOB_FORBIDDEN for a job that builds on (init_from, a job's tokenizer) a job of
@@ -521,8 +496,8 @@ class JobBook:
                 f"job {spec.job_id} was already submitted with a different spec",
                 details={"request_digest": digest, "existing_request_digest": known},
             )
-            answer, event = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
-            return [self._settle(record, answer, [event])]
+            answer = self._rejection(spec.job_id, spec.user_id, error, now, record.tp)
+            return [self._settle(record, answer)]
         if active is not None or (state is not None and state.status.terminal):
             bound.info("duplicate submit settled", status=str(state.status) if state else "active")
             return [self._settle(record, [])]
@@ -568,8 +543,8 @@ class JobBook:
             queue=f"{job.record.topic}[{job.record.partition}]",
             reason=reason,
         )
-        records = (self._event_record(event), self._state(job, JobStatus.QUEUED, now))
-        return [*effects, Publish(job.record, records, {}, (event,))]
+        facts = (event, self._state(job, JobStatus.QUEUED, now))
+        return [*effects, Publish(job.record, facts, {})]
 
     def _cancel(
         self, cancel: CancelJobV1, record: Record, tenant: str, owner: str, now: float
@@ -581,8 +556,8 @@ class JobBook:
             error = ModelTrainerError(
                 _C.JOB_FORBIDDEN, f"job {cancel.job_id} belongs to another tenant"
             )
-            answer, event = self._rejection(cancel.job_id, 0, error, now, record.tp)
-            return [self._settle(record, answer, [event])]
+            answer = self._rejection(cancel.job_id, 0, error, now, record.tp)
+            return [self._settle(record, answer)]
         job = self.jobs.get(cancel.job_id)
         if job is None:
             state = self.states.get(cancel.job_id)
@@ -592,8 +567,8 @@ class JobBook:
             if state is not None and state.status is not JobStatus.REJECTED:
                 error.details["status"] = str(state.status)
             bound.info("cancel for an unknown or ended job")
-            answer, event = self._rejection(cancel.job_id, 0, error, now, record.tp)
-            return [self._settle(record, answer, [event])]
+            answer = self._rejection(cancel.job_id, 0, error, now, record.tp)
+            return [self._settle(record, answer)]
         # The cancel's own offset may be committed now: the submit's, older, holds the
         # partition's commit back until the job ends, so a crash redelivers both.
         effects: list[Effect] = [self._settle(record, [])]
@@ -775,10 +750,10 @@ class JobBook:
         if isinstance(event, ProgressEventV1):
             job.last_progress_at = now
         stamped = self._stamp(job, event)
-        records = [self._event_record(stamped)]
+        facts: list[Fact] = [stamped]
         if job.state_at is None or now - job.state_at >= self.policy.state_every_s:
-            records.append(self._state(job, JobStatus.RUNNING, now))
-        return [Publish(job.record, tuple(records), {}, (stamped,))]
+            facts.append(self._state(job, JobStatus.RUNNING, now))
+        return [Publish(job.record, tuple(facts), {})]
 
     def ended(self, job_id: str, attempt: int, event: EventBase, now: float) -> list[Effect]:
         """The run's terminal event (completed, or a failure the worker decided)."""
@@ -899,12 +874,12 @@ class JobBook:
             status, code = JobStatus.FAILED, str(event.code)
         else:
             status, code = JobStatus.COMPLETED, None
-        records = [self._event_record(event), self._state(job, status, now, code)]
+        facts = (event, self._state(job, status, now, code))
         job.move(State.ENDED)
         del self.jobs[job.job_id]  # a queued job left the queue before it ends
         commits = self._commit(job.record, job.offset)
         log.info("job ended", job_id=job.job_id, status=str(status), seq=event.seq)
-        ended = Publish(job.record, tuple(records), commits, (event,), job.job_id)
+        ended = Publish(job.record, facts, commits, job.job_id)
         return [ended, *self._dispatch(now)]
 
     def _timed_out(self, job: Job) -> FailedEventV1:
@@ -979,7 +954,7 @@ class JobBook:
         for via, expired in sorted(by_partition.items()):
             for job_id in expired:
                 del self.states[job_id]
-            tombstones = [Outgoing(self.policy.state_topic, j.encode(), None, []) for j in expired]
+            tombstones = [Tombstone(job_id) for job_id in expired]
             log.info("ended jobs' states deleted", jobs=len(expired), partition=via.partition)
             effects += [
                 Publish(via, tuple(tombstones[i : i + 1000]), {})

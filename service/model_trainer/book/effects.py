@@ -1,5 +1,6 @@
-"""What the job book decides: the effects the service carries out, and the policy it
-decides with. Plain data."""
+"""What the job book decides: the effects the service carries out, the facts it publishes,
+and the policy it decides with. Plain data: the shell's :mod:`~model_trainer.shell.wire`
+turns facts into Kafka records."""
 
 from __future__ import annotations
 
@@ -8,26 +9,63 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_trainer_contracts import EventBase, SubmitJobV1
+from model_trainer_contracts import EventBase, JobStateV1, ModelTrainerError, SubmitJobV1
 
-from model_trainer.book.records import TP, Outgoing
+from model_trainer.book.records import TP, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.pool.protocol import RunOrder
 
 
 @dataclass(frozen=True)
-class Publish:
-    """Records to publish in one transaction, committing ``commits`` with them.
+class Tombstone:
+    """An ended job's state record, deleted."""
 
-    ``via`` is the commands partition the records speak for: its owner's transactional
-    producer carries them, so an instance that lost the partition can commit none of them.
-    ``events`` are the job events among ``records`` (for the job's metrics.jsonl)."""
+    job_id: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A command refused without an answer on its job: the record as it came, and why."""
+
+    record: Record
+    error: ModelTrainerError
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A command moved to the partition ``to`` that holds its job, acting for ``tenant``
+    when that is not ``to``'s own topic's tenant (None: it is)."""
+
+    record: Record
+    to: TP
+    tenant: str | None
+
+    @property
+    def origin(self) -> str:
+        """Where the command was read: ``partition:offset`` of its topic."""
+        return f"{self.record.partition}:{self.record.offset}"
+
+
+# A job's event, its state, a state's deletion, a refused or a moved command.
+Fact = EventBase | JobStateV1 | Tombstone | DeadLetter | Forward
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Facts to publish in one transaction, in this order, committing ``commits`` with them.
+
+    ``via`` is the commands partition the facts speak for: its owner's transactional
+    producer carries them, so an instance that lost the partition can commit none of them."""
 
     via: TP
-    records: tuple[Outgoing, ...]
+    facts: tuple[Fact, ...]
     commits: dict[TP, int]
-    events: tuple[EventBase, ...] = ()
     ended: str | None = None  # a job ended for good: its checkpoints go once this commits
+
+    @property
+    def events(self) -> tuple[EventBase, ...]:
+        """The job events among the facts (for the job's metrics.jsonl)."""
+        return tuple(fact for fact in self.facts if isinstance(fact, EventBase))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import structlog
 from model_trainer_contracts import CompletedEventV1, EventBase, FailedEventV1, ProgressEventV1
 from pydantic import TypeAdapter
 
-from model_trainer.book.effects import Policy, Publish
+from model_trainer.book.effects import DeadLetter, Policy, Publish
 from model_trainer.core import storage
 from model_trainer.core.layout import METRICS, append_metrics, release_checkpoints
 from model_trainer.core.tenancy import DEFAULT_TENANT, tenant_root, tenant_url
@@ -59,9 +59,9 @@ def journal(publish: Publish, settings: Settings, committed: asyncio.Future[None
                     storage.release_checkpoints(url, publish.ended)
 
         committed.add_done_callback(release)
-    for record in publish.records:
-        if record.topic == settings.dead_letter_topic:
-            DEAD_LETTERS.labels(code=dict(record.headers)["error_code"].decode()).inc()
+    for fact in publish.facts:
+        if isinstance(fact, DeadLetter):
+            DEAD_LETTERS.labels(code=str(fact.error.code)).inc()
     for event in publish.events:
         folder = root / event.job_id
         if isinstance(event, FailedEventV1):

@@ -42,6 +42,7 @@ from model_trainer.shell.marker import CrashMarkers
 from model_trainer.shell.ports import Edges
 from model_trainer.shell.sweeper import sweeping
 from model_trainer.shell.threads import run_in_daemon_thread
+from model_trainer.shell.wire import records
 
 log = structlog.get_logger(__name__)
 TICK_S = 0.25
@@ -173,7 +174,8 @@ class TrainerService:
         for effect in effects:
             if isinstance(effect, Publish):
                 commits = {TopicPartition(*tp): off for tp, off in effect.commits.items()}
-                committed = self.publisher.publish(effect.via, [*effect.records], commits)
+                outgoing = records(effect, self.settings)
+                committed = self.publisher.publish(effect.via, outgoing, commits)
                 journal(effect, self.settings, committed)
             elif isinstance(effect, Run):
                 self.pool.run(effect.job_id, effect.order)
