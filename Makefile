@@ -42,7 +42,7 @@ TEST_WORKERS ?= 3
 BOOK_FILES := service/model_trainer/book/book.py,service/model_trainer/book/effects.py,$\
 	service/model_trainer/book/offsets.py,service/model_trainer/book/fairshare.py,$\
 	service/model_trainer/book/jobs.py,service/model_trainer/book/records.py,$\
-	service/model_trainer/book/lifecycle.py
+	service/model_trainer/book/lifecycle.py,service/model_trainer/shell/wire.py
 # So are the contracts, every module (the in-process layer alone covers every branch).
 CONTRACT_FILES := contracts/model_trainer_contracts/*
 # And core/, every module (the in-process and S3 layers alone cover every branch).
