@@ -10,9 +10,9 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
-from model_trainer.book.records import Outgoing
 from model_trainer.settings import Settings
 from model_trainer.shell.publisher import Landing, Publisher, landed
+from model_trainer.shell.wire import Outgoing
 from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 
 from tests.figures import Figure

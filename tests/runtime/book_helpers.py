@@ -9,10 +9,10 @@ from pathlib import Path
 
 from model_trainer.book.book import JobBook
 from model_trainer.book.effects import Effect, Kill, Policy, Publish, Run, Stop
-from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.book.records import TP, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.pool.protocol import RunStarted
-from model_trainer.shell.wire import Topics, records
+from model_trainer.shell.wire import Outgoing, Topics, records
 from model_trainer_contracts import (
     CancelJobV1,
     CompletedEventV1,

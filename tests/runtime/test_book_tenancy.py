@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT, JobBook
 from model_trainer.book.effects import Effect, Publish, Run, Stop
-from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.book.records import TP, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.core.sweep import Retention
 from model_trainer.core.tenancy import Tenancy, tenant_root, tenant_url
 from model_trainer.settings import Settings
 from model_trainer.shell.journal import policy_of
 from model_trainer.shell.sweeper import listing, sweep
+from model_trainer.shell.wire import Outgoing
 from model_trainer_client.settings import ClientSettings
 from model_trainer_contracts import (
     CancelJobV1,

@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 from model_trainer.book.book import Admit, JobBook
 from model_trainer.book.effects import Effect, Kill, Publish, Run, Stop
-from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.book.records import TP, Record
+from model_trainer.shell.wire import Outgoing
 from model_trainer_contracts import (
     CancelJobV1,
     EventBase,

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT
 from model_trainer.book.effects import DeadLetter, Forward, Publish, Tombstone
-from model_trainer.book.records import TP, Outgoing, Record
+from model_trainer.book.records import TP, Record
 from model_trainer.shell.wire import (
     DEAD_LETTER_MAX_BYTES,
     DEAD_LETTER_MAX_KEY_BYTES,
+    Outgoing,
     record,
     records,
 )

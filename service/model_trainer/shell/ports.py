@@ -21,7 +21,7 @@ from typing import Protocol
 from aiokafka import TopicPartition
 from model_trainer_contracts import JobStateV1
 
-from model_trainer.book.records import TP, Outgoing
+from model_trainer.book.records import TP
 from model_trainer.core.stop import StopReason
 from model_trainer.pool.joblog import LogShipper
 from model_trainer.pool.pool import WorkerPool
@@ -31,6 +31,7 @@ from model_trainer.shell.consumer import ConsumerFactory, kafka_consumer
 from model_trainer.shell.kafka import ensure_topics, wait_for_broker
 from model_trainer.shell.publisher import Publishers
 from model_trainer.shell.state import StateReader
+from model_trainer.shell.wire import Outgoing
 
 Owns = Callable[[TP], Awaitable[bool]]
 OnProblem = Callable[[str | None], None]

@@ -42,9 +42,10 @@ from model_trainer_client.kafka import committed_reader
 from model_trainer_client.settings import client_kwargs
 from model_trainer_contracts import Headers
 
-from model_trainer.book.records import TP, Outgoing
+from model_trainer.book.records import TP
 from model_trainer.metrics import EVENTS_PUBLISHED, PUBLISH_RETRIES
 from model_trainer.settings import PRODUCER_REQUEST_TIMEOUT_MS, TRANSACTION_BOUND_S, Settings
+from model_trainer.shell.wire import Outgoing
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 500

@@ -10,6 +10,7 @@ broker's record limit; a moved command to its job's partition, saying where it c
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from model_trainer_contracts import (
@@ -27,13 +28,23 @@ from model_trainer_contracts import (
 
 from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT
 from model_trainer.book.effects import DeadLetter, Fact, Forward, Publish, Tombstone
-from model_trainer.book.records import Outgoing
 
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 DEAD_LETTER_MAX_KEY_BYTES = 1024
 DEAD_LETTER_MAX_MESSAGE = 2048  # characters of the error message kept in its header
 ORIGINAL_KEY_SIZE_HEADER = "original_key_size"  # set when the dead letter's key was cut
 ORIGINAL_SIZE_HEADER = "original_size"  # set when its value was cut
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to produce (to ``partition`` when given, else by its key)."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: Headers
+    partition: int | None = None
 
 
 class Topics(Protocol):
