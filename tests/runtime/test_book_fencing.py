@@ -8,8 +8,8 @@ import zlib
 from collections.abc import Sequence
 
 import pytest
-from model_trainer.book.book import FORWARDED_FROM, JobBook
-from model_trainer.book.effects import Publish, Run
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import FORWARDED_FROM, Publish, Run
 from model_trainer.book.records import TP, Record
 from model_trainer.shell.wire import Outgoing
 from model_trainer_contracts import (

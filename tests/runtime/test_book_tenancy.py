@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT, JobBook
-from model_trainer.book.effects import Effect, Publish, Run, Stop
+from model_trainer.book.book import JobBook
+from model_trainer.book.effects import FORWARDED_FROM, FORWARDED_TENANT, Effect, Publish, Run, Stop
 from model_trainer.book.records import TP, Record
 from model_trainer.core.stop import StopReason
 from model_trainer.core.sweep import Retention

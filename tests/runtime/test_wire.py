@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT
-from model_trainer.book.effects import DeadLetter, Forward, Publish, Tombstone
+from model_trainer.book.effects import (
+    FORWARDED_FROM,
+    FORWARDED_TENANT,
+    DeadLetter,
+    Forward,
+    Publish,
+    Tombstone,
+)
 from model_trainer.book.records import TP, Record
 from model_trainer.shell.wire import (
     DEAD_LETTER_MAX_BYTES,

@@ -59,6 +59,8 @@ from model_trainer_contracts import (
 )
 
 from model_trainer.book.effects import (
+    FORWARDED_FROM,
+    FORWARDED_TENANT,
     DeadLetter,
     Effect,
     Fact,
@@ -91,8 +93,6 @@ from model_trainer.pool.protocol import (
 log = structlog.get_logger(__name__)
 _C = ModelTrainerErrorCode
 EXPIRY_EVERY_S = 60.0
-FORWARDED_FROM = "forwarded_from"  # header of a command this service moved to its partition
-FORWARDED_TENANT = "forwarded_tenant"  # ...and the tenant whose topic it was moved from
 Admit = Callable[[SubmitJobV1], None]
 
 

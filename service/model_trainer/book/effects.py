@@ -31,6 +31,10 @@ class DeadLetter:
     error: ModelTrainerError
 
 
+FORWARDED_FROM = "forwarded_from"  # header of a command this service moved to its partition
+FORWARDED_TENANT = "forwarded_tenant"  # ...and the tenant whose topic it was moved from
+
+
 @dataclass(frozen=True)
 class Forward:
     """A command moved to the partition ``to`` that holds its job, acting for ``tenant``

@@ -9,7 +9,6 @@ broker's record limit; a moved command to its job's partition, saying where it c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +25,15 @@ from model_trainer_contracts import (
     encode,
 )
 
-from model_trainer.book.book import FORWARDED_FROM, FORWARDED_TENANT
-from model_trainer.book.effects import DeadLetter, Fact, Forward, Publish, Tombstone
+from model_trainer.book.effects import (
+    FORWARDED_FROM,
+    FORWARDED_TENANT,
+    DeadLetter,
+    Fact,
+    Forward,
+    Publish,
+    Tombstone,
+)
 
 DEAD_LETTER_MAX_BYTES = 900_000  # under Kafka's default 1 MB record limit, headers included
 DEAD_LETTER_MAX_KEY_BYTES = 1024
@@ -63,11 +69,7 @@ class Topics(Protocol):
 
 def records(publish: Publish, topics: Topics) -> list[Outgoing]:
     """The records of one transaction, in the order the book decided its facts."""
-    return encode_facts(publish.facts, topics)
-
-
-def encode_facts(facts: Iterable[Fact], topics: Topics) -> list[Outgoing]:
-    return [record(fact, topics) for fact in facts]
+    return [record(fact, topics) for fact in publish.facts]
 
 
 def record(fact: Fact, topics: Topics) -> Outgoing:
