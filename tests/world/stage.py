@@ -9,6 +9,7 @@ group: drained (``stop``) or crashed (``crash``: cancelled, nothing handed back 
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Protocol
 import anyio
 from aiokafka import AIOKafkaProducer
 from local_kafka import LocalKafka
+from model_trainer.book.records import Record
 from model_trainer.settings import Settings
 from model_trainer.shell.ports import Edges
 from model_trainer.shell.service import TrainerService
@@ -36,6 +38,7 @@ class Stage(Protocol):
     def settings(self, instance: str, **overrides: object) -> Settings: ...
     def edges(self) -> Edges: ...
     async def submit(self, *jobs: SubmitJobV1) -> None: ...
+    async def records(self, topic: str) -> list[Record]: ...
     async def events(self, job_id: str) -> list[EventBase]: ...
 
 
@@ -45,7 +48,7 @@ class OutageStage(Stage, Protocol):
         ...
 
 
-class _Base:
+class _Base(ABC):
     def __init__(self, root: Path, bootstrap: str) -> None:
         uid = uuid.uuid4().hex[:8]
         self.root = root
@@ -93,6 +96,18 @@ class _Base:
     def events_topic(self) -> str:
         return self.topics["events_topic"]
 
+    @abstractmethod
+    async def records(self, topic: str) -> list[Record]:
+        """Every committed record of ``topic``."""
+
+    async def events(self, job_id: str) -> list[EventBase]:
+        """The job's committed events, as a client reads them."""
+        return [
+            decode_event(record.value)
+            for record in await self.records(self.events_topic)
+            if record.key == job_id.encode()
+        ]
+
 
 class MemoryStage(_Base):
     """The in-memory world: no server, seconds."""
@@ -111,12 +126,8 @@ class MemoryStage(_Base):
         for job in jobs:
             self.kafka.append(self.commands_topic, encode(job), job.job_id.encode())
 
-    async def events(self, job_id: str) -> list[EventBase]:
-        return [
-            decode_event(record.value)
-            for record in self.kafka.read(self.events_topic)
-            if record.key == job_id.encode()
-        ]
+    async def records(self, topic: str) -> list[Record]:
+        return self.kafka.read(topic)
 
     def outage(self) -> AbstractAsyncContextManager[None]:
         return _away(self.kafka)
@@ -165,19 +176,17 @@ class RealStage(_Base):
         finally:
             await producer.stop()
 
-    async def events(self, job_id: str) -> list[EventBase]:
+    async def records(self, topic: str) -> list[Record]:
+        """Every committed record of ``topic``, read to its end as it is now."""
         consumer = committed_reader(self.bootstrap)
         await consumer.start()
         try:
-            tps = await assign_whole_topic(consumer, self.bootstrap, self.events_topic)
+            tps = await assign_whole_topic(consumer, self.bootstrap, topic)
             ends = await consumer.end_offsets(tps)
-            found: list[EventBase] = []
+            found: list[Record] = []
             while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for messages in (await consumer.getmany(timeout_ms=200)).values():
-                    for message in messages:
-                        record = to_record(message)
-                        if record.key == job_id.encode():
-                            found.append(decode_event(record.value))
+                    found += [to_record(message) for message in messages]
             return found
         finally:
             await consumer.stop()

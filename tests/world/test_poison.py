@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-from model_trainer_client.kafka import assign_whole_topic, committed_reader, to_record
 from model_trainer_contracts import (
     CompletedEventV1,
     EventBase,
@@ -23,7 +22,7 @@ from model_trainer_contracts import (
     SubmitJobV1,
 )
 
-from .stage import Instance, MemoryStage, RealStage, Stage, until
+from .stage import Instance, Stage, until
 from .test_shell import all_ended, ended, job
 
 _C = ModelTrainerErrorCode
@@ -136,23 +135,8 @@ async def _lettered(stage: Stage) -> bool:
 
 async def dead_letters(stage: Stage) -> list[dict[str, str]]:
     """The committed dead letters' headers, as a client reads them."""
-    assert isinstance(stage, MemoryStage | RealStage)
-    topic = stage.topics["dead_letter_topic"]
-    if isinstance(stage, MemoryStage):
-        records = stage.kafka.read(topic)
-    else:
-        records = []
-        consumer = committed_reader(stage.bootstrap)
-        await consumer.start()
-        try:
-            tps = await assign_whole_topic(consumer, stage.bootstrap, topic)
-            ends = await consumer.end_offsets(tps)
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                for messages in (await consumer.getmany(timeout_ms=200)).values():
-                    records += [to_record(message) for message in messages]
-        finally:
-            await consumer.stop()
-    return [{k: v.decode() for k, v in record.headers} for record in records]
+    letters = await stage.records(stage.settings("a").dead_letter_topic)
+    return [{k: v.decode() for k, v in record.headers} for record in letters]
 
 
 async def test_an_admission_that_raises_anything_is_refused_typed_and_the_next_job_runs(
