@@ -15,7 +15,7 @@ from collections.abc import Callable
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
-from model_trainer_client.kafka import probe_brokers, to_record
+from model_trainer_client.kafka import probe_brokers, to_record, topic_partitions
 from model_trainer_client.settings import KafkaConnection, as_connection, client_kwargs
 
 from model_trainer.book.records import Record
@@ -23,6 +23,7 @@ from model_trainer.settings import Settings
 
 __all__ = ["BrokerUnreachableError", "command_record", "ensure_topics", "wait_for_broker"]
 log = structlog.get_logger(__name__)
+TOPICS_LISTED_S = 30.0  # a created topic shows in the metadata within this, or start-up fails
 
 
 class BrokerUnreachableError(TimeoutError):
@@ -95,6 +96,25 @@ async def ensure_topics(settings: Settings) -> None:
             log.info("topics created", topics=[topic.name for topic in missing])
     finally:
         await admin.close()
+    await _listed([topic.name for topic in missing], settings.connection)
+
+
+async def _listed(topics: list[str], connection: KafkaConnection) -> None:
+    """Return once the broker's metadata lists every one of ``topics``. The controller
+    accepts a creation before the brokers' metadata has it: a reader asking in between (the
+    state reader, right after) finds no topic."""
+    try:
+        async with asyncio.timeout(TOPICS_LISTED_S):
+            for topic in topics:
+                while True:
+                    if await topic_partitions(connection, topic):
+                        break
+                    await asyncio.sleep(0.1)  # a metadata request a poll: nothing to wait on
+    except TimeoutError:
+        raise RuntimeError(
+            f"topics {topics} were created, but the broker's metadata did not list them "
+            f"within {TOPICS_LISTED_S:g} s"
+        ) from None
 
 
 async def wait_for_broker(
